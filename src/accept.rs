@@ -1,0 +1,174 @@
+//! The acceptor: the TLS handshake under a timeout, the peer's identity
+//! re-checked against the current policy, and the failure classified.
+//!
+//! rustls does not run the client verifier on a resumed TLS 1.3 session.
+//! Session keys belong to a policy epoch, so a session from before a policy
+//! change does not resume at all; the acceptor adds two checks for the
+//! moments in between:
+//!
+//! - every resumed peer is re-checked cheaply: allow-list and validity
+//!   window, no signatures;
+//! - when the generation's policy epoch changed *during* the handshake, the
+//!   peer gets the full check (chain, revocation, allow-list) under the new
+//!   one.
+//!
+//! A framework that uses the bare `ServerConfig` gets the first protection
+//! (epoch-scoped session keys) but not these two.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::server::ServerConfig;
+use rustls::{CommonState, HandshakeKind};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::server::TlsStream;
+
+use crate::error::HandshakeError;
+use crate::identity::PeerIdentity;
+use crate::live::{Live, Sessions};
+use crate::observe::{RejectReason, classify_tls};
+use crate::server::ServerSessions;
+
+/// Accepts mutual-TLS connections; cheap to clone, one per listener or task.
+///
+/// Made by [`ServerTls::acceptor`](crate::ServerTls::acceptor).
+#[derive(Clone)]
+pub struct Acceptor {
+    inner: tokio_rustls::TlsAcceptor,
+    live: Arc<Live<ServerSessions>>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Acceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acceptor")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Acceptor {
+    pub(crate) fn new(
+        config: Arc<ServerConfig>,
+        live: Arc<Live<ServerSessions>>,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            inner: tokio_rustls::TlsAcceptor::from(config),
+            live,
+            timeout,
+        }
+    }
+
+    /// Runs the server handshake on `io` and returns the encrypted stream and
+    /// who is on the other end.
+    ///
+    /// # Errors
+    ///
+    /// [`HandshakeError`] with the reason: no client certificate, unknown CA,
+    /// expired, revoked, identity not allowed, TLS version, timeout, I/O. The
+    /// client receives the matching TLS alert; refused handshakes are also
+    /// counted and sent as [`Event::Rejected`](crate::Event::Rejected).
+    pub async fn accept<IO>(&self, io: IO) -> Result<(TlsStream<IO>, PeerIdentity), HandshakeError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let epoch = self.live.current().epoch;
+        let stream = match tokio::time::timeout(self.timeout, self.inner.accept(io)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(failed(&self.live, e)),
+            Err(_) => {
+                let detail = format!("no handshake within {:?}", self.timeout);
+                self.live
+                    .observer
+                    .rejected(RejectReason::Timeout, detail.clone());
+                return Err(HandshakeError::new(RejectReason::Timeout, detail, None));
+            }
+        };
+        let peer = admit(&self.live, epoch, stream.get_ref().1, None)?;
+        Ok((stream, peer))
+    }
+}
+
+/// Classifies a handshake that failed inside rustls or on the socket.
+/// Refusals our verifiers made were reported there, with more detail.
+pub(crate) fn failed<S: Sessions>(live: &Live<S>, e: io::Error) -> HandshakeError {
+    let tls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .cloned();
+    match tls {
+        Some(tls) => {
+            let reason = classify_tls(&tls);
+            let ours = matches!(tls, rustls::Error::InvalidCertificate(_));
+            let detail = if ours {
+                format!("{tls} (the Rejected event names the certificate and rule)")
+            } else {
+                tls.to_string()
+            };
+            if !ours {
+                live.observer.rejected(reason, detail.clone());
+            }
+            HandshakeError::new(reason, detail, Some(e))
+        }
+        None => {
+            let detail = format!("connection failed during the handshake: {e}");
+            live.observer.rejected(RejectReason::Io, detail.clone());
+            HandshakeError::new(RejectReason::Io, detail, Some(e))
+        }
+    }
+}
+
+/// After a completed handshake: who the peer is, re-checked where rustls did
+/// not check (resumption) or checked under an older policy (a swap landed
+/// during the handshake).
+pub(crate) fn admit<S: Sessions>(
+    live: &Live<S>,
+    epoch_before: u64,
+    conn: &CommonState,
+    server_name: Option<&ServerName<'_>>,
+) -> Result<PeerIdentity, HandshakeError> {
+    let refuse = |reason: RejectReason, detail: String| {
+        live.observer.rejected(reason, detail.clone());
+        HandshakeError::new(reason, detail, None)
+    };
+    let Some((leaf, intermediates)) = conn
+        .peer_certificates()
+        .and_then(<[CertificateDer<'_>]>::split_first)
+    else {
+        return Err(refuse(
+            RejectReason::NoClientCertificate,
+            "the peer presented no certificate".into(),
+        ));
+    };
+    let generation = live.current();
+    let checked = if generation.epoch != epoch_before {
+        live.judge(
+            &generation,
+            leaf,
+            intermediates,
+            server_name,
+            UnixTime::now(),
+        )
+    } else if conn.handshake_kind() == Some(HandshakeKind::Resumed) {
+        live.recheck(&generation, leaf, server_name)
+    } else {
+        // A full handshake judged by this same epoch's verifier.
+        return match PeerIdentity::from_leaf_der(leaf) {
+            Ok(peer) => {
+                live.observer.admitted();
+                Ok(peer)
+            }
+            Err(e) => Err(refuse(RejectReason::NotAWorkloadCertificate, e.to_string())),
+        };
+    };
+    match checked {
+        Ok(peer) => {
+            live.observer.admitted();
+            Ok(peer)
+        }
+        Err(rejection) => Err(refuse(rejection.reason, rejection.detail)),
+    }
+}

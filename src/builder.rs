@@ -1,0 +1,275 @@
+//! The builder both sides share. Its type walks you through the inputs that
+//! cannot be defaulted (identity, then trust roots); `build()` and `watch()`
+//! exist only once both are given, so forgetting one does not compile:
+//!
+//! ```compile_fail
+//! // No trust roots: there is no `build()` to call.
+//! let server = meshtls::ServerTls::builder()
+//!     .identity_files("tls.crt", "tls.key")
+//!     .allow_any_authenticated()
+//!     .build();
+//! ```
+
+use std::marker::PhantomData;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::hardening::Hardening;
+use crate::material::{RevocationScope, Sources};
+use crate::policy::{Allow, Policy};
+use crate::reload::WatchSettings;
+use crate::source::Source;
+
+/// Builder state: the service's own certificate and key are still missing.
+#[derive(Debug)]
+pub struct NeedsIdentity(());
+
+/// Builder state: the trust roots are still missing.
+#[derive(Debug)]
+pub struct NeedsRoots {
+    cert: Source,
+    key: Source,
+}
+
+/// Builder state: everything required is there; `build()` or `watch()`.
+#[derive(Debug)]
+pub struct Ready {
+    cert: Source,
+    key: Source,
+    roots: Source,
+}
+
+/// How TLS 1.3 sessions may be resumed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Resumption {
+    /// Stateless tickets (server) / a ticket store (client). The default.
+    /// Ticket keys belong to the policy generation: a change of roots, CRLs or
+    /// allow-list makes earlier tickets useless.
+    #[default]
+    Tickets,
+    /// A server-side session cache instead of tickets (server only; a client
+    /// treats it as `Tickets`). Also dropped on a policy change.
+    Stateful,
+    /// No resumption: every handshake is a full one.
+    Disabled,
+}
+
+/// Everything a builder collects beyond the required inputs.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) crls: Vec<Source>,
+    pub(crate) rules: Vec<Allow>,
+    pub(crate) any_authenticated: bool,
+    pub(crate) legacy_cn: bool,
+    pub(crate) hardening: Hardening,
+    pub(crate) scope: RevocationScope,
+    pub(crate) resumption: Resumption,
+    pub(crate) alpn: Vec<Vec<u8>>,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) watch: WatchSettings,
+    pub(crate) expiry_warning: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            crls: Vec::new(),
+            rules: Vec::new(),
+            any_authenticated: false,
+            legacy_cn: false,
+            hardening: Hardening::default(),
+            scope: RevocationScope::default(),
+            resumption: Resumption::default(),
+            alpn: Vec::new(),
+            handshake_timeout: Duration::from_secs(10),
+            watch: WatchSettings::default(),
+            expiry_warning: 1.0 / 3.0,
+        }
+    }
+}
+
+impl Settings {
+    /// Compiles the rules; `None` when there are none.
+    pub(crate) fn policy(&self) -> Result<Option<Policy>, Error> {
+        if self.any_authenticated {
+            return Ok(Some(Policy::any_authenticated()));
+        }
+        if self.rules.is_empty() {
+            return Ok(None);
+        }
+        let rules = self.rules.iter().cloned();
+        Ok(Some(if self.legacy_cn {
+            Policy::with_legacy_cn(rules)?
+        } else {
+            Policy::new(rules)?
+        }))
+    }
+}
+
+/// Builds a [`ServerTls`](crate::ServerTls) or [`ClientTls`](crate::ClientTls).
+///
+/// Start from `ServerTls::builder()` or `ClientTls::builder()`. The required
+/// inputs come first, in order (identity, then trust roots); the options may
+/// come at any point.
+#[must_use]
+#[derive(Debug)]
+pub struct Builder<Side, State> {
+    pub(crate) settings: Settings,
+    pub(crate) state: State,
+    side: PhantomData<fn() -> Side>,
+}
+
+impl<Side> Builder<Side, NeedsIdentity> {
+    pub(crate) fn new() -> Self {
+        Self {
+            settings: Settings::default(),
+            state: NeedsIdentity(()),
+            side: PhantomData,
+        }
+    }
+
+    /// The service's certificate chain (leaf first) and private key, as PEM
+    /// files. Both are read again on every reload.
+    pub fn identity_files(
+        self,
+        cert_chain: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Builder<Side, NeedsRoots> {
+        self.identity(Source::file(cert_chain), Source::file(key))
+    }
+
+    /// The service's certificate chain and private key from any [`Source`].
+    pub fn identity(self, cert_chain: Source, key: Source) -> Builder<Side, NeedsRoots> {
+        Builder {
+            settings: self.settings,
+            state: NeedsRoots {
+                cert: cert_chain,
+                key,
+            },
+            side: PhantomData,
+        }
+    }
+}
+
+impl<Side> Builder<Side, NeedsRoots> {
+    pub(crate) fn roots(self, roots: Source) -> Builder<Side, Ready> {
+        Builder {
+            settings: self.settings,
+            state: Ready {
+                cert: self.state.cert,
+                key: self.state.key,
+                roots,
+            },
+            side: PhantomData,
+        }
+    }
+}
+
+impl<Side> Builder<Side, Ready> {
+    pub(crate) fn sources(&self) -> Sources {
+        Sources {
+            cert: self.state.cert.clone(),
+            key: self.state.key.clone(),
+            roots: self.state.roots.clone(),
+            crls: self.settings.crls.clone(),
+        }
+    }
+}
+
+impl<Side, State> Builder<Side, State> {
+    /// A CRL file (PEM, one or more CRLs) that peers are checked against,
+    /// reloaded with the rest. May be called more than once.
+    ///
+    /// With CRLs configured, a peer certificate whose revocation status no
+    /// CRL covers is refused (fail closed), and a CRL past its `nextUpdate`
+    /// is refused at load and, should it go stale while serving, makes the
+    /// handshakes it covers fail. See [`RevocationScope`] for intermediates.
+    pub fn crl_file(self, path: impl Into<PathBuf>) -> Self {
+        self.crl(Source::file(path))
+    }
+
+    /// A CRL from any [`Source`].
+    pub fn crl(mut self, crl: Source) -> Self {
+        self.settings.crls.push(crl);
+        self
+    }
+
+    /// Which certificates of a peer's chain must be covered by a CRL.
+    pub fn revocation_scope(mut self, scope: RevocationScope) -> Self {
+        self.settings.scope = scope;
+        self
+    }
+
+    /// Accept `cn:` rules, which match the subject CN of certificates without
+    /// SANs. Weaker than SAN rules: see [`Allow::cn`].
+    pub fn allow_legacy_cn(mut self) -> Self {
+        self.settings.legacy_cn = true;
+        self
+    }
+
+    /// Also offer TLS13_AES_128_GCM_SHA256, after the 256-bit suites.
+    /// (Default: AES-256-GCM and ChaCha20-Poly1305 only.)
+    pub fn allow_aes128_gcm(mut self) -> Self {
+        self.settings.hardening.aes128 = true;
+        self
+    }
+
+    /// Offer classical key exchange only (X25519, P-256, P-384), without the
+    /// post-quantum hybrid X25519MLKEM768 that is offered first by default.
+    /// For peers or middleboxes that choke on the larger key share.
+    pub fn classical_key_exchange_only(mut self) -> Self {
+        self.settings.hardening.classical_kx = true;
+        self
+    }
+
+    /// How sessions may be resumed (default: tickets).
+    pub fn resumption(mut self, resumption: Resumption) -> Self {
+        self.settings.resumption = resumption;
+        self
+    }
+
+    /// ALPN protocols to offer or accept, most preferred first
+    /// (e.g. `[b"h2".to_vec(), b"http/1.1".to_vec()]`).
+    pub fn alpn_protocols(mut self, protocols: impl IntoIterator<Item = Vec<u8>>) -> Self {
+        self.settings.alpn = protocols.into_iter().collect();
+        self
+    }
+
+    /// How long the acceptor or connector waits for a handshake (default 10 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.handshake_timeout = timeout;
+        self
+    }
+
+    /// Send an `Expiring` event when less than `fraction` (0 to 1) of the
+    /// certificate's lifetime is left (default one third).
+    pub fn expiry_warning(mut self, fraction: f64) -> Self {
+        self.settings.expiry_warning = fraction;
+        self
+    }
+
+    /// How long to wait after a file event for the rest of a rotation to land
+    /// before reloading (default 100 ms). Used by `watch()`.
+    pub fn debounce(mut self, debounce: Duration) -> Self {
+        self.settings.watch.debounce = debounce;
+        self
+    }
+
+    /// How often to re-read the files even without file events, for file
+    /// systems that send none (NFS, some container mounts). `None` turns the
+    /// backstop off. Default: every 30 s. Used by `watch()`.
+    pub fn poll_interval(mut self, interval: Option<Duration>) -> Self {
+        self.settings.watch.poll = interval;
+        self
+    }
+
+    /// With `watch()`: wait up to `timeout` for the files to appear and be
+    /// valid (a sidecar or agent writes them after the service starts), instead
+    /// of failing at once. `watch()` blocks while it waits.
+    pub fn wait_for_files(mut self, timeout: Duration) -> Self {
+        self.settings.watch.wait = Some(timeout);
+        self
+    }
+}

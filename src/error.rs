@@ -1,0 +1,438 @@
+//! Errors. Each names the file, the certificate and the rule involved, and
+//! says how to fix it.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::policy::RuleError;
+
+/// Where a piece of TLS material came from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Origin {
+    /// A file on disk.
+    File(PathBuf),
+    /// Bytes handed over in memory, with the label the caller gave them.
+    Memory(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "file {}", p.display()),
+            Self::Memory(label) => write!(f, "in-memory {label}"),
+        }
+    }
+}
+
+/// What a piece of material is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MaterialKind {
+    /// The service's own certificate chain (leaf first).
+    CertificateChain,
+    /// The service's own private key.
+    PrivateKey,
+    /// CA certificates that peers' chains must lead to.
+    TrustRoots,
+    /// A certificate revocation list.
+    Crl,
+}
+
+impl fmt::Display for MaterialKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::CertificateChain => "certificate chain",
+            Self::PrivateKey => "private key",
+            Self::TrustRoots => "trust roots (CA certificates)",
+            Self::Crl => "CRL",
+        })
+    }
+}
+
+impl MaterialKind {
+    pub(crate) fn pem_label(self) -> &'static str {
+        match self {
+            Self::CertificateChain | Self::TrustRoots => "-----BEGIN CERTIFICATE-----",
+            Self::PrivateKey => "-----BEGIN PRIVATE KEY----- (or RSA / EC PRIVATE KEY)",
+            Self::Crl => "-----BEGIN X509 CRL-----",
+        }
+    }
+
+    pub(crate) fn der_to_pem_command(self) -> &'static str {
+        match self {
+            Self::CertificateChain | Self::TrustRoots => {
+                "openssl x509 -inform DER -in FILE -out FILE.pem"
+            }
+            Self::PrivateKey => "openssl pkey -inform DER -in FILE -out FILE.pem",
+            Self::Crl => "openssl crl -inform DER -in FILE -out FILE.pem",
+        }
+    }
+}
+
+/// Which extended key usage a certificate lacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Usage {
+    /// `serverAuth` (1.3.6.1.5.5.7.3.1): needed to serve TLS.
+    ServerAuth,
+    /// `clientAuth` (1.3.6.1.5.5.7.3.2): needed to present a client certificate.
+    ClientAuth,
+}
+
+impl fmt::Display for Usage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ServerAuth => "serverAuth",
+            Self::ClientAuth => "clientAuth",
+        })
+    }
+}
+
+/// Everything that can go wrong building or reloading a meshtls config.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file could not be read.
+    #[error("cannot read {origin} ({kind}): {source}")]
+    Read {
+        /// The file.
+        origin: Origin,
+        /// What it should hold.
+        kind: MaterialKind,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file larger than any TLS material should be; refused before parsing.
+    #[error(
+        "{origin} ({kind}) is {size} bytes, over the {limit}-byte limit for TLS material; is it the right file?"
+    )]
+    TooLarge {
+        /// The file.
+        origin: Origin,
+        /// What it should hold.
+        kind: MaterialKind,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The file is empty.
+    #[error("{origin} is empty; expected a PEM {kind} ({})", kind.pem_label())]
+    Empty {
+        /// The file.
+        origin: Origin,
+        /// What it should hold.
+        kind: MaterialKind,
+    },
+    /// Binary DER where PEM was expected.
+    #[error(
+        "{origin} holds binary DER, but meshtls reads PEM; convert it with `{}`",
+        kind.der_to_pem_command()
+    )]
+    DerNotPem {
+        /// The file.
+        origin: Origin,
+        /// What it should hold.
+        kind: MaterialKind,
+    },
+    /// No PEM block of the expected kind.
+    #[error("{origin} holds no {kind}: expected a PEM block starting {}{}", kind.pem_label(), found_note(found))]
+    NotFound {
+        /// The file.
+        origin: Origin,
+        /// What it should hold.
+        kind: MaterialKind,
+        /// The PEM blocks that were there instead, if any.
+        found: Vec<String>,
+    },
+    /// A PEM block that does not decode (bad base64, missing END line, ...).
+    #[error("{origin} has a malformed PEM {kind}: {detail} (truncated or hand-edited?)")]
+    MalformedPem {
+        /// The file.
+        origin: Origin,
+        /// What it should hold.
+        kind: MaterialKind,
+        /// The decoder's message.
+        detail: String,
+    },
+    /// An encrypted private key; meshtls needs it decrypted.
+    #[error(
+        "the private key in {origin} is encrypted; meshtls reads unencrypted keys only (decrypt with `openssl pkey -in FILE -out FILE.key` and protect the file with permissions)"
+    )]
+    EncryptedKey {
+        /// The file.
+        origin: Origin,
+    },
+    /// A private key that the crypto provider cannot load.
+    #[error("the private key in {origin} cannot be used: {detail}")]
+    UnusableKey {
+        /// The file.
+        origin: Origin,
+        /// The provider's message.
+        detail: String,
+    },
+    /// The key does not belong to the certificate.
+    #[error(
+        "the private key in {key} does not match the certificate in {cert} (subject {subject}); if they were just rotated, one of the two is stale"
+    )]
+    KeyMismatch {
+        /// The certificate file.
+        cert: Origin,
+        /// The key file.
+        key: Origin,
+        /// The certificate's subject.
+        subject: String,
+    },
+    /// A certificate that does not parse.
+    #[error("certificate #{index} in {origin} does not parse: {detail}")]
+    BadCertificate {
+        /// The file.
+        origin: Origin,
+        /// Position in the file, from 0.
+        index: usize,
+        /// The parser's message.
+        detail: String,
+    },
+    /// The leaf certificate has expired.
+    #[error(
+        "the certificate in {origin} (subject {subject}, serial {serial}) expired at {}; renew it",
+        fmt_time(*not_after)
+    )]
+    Expired {
+        /// The file.
+        origin: Origin,
+        /// The certificate's subject.
+        subject: String,
+        /// Its serial (hex).
+        serial: String,
+        /// When it expired.
+        not_after: SystemTime,
+    },
+    /// The leaf certificate is not valid yet.
+    #[error(
+        "the certificate in {origin} (subject {subject}, serial {serial}) is not valid before {}; check the clock of the machine that issued it",
+        fmt_time(*not_before)
+    )]
+    NotYetValid {
+        /// The file.
+        origin: Origin,
+        /// The certificate's subject.
+        subject: String,
+        /// Its serial (hex).
+        serial: String,
+        /// When it becomes valid.
+        not_before: SystemTime,
+    },
+    /// The service's own leaf certificate is a CA or may sign certificates.
+    #[error(
+        "the certificate in {origin} (subject {subject}) is a CA certificate (cA=true or keyCertSign/cRLSign); use a leaf certificate issued by the CA instead"
+    )]
+    LeafIsCa {
+        /// The file.
+        origin: Origin,
+        /// The certificate's subject.
+        subject: String,
+    },
+    /// A server certificate with no subjectAltName: every TLS client ignores the CN.
+    #[error(
+        "the server certificate in {origin} (subject {subject}) has no subjectAltName, and TLS clients match names only against SANs; reissue it with `-addext \"subjectAltName={suggestion}\"` (openssl req/x509)"
+    )]
+    NoSubjectAltName {
+        /// The file.
+        origin: Origin,
+        /// The certificate's subject.
+        subject: String,
+        /// A SAN built from the CN, e.g. `DNS:billing.internal`.
+        suggestion: String,
+    },
+    /// The certificate's extendedKeyUsage excludes the use meshtls needs.
+    #[error(
+        "the certificate in {origin} (subject {subject}) has an extendedKeyUsage without {usage}, so peers will refuse it; reissue it with `-addext \"extendedKeyUsage={usage}\"` (or drop the extension)"
+    )]
+    WrongUsage {
+        /// The file.
+        origin: Origin,
+        /// The certificate's subject.
+        subject: String,
+        /// The usage that is missing.
+        usage: Usage,
+    },
+    /// The service's own chain does not verify against the configured roots.
+    #[error(
+        "the certificate chain in {origin} (subject {subject}) does not verify against the trust roots in {roots}: {detail}"
+    )]
+    ChainInvalid {
+        /// The chain file.
+        origin: Origin,
+        /// The leaf's subject.
+        subject: String,
+        /// The roots file.
+        roots: Origin,
+        /// webpki's verdict.
+        detail: String,
+    },
+    /// A CA certificate that cannot serve as a trust anchor.
+    #[error("certificate #{index} in {origin} cannot be a trust root: {detail}")]
+    BadTrustRoot {
+        /// The file.
+        origin: Origin,
+        /// Position in the file, from 0.
+        index: usize,
+        /// Why.
+        detail: String,
+    },
+    /// A CRL that does not parse or that webpki does not support.
+    #[error("the CRL #{index} in {origin} cannot be used: {detail}")]
+    BadCrl {
+        /// The file.
+        origin: Origin,
+        /// Position in the file, from 0.
+        index: usize,
+        /// Why.
+        detail: String,
+    },
+    /// A CRL past its nextUpdate: with it, every handshake would fail.
+    #[error(
+        "the CRL in {origin} (issuer {issuer}) is past its nextUpdate ({}); publish a fresh CRL (`openssl ca -gencrl`)",
+        fmt_time(*next_update)
+    )]
+    CrlExpired {
+        /// The file.
+        origin: Origin,
+        /// The CRL's issuer.
+        issuer: String,
+        /// When it went stale.
+        next_update: SystemTime,
+    },
+    /// No allow-list and no explicit opt-out.
+    #[error(
+        "no allow-list: call `.allow(Allow::...)` with the peer identities that may connect, or `.allow_any_authenticated()` to admit any peer your CA signed"
+    )]
+    NoAllowList,
+    /// A malformed or refused allow rule.
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    /// rustls refused the configuration (should not happen; please report).
+    #[error("rustls refused the configuration: {detail}")]
+    Rustls {
+        /// rustls's message.
+        detail: String,
+    },
+    /// A call this value does not support, with what to do instead.
+    #[error("{detail}")]
+    Misuse {
+        /// What to do instead.
+        detail: String,
+    },
+    /// The file watcher could not start.
+    #[error("cannot watch {}: {detail}", path.display())]
+    Watch {
+        /// The directory.
+        path: PathBuf,
+        /// The watcher's message.
+        detail: String,
+    },
+    /// Material did not become valid in time (see `wait_for_files`).
+    #[error("the TLS files were not ready after {waited:?}; last problem: {last}")]
+    NotReady {
+        /// How long meshtls waited.
+        waited: std::time::Duration,
+        /// The last error seen.
+        last: Box<Self>,
+    },
+}
+
+/// A refused or failed handshake, from the acceptor or the connector.
+///
+/// [`reason`](Self::reason) is the class to match on; the message adds the
+/// specifics known on this side. The peer that did the refusing sees only the
+/// TLS alert; the full story (certificate, rule) is in that side's events.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS handshake refused ({reason}): {detail}")]
+pub struct HandshakeError {
+    reason: crate::observe::RejectReason,
+    detail: String,
+    #[source]
+    source: Option<std::io::Error>,
+}
+
+impl HandshakeError {
+    pub(crate) fn new(
+        reason: crate::observe::RejectReason,
+        detail: impl Into<String>,
+        source: Option<std::io::Error>,
+    ) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+            source,
+        }
+    }
+
+    /// Why, as a class.
+    pub fn reason(&self) -> crate::observe::RejectReason {
+        self.reason
+    }
+
+    /// The specifics.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+}
+
+fn found_note(found: &[String]) -> String {
+    if found.is_empty() {
+        String::new()
+    } else {
+        format!(" (found: {})", found.join(", "))
+    }
+}
+
+/// Formats a time as RFC 3339 UTC (`2026-11-24T08:06:44Z`).
+pub(crate) fn fmt_time(t: SystemTime) -> String {
+    let secs = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    };
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's method).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn times_format_as_rfc3339() {
+        assert_eq!(fmt_time(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_507_604);
+        assert_eq!(fmt_time(t), "2026-11-24T08:06:44Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(fmt_time(leap), "2000-02-29T00:00:00Z");
+    }
+}

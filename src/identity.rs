@@ -1,0 +1,651 @@
+//! Who a peer is: [`SpiffeId`] and [`TrustDomain`] parsed to the SPIFFE ID
+//! specification, and [`PeerIdentity`], read once from a verified leaf
+//! certificate.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::FromDer;
+
+/// The longest SPIFFE ID the specification allows, in bytes.
+const MAX_SPIFFE_ID_LEN: usize = 2048;
+/// The longest trust domain name the specification allows, in bytes.
+const MAX_TRUST_DOMAIN_LEN: usize = 255;
+const SCHEME: &str = "spiffe://";
+
+/// Why a string is not a SPIFFE ID (or trust domain).
+///
+/// Each variant is one rule of the [SPIFFE ID specification][spec].
+///
+/// [spec]: https://github.com/spiffe/spiffe/blob/main/standards/SPIFFE-ID.md
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpiffeIdError {
+    /// The string is empty.
+    #[error("a SPIFFE ID cannot be empty")]
+    Empty,
+    /// Longer than the 2048 bytes the specification allows.
+    #[error("a SPIFFE ID is at most 2048 bytes, this one is {len}")]
+    TooLong {
+        /// The length seen, in bytes.
+        len: usize,
+    },
+    /// The scheme is not `spiffe://` (lowercase).
+    #[error("a SPIFFE ID starts with `spiffe://`")]
+    WrongScheme,
+    /// Nothing between `spiffe://` and the path.
+    #[error("the trust domain is empty")]
+    EmptyTrustDomain,
+    /// Longer than the 255 bytes the specification allows.
+    #[error("a trust domain is at most 255 bytes, this one is {len}")]
+    TrustDomainTooLong {
+        /// The length seen, in bytes.
+        len: usize,
+    },
+    /// A trust domain holds only lowercase letters, digits, `.`, `-` and `_`.
+    #[error(
+        "the trust domain has {ch:?}; it may hold only lowercase letters, digits, `.`, `-` and `_`"
+    )]
+    BadTrustDomainChar {
+        /// The offending character.
+        ch: char,
+    },
+    /// A port (`:8443`) in the trust domain.
+    #[error("a SPIFFE ID has no port")]
+    Port,
+    /// User info (`user@`) in the trust domain.
+    #[error("a SPIFFE ID has no user info (`user@`)")]
+    UserInfo,
+    /// An empty path segment (`//`) or a trailing `/`.
+    #[error("the path has an empty segment (`//` or a trailing `/`)")]
+    EmptySegment,
+    /// A `.` or `..` path segment.
+    #[error("the path has a `.` or `..` segment")]
+    DotSegment,
+    /// A path holds only letters, digits, `.`, `-` and `_` between slashes.
+    #[error(
+        "the path has {ch:?}; a segment may hold only letters, digits, `.`, `-` and `_` (no percent-encoding)"
+    )]
+    BadPathChar {
+        /// The offending character.
+        ch: char,
+    },
+    /// A `?query`.
+    #[error("a SPIFFE ID has no query (`?`)")]
+    Query,
+    /// A `#fragment`.
+    #[error("a SPIFFE ID has no fragment (`#`)")]
+    Fragment,
+}
+
+/// A SPIFFE trust domain such as `prod.example`.
+///
+/// ```
+/// use meshtls::TrustDomain;
+/// let td: TrustDomain = "prod.example".parse()?;
+/// assert_eq!(td.as_str(), "prod.example");
+/// assert!("Prod.Example".parse::<TrustDomain>().is_err());
+/// # Ok::<(), meshtls::SpiffeIdError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrustDomain(String);
+
+impl TrustDomain {
+    /// The trust domain's name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for TrustDomain {
+    type Err = SpiffeIdError;
+
+    /// Accepts a bare name (`prod.example`) or a SPIFFE ID with no path
+    /// (`spiffe://prod.example`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let name = s.strip_prefix(SCHEME).unwrap_or(s);
+        check_trust_domain(name)?;
+        Ok(Self(name.to_owned()))
+    }
+}
+
+impl fmt::Display for TrustDomain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn check_trust_domain(td: &str) -> Result<(), SpiffeIdError> {
+    if td.is_empty() {
+        return Err(SpiffeIdError::EmptyTrustDomain);
+    }
+    if td.len() > MAX_TRUST_DOMAIN_LEN {
+        return Err(SpiffeIdError::TrustDomainTooLong { len: td.len() });
+    }
+    for ch in td.chars() {
+        match ch {
+            'a'..='z' | '0'..='9' | '.' | '-' | '_' => {}
+            ':' => return Err(SpiffeIdError::Port),
+            '@' => return Err(SpiffeIdError::UserInfo),
+            '?' => return Err(SpiffeIdError::Query),
+            '#' => return Err(SpiffeIdError::Fragment),
+            _ => return Err(SpiffeIdError::BadTrustDomainChar { ch }),
+        }
+    }
+    Ok(())
+}
+
+fn check_path(path: &str) -> Result<(), SpiffeIdError> {
+    // `path` is empty or starts with '/'.
+    if path.is_empty() {
+        return Ok(());
+    }
+    for segment in path[1..].split('/') {
+        if segment.is_empty() {
+            return Err(SpiffeIdError::EmptySegment);
+        }
+        if segment == "." || segment == ".." {
+            return Err(SpiffeIdError::DotSegment);
+        }
+        for ch in segment.chars() {
+            match ch {
+                'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_' => {}
+                '?' => return Err(SpiffeIdError::Query),
+                '#' => return Err(SpiffeIdError::Fragment),
+                _ => return Err(SpiffeIdError::BadPathChar { ch }),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A SPIFFE ID such as `spiffe://prod.example/ns/billing/sa/api`, validated
+/// against every rule of the SPIFFE ID specification.
+///
+/// ```
+/// use meshtls::SpiffeId;
+/// let id: SpiffeId = "spiffe://prod.example/ns/billing/sa/api".parse()?;
+/// assert_eq!(id.trust_domain(), "prod.example");
+/// assert_eq!(id.path(), "/ns/billing/sa/api");
+/// assert_eq!(id.segments().collect::<Vec<_>>(), ["ns", "billing", "sa", "api"]);
+///
+/// assert!("spiffe://prod.example:8443/api".parse::<SpiffeId>().is_err());
+/// assert!("spiffe://prod.example/a//b".parse::<SpiffeId>().is_err());
+/// # Ok::<(), meshtls::SpiffeIdError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpiffeId {
+    id: String,
+    /// Byte offset where the path starts (the end of the trust domain).
+    path_at: usize,
+}
+
+impl SpiffeId {
+    /// The whole ID as a string.
+    pub fn as_str(&self) -> &str {
+        &self.id
+    }
+
+    /// The trust domain: `prod.example` in `spiffe://prod.example/api`.
+    pub fn trust_domain(&self) -> &str {
+        &self.id[SCHEME.len()..self.path_at]
+    }
+
+    /// The path, with its leading `/`, or `""` for the ID of a trust domain.
+    pub fn path(&self) -> &str {
+        &self.id[self.path_at..]
+    }
+
+    /// The path segments, in order.
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        self.path().split('/').skip(1)
+    }
+}
+
+impl FromStr for SpiffeId {
+    type Err = SpiffeIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err(SpiffeIdError::Empty);
+        }
+        if s.len() > MAX_SPIFFE_ID_LEN {
+            return Err(SpiffeIdError::TooLong { len: s.len() });
+        }
+        let rest = s.strip_prefix(SCHEME).ok_or(SpiffeIdError::WrongScheme)?;
+        let td_end = rest.find('/').unwrap_or(rest.len());
+        check_trust_domain(&rest[..td_end])?;
+        check_path(&rest[td_end..])?;
+        Ok(Self {
+            id: s.to_owned(),
+            path_at: SCHEME.len() + td_end,
+        })
+    }
+}
+
+impl fmt::Display for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.id)
+    }
+}
+
+/// Why a peer's leaf certificate cannot stand for an identity.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// The certificate is not well-formed X.509.
+    #[error("the certificate does not parse as X.509: {detail}")]
+    Unparsable {
+        /// The parser's message.
+        detail: String,
+    },
+    /// The leaf says it is a CA (`basicConstraints cA=true`).
+    #[error(
+        "the leaf certificate is a CA (basicConstraints cA=true); a workload certificate must not be"
+    )]
+    LeafIsCa,
+    /// The leaf may sign certificates or CRLs (`keyCertSign` / `cRLSign`).
+    #[error(
+        "the leaf certificate carries keyUsage keyCertSign or cRLSign; a workload certificate must not"
+    )]
+    LeafSignsCertificates,
+    /// An X509-SVID has exactly one URI SAN.
+    #[error(
+        "the certificate has {count} URI SANs including a SPIFFE ID; an X509-SVID has exactly one"
+    )]
+    MultipleUriSans {
+        /// How many URI SANs the certificate has.
+        count: usize,
+    },
+    /// A `spiffe://` URI SAN that breaks the SPIFFE ID rules.
+    #[error("the URI SAN {uri:?} is not a valid SPIFFE ID: {reason}")]
+    InvalidSpiffeId {
+        /// The URI as found.
+        uri: String,
+        /// The rule it breaks.
+        reason: SpiffeIdError,
+    },
+}
+
+/// What meshtls reads from a leaf certificate, once.
+#[derive(Debug)]
+pub(crate) struct LeafInfo {
+    pub(crate) subject: String,
+    pub(crate) common_name: Option<String>,
+    pub(crate) serial: Vec<u8>,
+    pub(crate) not_before: SystemTime,
+    pub(crate) not_after: SystemTime,
+    pub(crate) dns_names: Vec<String>,
+    pub(crate) uris: Vec<String>,
+    pub(crate) has_ip_san: bool,
+    pub(crate) is_ca: bool,
+    pub(crate) signs_certificates: bool,
+    /// `None` when the certificate has no EKU extension (any use).
+    pub(crate) eku: Option<Eku>,
+}
+
+/// The extended key usages meshtls cares about.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Eku {
+    pub(crate) server_auth: bool,
+    pub(crate) client_auth: bool,
+}
+
+pub(crate) fn unix_to_system(secs: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    }
+}
+
+impl LeafInfo {
+    pub(crate) fn parse(der: &[u8]) -> Result<Self, IdentityError> {
+        let unparsable = |detail: String| IdentityError::Unparsable { detail };
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| unparsable(e.to_string()))?;
+        let mut info = Self {
+            subject: cert.subject().to_string(),
+            common_name: cert
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .map(str::to_owned),
+            serial: cert.raw_serial().to_vec(),
+            not_before: unix_to_system(cert.validity().not_before.timestamp()),
+            not_after: unix_to_system(cert.validity().not_after.timestamp()),
+            dns_names: Vec::new(),
+            uris: Vec::new(),
+            has_ip_san: false,
+            is_ca: false,
+            signs_certificates: false,
+            eku: None,
+        };
+        let ext = |e: x509_parser::error::X509Error| unparsable(format!("bad extension: {e}"));
+        if let Some(bc) = cert.basic_constraints().map_err(ext)? {
+            info.is_ca = bc.value.ca;
+        }
+        if let Some(ku) = cert.key_usage().map_err(ext)? {
+            info.signs_certificates = ku.value.key_cert_sign() || ku.value.crl_sign();
+        }
+        if let Some(eku) = cert.extended_key_usage().map_err(ext)? {
+            info.eku = Some(Eku {
+                server_auth: eku.value.server_auth || eku.value.any,
+                client_auth: eku.value.client_auth || eku.value.any,
+            });
+        }
+        if let Some(san) = cert.subject_alternative_name().map_err(ext)? {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::DNSName(n) => info.dns_names.push((*n).to_owned()),
+                    GeneralName::URI(u) => info.uris.push((*u).to_owned()),
+                    GeneralName::IPAddress(_) => info.has_ip_san = true,
+                    _ => {}
+                }
+            }
+        }
+        Ok(info)
+    }
+
+    pub(crate) fn serial_hex(&self) -> String {
+        hex_colon(&self.serial)
+    }
+
+    pub(crate) fn has_san(&self) -> bool {
+        !self.dns_names.is_empty() || !self.uris.is_empty() || self.has_ip_san
+    }
+
+    /// The X509-SVID rules, which also apply to any workload leaf: not a CA,
+    /// cannot sign certificates, at most one URI SAN when one is a SPIFFE ID.
+    pub(crate) fn spiffe_id(&self) -> Result<Option<SpiffeId>, IdentityError> {
+        if self.is_ca {
+            return Err(IdentityError::LeafIsCa);
+        }
+        if self.signs_certificates {
+            return Err(IdentityError::LeafSignsCertificates);
+        }
+        let mut spiffe = self.uris.iter().filter(|u| {
+            u.get(..SCHEME.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(SCHEME))
+        });
+        let Some(uri) = spiffe.next() else {
+            return Ok(None);
+        };
+        if self.uris.len() > 1 {
+            return Err(IdentityError::MultipleUriSans {
+                count: self.uris.len(),
+            });
+        }
+        uri.parse()
+            .map(Some)
+            .map_err(|reason| IdentityError::InvalidSpiffeId {
+                uri: uri.clone(),
+                reason,
+            })
+    }
+}
+
+pub(crate) fn hex_colon(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 3);
+    for (i, b) in bytes.iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// The identity of a verified peer: what an application authorizes on.
+///
+/// Built from the peer's leaf certificate after its chain has been
+/// verified; cheap to clone. A leaf that is a CA, that may sign
+/// certificates, or that carries a SPIFFE ID next to other URI SANs does not
+/// yield a `PeerIdentity` (see [`IdentityError`]).
+///
+/// ```
+/// # fn show(peer: &meshtls::PeerIdentity) {
+/// if let Some(id) = peer.spiffe_id() {
+///     println!("caller {id} (serial {})", peer.serial());
+/// }
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct PeerIdentity(Arc<PeerInner>);
+
+struct PeerInner {
+    spiffe_id: Option<SpiffeId>,
+    dns_names: Vec<String>,
+    common_name: Option<String>,
+    subject: String,
+    serial: String,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    der: Vec<u8>,
+}
+
+impl PeerIdentity {
+    /// Reads the identity from a leaf certificate (DER).
+    ///
+    /// This does not verify the certificate: meshtls calls it only after the
+    /// chain has been verified. Applications may call it on a certificate they
+    /// obtained another way (for example from `rustls`' `peer_certificates()`).
+    ///
+    /// # Errors
+    ///
+    /// [`IdentityError`] when the certificate does not parse or cannot stand
+    /// for a workload identity.
+    pub fn from_leaf_der(der: &[u8]) -> Result<Self, IdentityError> {
+        let info = LeafInfo::parse(der)?;
+        Self::from_info(info, der)
+    }
+
+    pub(crate) fn from_info(info: LeafInfo, der: &[u8]) -> Result<Self, IdentityError> {
+        let spiffe_id = info.spiffe_id()?;
+        let serial = info.serial_hex();
+        Ok(Self(Arc::new(PeerInner {
+            spiffe_id,
+            dns_names: info.dns_names,
+            common_name: info.common_name,
+            subject: info.subject,
+            serial,
+            not_before: info.not_before,
+            not_after: info.not_after,
+            der: der.to_vec(),
+        })))
+    }
+
+    /// The peer's SPIFFE ID, if its certificate is an X509-SVID.
+    pub fn spiffe_id(&self) -> Option<&SpiffeId> {
+        self.0.spiffe_id.as_ref()
+    }
+
+    /// The DNS names in the certificate's subjectAltName, as written.
+    pub fn dns_names(&self) -> &[String] {
+        &self.0.dns_names
+    }
+
+    /// The subject's first common name (CN), if any. Legacy: prefer SANs.
+    pub fn common_name(&self) -> Option<&str> {
+        self.0.common_name.as_deref()
+    }
+
+    /// The whole subject, e.g. `CN=billing, O=Example`.
+    pub fn subject(&self) -> &str {
+        &self.0.subject
+    }
+
+    /// The serial number as colon-separated lowercase hex (`01:a2:...`).
+    pub fn serial(&self) -> &str {
+        &self.0.serial
+    }
+
+    /// The start of the certificate's validity.
+    pub fn not_before(&self) -> SystemTime {
+        self.0.not_before
+    }
+
+    /// The end of the certificate's validity.
+    pub fn not_after(&self) -> SystemTime {
+        self.0.not_after
+    }
+
+    /// The leaf certificate, DER-encoded.
+    pub fn leaf_der(&self) -> &[u8] {
+        &self.0.der
+    }
+
+    /// A short name for logs: the SPIFFE ID, else the first DNS name, else
+    /// the CN, else the subject.
+    pub fn display_name(&self) -> &str {
+        if let Some(id) = &self.0.spiffe_id {
+            return id.as_str();
+        }
+        if let Some(dns) = self.0.dns_names.first() {
+            return dns;
+        }
+        self.0.common_name.as_deref().unwrap_or(&self.0.subject)
+    }
+
+    /// Whether `at` is inside the certificate's validity window.
+    pub(crate) fn is_valid_at(&self, at: SystemTime) -> bool {
+        self.0.not_before <= at && at <= self.0.not_after
+    }
+}
+
+impl fmt::Debug for PeerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerIdentity")
+            .field(
+                "spiffe_id",
+                &self.0.spiffe_id.as_ref().map(SpiffeId::as_str),
+            )
+            .field("dns_names", &self.0.dns_names)
+            .field("common_name", &self.0.common_name)
+            .field("serial", &self.0.serial)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for PeerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.display_name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(s: &str) -> SpiffeIdError {
+        match s.parse::<SpiffeId>() {
+            Ok(id) => panic!("{s} parsed as {id}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn valid_ids() {
+        for s in [
+            "spiffe://example.org",
+            "spiffe://example.org/a",
+            "spiffe://a-b_c.9/ns/Prod/sa/api.v1-x_y",
+            "spiffe://td/...x/..a",
+        ] {
+            assert_eq!(
+                s.parse::<SpiffeId>().map(|i| i.to_string()),
+                Ok(s.to_owned())
+            );
+        }
+        let id: SpiffeId = "spiffe://td/a/b".parse().unwrap();
+        assert_eq!(id.trust_domain(), "td");
+        assert_eq!(id.path(), "/a/b");
+        let root: SpiffeId = "spiffe://td".parse().unwrap();
+        assert_eq!(root.path(), "");
+        assert_eq!(root.segments().count(), 0);
+    }
+
+    #[test]
+    fn scheme_rules() {
+        assert_eq!(err(""), SpiffeIdError::Empty);
+        assert_eq!(err("https://td/a"), SpiffeIdError::WrongScheme);
+        assert_eq!(err("SPIFFE://td/a"), SpiffeIdError::WrongScheme);
+        assert_eq!(err("spiffe:/td/a"), SpiffeIdError::WrongScheme);
+        assert_eq!(err("td/a"), SpiffeIdError::WrongScheme);
+    }
+
+    #[test]
+    fn trust_domain_rules() {
+        assert_eq!(err("spiffe://"), SpiffeIdError::EmptyTrustDomain);
+        assert_eq!(err("spiffe:///a"), SpiffeIdError::EmptyTrustDomain);
+        assert_eq!(
+            err("spiffe://Example.org/a"),
+            SpiffeIdError::BadTrustDomainChar { ch: 'E' }
+        );
+        assert_eq!(err("spiffe://td:8443/a"), SpiffeIdError::Port);
+        assert_eq!(err("spiffe://user@td/a"), SpiffeIdError::UserInfo);
+        assert_eq!(
+            err("spiffe://t%41d/a"),
+            SpiffeIdError::BadTrustDomainChar { ch: '%' }
+        );
+        assert_eq!(err("spiffe://td?x=1"), SpiffeIdError::Query);
+        assert_eq!(err("spiffe://td#x"), SpiffeIdError::Fragment);
+        let long = format!("spiffe://{}", "a".repeat(256));
+        assert_eq!(err(&long), SpiffeIdError::TrustDomainTooLong { len: 256 });
+        assert!(
+            format!("spiffe://{}", "a".repeat(255))
+                .parse::<SpiffeId>()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn path_rules() {
+        assert_eq!(err("spiffe://td/"), SpiffeIdError::EmptySegment);
+        assert_eq!(err("spiffe://td/a/"), SpiffeIdError::EmptySegment);
+        assert_eq!(err("spiffe://td//a"), SpiffeIdError::EmptySegment);
+        assert_eq!(err("spiffe://td/a/./b"), SpiffeIdError::DotSegment);
+        assert_eq!(err("spiffe://td/a/.."), SpiffeIdError::DotSegment);
+        assert_eq!(
+            err("spiffe://td/a%20b"),
+            SpiffeIdError::BadPathChar { ch: '%' }
+        );
+        assert_eq!(
+            err("spiffe://td/a b"),
+            SpiffeIdError::BadPathChar { ch: ' ' }
+        );
+        assert_eq!(err("spiffe://td/a?x=1"), SpiffeIdError::Query);
+        assert_eq!(err("spiffe://td/a#frag"), SpiffeIdError::Fragment);
+        assert_eq!(err("spiffe://td/é"), SpiffeIdError::BadPathChar { ch: 'é' });
+    }
+
+    #[test]
+    fn length_limit() {
+        let ok = format!("spiffe://td/{}", "a".repeat(2048 - 12));
+        assert_eq!(ok.len(), 2048);
+        assert!(ok.parse::<SpiffeId>().is_ok());
+        let long = format!("{ok}b");
+        assert_eq!(err(&long), SpiffeIdError::TooLong { len: 2049 });
+    }
+
+    #[test]
+    fn trust_domain_parse() {
+        assert_eq!(
+            "td.example".parse::<TrustDomain>().unwrap().as_str(),
+            "td.example"
+        );
+        assert_eq!("spiffe://td".parse::<TrustDomain>().unwrap().as_str(), "td");
+        assert!("spiffe://td/x".parse::<TrustDomain>().is_err());
+        assert!("".parse::<TrustDomain>().is_err());
+    }
+
+    #[test]
+    fn hex_serial() {
+        assert_eq!(hex_colon(&[0x01, 0xab, 0x00]), "01:ab:00");
+        assert_eq!(hex_colon(&[]), "");
+    }
+}

@@ -1,0 +1,112 @@
+//! Mutual TLS for Rust services the way a service mesh does it, without the
+//! mesh.
+//!
+//! meshtls builds hardened rustls configs for both sides of a connection:
+//! TLS 1.3 only, a client certificate required, every peer's identity checked
+//! against an allow-list of SPIFFE IDs, DNS names or (opt-in) legacy CNs, and
+//! certificates, trust bundles and CRLs that rotate on disk with no restart.
+//!
+//! # The model
+//!
+//! A [`ServerTls`] or [`ClientTls`] holds one `Arc<rustls::ServerConfig>` /
+//! `Arc<rustls::ClientConfig>` that never goes stale: its certificate
+//! resolver, verifier and session state read the current *generation*, a
+//! validated set of material swapped in whole. Hand the config to any
+//! framework that takes a rustls config, or use the [`Acceptor`] /
+//! [`Connector`], which add a timeout, a re-check of resumed sessions and the
+//! peer's [`PeerIdentity`].
+//!
+//! # A tour
+//!
+//! ```no_run
+//! use meshtls::{Allow, ClientTls, ServerTls};
+//!
+//! # async fn tour() -> Result<(), Box<dyn std::error::Error>> {
+//! // The server: its own identity, the CA that signs clients, who may call.
+//! let server = ServerTls::builder()
+//!     .identity_files("tls/server.crt", "tls/server.key")
+//!     .client_roots_file("tls/ca.crt")
+//!     .allow(Allow::spiffe_pattern("spiffe://prod.example/ns/billing/**"))
+//!     .allow(Allow::dns("*.svc.cluster.local"))
+//!     .watch()?; // reloads on rotation; `.build()` for static files
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
+//! let acceptor = server.acceptor();
+//! tokio::spawn(async move {
+//!     while let Ok((tcp, _)) = listener.accept().await {
+//!         match acceptor.accept(tcp).await {
+//!             Ok((_tls, peer)) => println!("accepted {peer}"),
+//!             Err(e) => eprintln!("refused: {e}"), // e.reason(): NotAllowed, Revoked, ...
+//!         }
+//!     }
+//! });
+//!
+//! // The client: verifies the server by its SPIFFE ID.
+//! let client = ClientTls::builder()
+//!     .identity_files("tls/client.crt", "tls/client.key")
+//!     .server_roots_file("tls/ca.crt")
+//!     .expect_server(Allow::spiffe_id("spiffe://prod.example/ns/billing/sa/api"))
+//!     .build()?;
+//! let tcp = tokio::net::TcpStream::connect("127.0.0.1:8443").await?;
+//! let (_tls, server_identity) = client.connector().connect("localhost", tcp).await?;
+//! println!("server is {server_identity}");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Defaults
+//!
+//! - TLS 1.3 only, with a crypto provider of meshtls's own (aws-lc-rs, or
+//!   `ring` with the `ring` feature): never the process default.
+//! - Cipher suites AES-256-GCM and ChaCha20-Poly1305 (AES-128-GCM on request);
+//!   key exchange X25519MLKEM768 first, then X25519, P-256, P-384.
+//! - Client certificates required; no allow-list, no build
+//!   ([`Builder::allow_any_authenticated`] opts out on purpose).
+//! - With CRLs, unknown revocation status is refused and stale CRLs are
+//!   enforced.
+//! - A refused handshake sends the TLS alert (`access_denied` for policy);
+//!   the reason (certificate, rule) goes to [`Event`]s and `tracing`.
+//!
+//! See the [`reload`] module for what a rotation does to connections and
+//! resumption.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, clippy::use_self)]
+
+mod accept;
+mod builder;
+mod client;
+#[cfg(feature = "dev")]
+pub mod dev;
+mod error;
+mod hardening;
+mod identity;
+mod live;
+mod material;
+mod observe;
+mod policy;
+pub mod reload;
+mod server;
+mod source;
+
+pub use accept::Acceptor;
+pub use builder::{Builder, NeedsIdentity, NeedsRoots, Ready, Resumption};
+pub use client::{ClientTls, ClientTlsBuilder, Connector};
+pub use error::{Error, HandshakeError, MaterialKind, Origin, Usage};
+pub use identity::{IdentityError, PeerIdentity, SpiffeId, SpiffeIdError, TrustDomain};
+pub use live::ReloadOutcome;
+pub use material::{CertFacts, RevocationScope};
+pub use observe::{Event, RejectReason, Stats};
+pub use policy::{Allow, NotAllowed, Policy, RuleError};
+pub use server::{ServerTls, ServerTlsBuilder};
+pub use source::{MAX_FILE_SIZE, Source};
+
+/// The rustls this crate was built with, so you name the same version.
+pub use rustls;
+/// The tokio-rustls this crate was built with.
+pub use tokio_rustls;
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

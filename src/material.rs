@@ -1,0 +1,438 @@
+//! A validated set of material: the service's certified key, the trust roots
+//! and CRLs that judge peers, and the facts about them that reloads report.
+//!
+//! Everything is read and checked before anything is used: a set that fails
+//! any check is refused as a whole.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rustls::crypto::CryptoProvider;
+use rustls::sign::CertifiedKey;
+use rustls::{Error as TlsError, InconsistentKeys};
+use rustls_pki_types::{CertificateDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime};
+use webpki::{
+    CertRevocationList, EndEntityCert, ExpirationPolicy, KeyUsage, OwnedCertRevocationList,
+    RevocationCheckDepth, RevocationOptionsBuilder, UnknownStatusPolicy,
+};
+
+use crate::error::{Error, MaterialKind, Origin, Usage};
+use crate::identity::{LeafInfo, unix_to_system};
+use crate::source::{self, Source};
+
+/// Which side of the connection a service's own certificate serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    Server,
+    Client,
+}
+
+impl Role {
+    /// The usage our own certificate needs.
+    fn own_usage(self) -> Usage {
+        match self {
+            Self::Server => Usage::ServerAuth,
+            Self::Client => Usage::ClientAuth,
+        }
+    }
+}
+
+/// The usage a *peer* certificate needs, as webpki checks it.
+pub(crate) fn peer_key_usage(own: Role) -> KeyUsage {
+    match own {
+        Role::Server => KeyUsage::client_auth(),
+        Role::Client => KeyUsage::server_auth(),
+    }
+}
+
+/// Where each piece of a generation is read from.
+#[derive(Clone, Debug)]
+pub(crate) struct Sources {
+    pub(crate) cert: Source,
+    pub(crate) key: Source,
+    pub(crate) roots: Source,
+    pub(crate) crls: Vec<Source>,
+}
+
+impl Sources {
+    /// Every file a generation depends on.
+    pub(crate) fn files(&self) -> impl Iterator<Item = &std::path::Path> {
+        [&self.cert, &self.key, &self.roots]
+            .into_iter()
+            .chain(&self.crls)
+            .filter_map(Source::path)
+    }
+
+    pub(crate) fn read(&self) -> Result<Inputs, Error> {
+        Ok(Inputs {
+            cert: self.cert.read(MaterialKind::CertificateChain)?,
+            key: self.key.read(MaterialKind::PrivateKey)?,
+            roots: self.roots.read(MaterialKind::TrustRoots)?,
+            crls: self
+                .crls
+                .iter()
+                .map(|s| s.read(MaterialKind::Crl))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+/// The bytes a generation was built from, to tell whether anything changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Inputs {
+    pub(crate) cert: Arc<[u8]>,
+    pub(crate) key: Arc<[u8]>,
+    pub(crate) roots: Arc<[u8]>,
+    pub(crate) crls: Vec<Arc<[u8]>>,
+}
+
+impl Inputs {
+    /// Whether the material that judges peers (roots, CRLs) is the same.
+    pub(crate) fn same_trust(&self, other: &Self) -> bool {
+        self.roots == other.roots && self.crls == other.crls
+    }
+}
+
+/// Facts about one certificate, as reloads and expiry events report them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CertFacts {
+    /// The subject, e.g. `CN=billing`.
+    pub subject: String,
+    /// The serial number, colon-separated hex.
+    pub serial: String,
+    /// Start of validity.
+    pub not_before: SystemTime,
+    /// End of validity.
+    pub not_after: SystemTime,
+}
+
+impl CertFacts {
+    fn from_info(info: &LeafInfo) -> Self {
+        Self {
+            subject: info.subject.clone(),
+            serial: info.serial_hex(),
+            not_before: info.not_before,
+            not_after: info.not_after,
+        }
+    }
+
+    /// The moment after which less than `fraction` of the lifetime is left.
+    pub(crate) fn warn_at(&self, fraction: f64) -> SystemTime {
+        let life = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default();
+        self.not_after - life.mul_f64(fraction.clamp(0.0, 1.0))
+    }
+}
+
+/// How peers' certificates are checked for revocation when CRLs are given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RevocationScope {
+    /// Leaf and every intermediate: each needs a CRL from its issuer, and a
+    /// certificate whose status is unknown is refused. The default.
+    #[default]
+    WholeChain,
+    /// The leaf only (a CRL from its issuer is still required); intermediates
+    /// are not checked.
+    LeafOnly,
+}
+
+/// The trust side of a generation: who may sign peers, and what is revoked.
+pub(crate) struct Trust {
+    anchors: Vec<TrustAnchor<'static>>,
+    crls: Vec<CertRevocationList<'static>>,
+    scope: RevocationScope,
+    pub(crate) roots: Vec<CertFacts>,
+}
+
+impl Trust {
+    /// Verifies a chain to the roots, with revocation when CRLs are present.
+    /// Names are not checked here.
+    pub(crate) fn verify(
+        &self,
+        algs: &[&dyn SignatureVerificationAlgorithm],
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: KeyUsage,
+    ) -> Result<(), webpki::Error> {
+        let cert = EndEntityCert::try_from(end_entity)?;
+        let crl_refs: Vec<&CertRevocationList<'_>> = self.crls.iter().collect();
+        let revocation = match RevocationOptionsBuilder::new(&crl_refs) {
+            Ok(builder) => Some(
+                builder
+                    .with_depth(match self.scope {
+                        RevocationScope::WholeChain => RevocationCheckDepth::Chain,
+                        RevocationScope::LeafOnly => RevocationCheckDepth::EndEntity,
+                    })
+                    .with_status_policy(UnknownStatusPolicy::Deny)
+                    .with_expiration_policy(ExpirationPolicy::Enforce)
+                    .build(),
+            ),
+            // No CRLs configured.
+            Err(_) => None,
+        };
+        cert.verify_for_usage(
+            algs,
+            &self.anchors,
+            intermediates,
+            now,
+            usage,
+            revocation,
+            None,
+        )
+        .map(|_| ())
+    }
+}
+
+/// A validated set: all of it checked, ready to serve.
+pub(crate) struct Material {
+    pub(crate) key: Arc<CertifiedKey>,
+    pub(crate) leaf: CertFacts,
+    pub(crate) trust: Trust,
+    pub(crate) inputs: Inputs,
+}
+
+impl Material {
+    /// Reads nothing: validates `inputs` (read from `sources`) as a whole.
+    pub(crate) fn validate(
+        sources: &Sources,
+        inputs: Inputs,
+        role: Role,
+        provider: &CryptoProvider,
+        scope: RevocationScope,
+        now: SystemTime,
+    ) -> Result<Self, Error> {
+        let cert_origin = sources.cert.origin();
+        let chain =
+            source::certificates(&cert_origin, &inputs.cert, MaterialKind::CertificateChain)?;
+        let leaf = check_leaf(&cert_origin, &chain[0], role, now)?;
+        let key = load_key(sources, &inputs, chain.clone(), provider, &leaf)?;
+        let trust = load_trust(sources, &inputs, scope, now)?;
+
+        // Our own chain should build to our roots when the same CA signs both
+        // sides; if it does not, peers will likely refuse it too. A different CA
+        // (UnknownIssuer) is normal and not an error.
+        let usage = match role {
+            Role::Server => KeyUsage::server_auth(),
+            Role::Client => KeyUsage::client_auth(),
+        };
+        match trust.verify(
+            provider.signature_verification_algorithms.all,
+            &chain[0],
+            &chain[1..],
+            UnixTime::since_unix_epoch(
+                now.duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default(),
+            ),
+            usage,
+        ) {
+            Ok(()) | Err(webpki::Error::UnknownIssuer | webpki::Error::UnknownRevocationStatus) => {
+            }
+            Err(e) => {
+                return Err(Error::ChainInvalid {
+                    origin: cert_origin,
+                    subject: leaf.subject.clone(),
+                    roots: sources.roots.origin(),
+                    detail: crate::observe::describe_webpki(&e),
+                });
+            }
+        }
+
+        Ok(Self {
+            key: Arc::new(key),
+            leaf: CertFacts::from_info(&leaf),
+            trust,
+            inputs,
+        })
+    }
+}
+
+fn check_leaf(
+    origin: &Origin,
+    der: &CertificateDer<'_>,
+    role: Role,
+    now: SystemTime,
+) -> Result<LeafInfo, Error> {
+    let leaf = LeafInfo::parse(der).map_err(|e| Error::BadCertificate {
+        origin: origin.clone(),
+        index: 0,
+        detail: e.to_string(),
+    })?;
+    if leaf.is_ca || leaf.signs_certificates {
+        return Err(Error::LeafIsCa {
+            origin: origin.clone(),
+            subject: leaf.subject,
+        });
+    }
+    if now < leaf.not_before {
+        return Err(Error::NotYetValid {
+            origin: origin.clone(),
+            serial: leaf.serial_hex(),
+            subject: leaf.subject,
+            not_before: leaf.not_before,
+        });
+    }
+    if now > leaf.not_after {
+        return Err(Error::Expired {
+            origin: origin.clone(),
+            serial: leaf.serial_hex(),
+            subject: leaf.subject,
+            not_after: leaf.not_after,
+        });
+    }
+    if role == Role::Server && !leaf.has_san() {
+        let suggestion = match &leaf.common_name {
+            Some(cn) if cn.parse::<std::net::IpAddr>().is_ok() => format!("IP:{cn}"),
+            Some(cn) if !cn.contains(' ') => format!("DNS:{cn}"),
+            _ => "DNS:your.service.name".to_owned(),
+        };
+        return Err(Error::NoSubjectAltName {
+            origin: origin.clone(),
+            subject: leaf.subject,
+            suggestion,
+        });
+    }
+    if let Some(eku) = leaf.eku {
+        let ok = match role {
+            Role::Server => eku.server_auth,
+            Role::Client => eku.client_auth,
+        };
+        if !ok {
+            return Err(Error::WrongUsage {
+                origin: origin.clone(),
+                subject: leaf.subject,
+                usage: role.own_usage(),
+            });
+        }
+    }
+    Ok(leaf)
+}
+
+fn load_key(
+    sources: &Sources,
+    inputs: &Inputs,
+    chain: Vec<CertificateDer<'static>>,
+    provider: &CryptoProvider,
+    leaf: &LeafInfo,
+) -> Result<CertifiedKey, Error> {
+    let key_origin = sources.key.origin();
+    let key_der = source::private_key(&key_origin, &inputs.key)?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| Error::UnusableKey {
+            origin: key_origin.clone(),
+            detail: e.to_string(),
+        })?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    let mismatch = || Error::KeyMismatch {
+        cert: sources.cert.origin(),
+        key: key_origin.clone(),
+        subject: leaf.subject.clone(),
+    };
+    match certified.keys_match() {
+        Ok(()) => Ok(certified),
+        Err(TlsError::InconsistentKeys(InconsistentKeys::KeyMismatch)) => Err(mismatch()),
+        // The key cannot tell its public half: prove possession instead.
+        Err(TlsError::InconsistentKeys(InconsistentKeys::Unknown)) => {
+            if signs_for_certificate(&certified, provider) {
+                Ok(certified)
+            } else {
+                Err(mismatch())
+            }
+        }
+        Err(e) => Err(Error::UnusableKey {
+            origin: key_origin,
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// Signs a probe with the key and verifies it with the certificate's public key.
+fn signs_for_certificate(certified: &CertifiedKey, provider: &CryptoProvider) -> bool {
+    let algs = &provider.signature_verification_algorithms;
+    let schemes: Vec<_> = algs.mapping.iter().map(|(scheme, _)| *scheme).collect();
+    let Some(signer) = certified.key.choose_scheme(&schemes) else {
+        return false;
+    };
+    let probe = b"meshtls: does this key belong to this certificate?";
+    let Ok(signature) = signer.sign(probe) else {
+        return false;
+    };
+    let Some((_, verifiers)) = algs.mapping.iter().find(|(s, _)| *s == signer.scheme()) else {
+        return false;
+    };
+    let Ok(cert) = EndEntityCert::try_from(&certified.cert[0]) else {
+        return false;
+    };
+    verifiers
+        .iter()
+        .any(|alg| cert.verify_signature(*alg, probe, &signature).is_ok())
+}
+
+fn load_trust(
+    sources: &Sources,
+    inputs: &Inputs,
+    scope: RevocationScope,
+    now: SystemTime,
+) -> Result<Trust, Error> {
+    let roots_origin = sources.roots.origin();
+    let roots_der = source::certificates(&roots_origin, &inputs.roots, MaterialKind::TrustRoots)?;
+    let mut anchors = Vec::with_capacity(roots_der.len());
+    let mut roots = Vec::with_capacity(roots_der.len());
+    for (index, der) in roots_der.iter().enumerate() {
+        let bad = |detail: String| Error::BadTrustRoot {
+            origin: roots_origin.clone(),
+            index,
+            detail,
+        };
+        let anchor = webpki::anchor_from_trusted_cert(der)
+            .map_err(|e| bad(crate::observe::describe_webpki(&e)))?;
+        let info = LeafInfo::parse(der).map_err(|e| bad(e.to_string()))?;
+        if now > info.not_after {
+            tracing::warn!(
+                roots = %roots_origin,
+                subject = %info.subject,
+                "a trust root has expired; chains to it will be refused"
+            );
+        }
+        roots.push(CertFacts::from_info(&info));
+        anchors.push(anchor.to_owned());
+    }
+
+    let mut crls = Vec::new();
+    for (src, bytes) in sources.crls.iter().zip(&inputs.crls) {
+        let origin = src.origin();
+        for (index, der) in source::crls(&origin, bytes)?.iter().enumerate() {
+            let bad = |detail: String| Error::BadCrl {
+                origin: origin.clone(),
+                index,
+                detail,
+            };
+            let crl = OwnedCertRevocationList::from_der(der)
+                .map_err(|e| bad(crate::observe::describe_webpki(&e)))?;
+            let (_, parsed) = x509_parser::parse_x509_crl(der).map_err(|e| bad(e.to_string()))?;
+            if let Some(next) = parsed.next_update() {
+                let next_update = unix_to_system(next.timestamp());
+                if now > next_update {
+                    return Err(Error::CrlExpired {
+                        origin: origin.clone(),
+                        issuer: parsed.issuer().to_string(),
+                        next_update,
+                    });
+                }
+            }
+            crls.push(CertRevocationList::Owned(crl));
+        }
+    }
+    Ok(Trust {
+        anchors,
+        crls,
+        scope,
+        roots,
+    })
+}

@@ -1,0 +1,733 @@
+//! Which peers may connect: [`Allow`] rules, and the [`Policy`] (allow-list)
+//! they compile into.
+//!
+//! Rules are typed. A SPIFFE rule only ever looks at the peer's SPIFFE ID
+//! (its one URI SAN), a DNS rule only at DNS SANs, a CN rule only at the
+//! subject CN. A wildcard DNS SAN *in the peer's certificate*
+//! (`DNS:*.example.com`) never satisfies any DNS rule: for a client identity
+//! it would let one certificate stand for every name.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use rustls_pki_types::DnsName;
+
+use crate::identity::{PeerIdentity, SpiffeId, SpiffeIdError, TrustDomain};
+
+/// Why a rule could not be read or used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuleError {
+    /// The rule text is empty.
+    #[error("an allow rule cannot be empty")]
+    Empty,
+    /// Not one of the rule forms.
+    #[error(
+        "{rule:?} is not an allow rule; write `spiffe://TD/PATH`, `spiffe://TD/**`, `dns:NAME`, `dns:*.SUFFIX` or `cn:NAME`"
+    )]
+    UnknownForm {
+        /// The rule as written.
+        rule: String,
+    },
+    /// A SPIFFE rule whose ID or trust domain breaks the SPIFFE rules.
+    #[error("{rule:?} is not a valid SPIFFE rule: {reason}")]
+    Spiffe {
+        /// The rule as written.
+        rule: String,
+        /// What is wrong with the ID.
+        reason: SpiffeIdError,
+    },
+    /// A misplaced `*` or `**` in a SPIFFE path pattern.
+    #[error(
+        "{rule:?} is not a valid SPIFFE pattern: `*` must be a whole segment and `**` may only be the last one"
+    )]
+    Pattern {
+        /// The rule as written.
+        rule: String,
+    },
+    /// A DNS rule that is not a valid name or single-label wildcard.
+    #[error(
+        "{rule:?} is not a valid DNS rule: {reason} (write `dns:api.example.com` or `dns:*.svc.cluster.local`)"
+    )]
+    Dns {
+        /// The rule as written.
+        rule: String,
+        /// What is wrong with the name.
+        reason: &'static str,
+    },
+    /// A CN rule on a policy that did not opt in to legacy CN matching.
+    #[error(
+        "{rule:?} matches the subject CN, which any CA may put in any certificate; CN rules are off unless you call `allow_legacy_cn()` on the builder (better: give the certificate a SAN)"
+    )]
+    CnNotEnabled {
+        /// The rule as written.
+        rule: String,
+    },
+}
+
+type CustomFn = dyn Fn(&PeerIdentity) -> bool + Send + Sync;
+
+/// One allow rule. Any rule that matches admits the peer.
+///
+/// Rules are values: build them with the constructors, or parse them from
+/// configuration with [`FromStr`]:
+///
+/// | text | matches |
+/// |---|---|
+/// | `spiffe://td/ns/prod/sa/api` | exactly that SPIFFE ID |
+/// | `spiffe://td/ns/*/sa/api` | `*` is exactly one path segment |
+/// | `spiffe://td/ns/prod/**` | one or more segments below `/ns/prod`, on segment boundaries |
+/// | `spiffe://td/**` | any SPIFFE ID of trust domain `td` |
+/// | `dns:api.example.com` | that DNS SAN (case-insensitive) |
+/// | `dns:*.svc.cluster.local` | a DNS SAN with exactly one label before `.svc.cluster.local` |
+/// | `cn:billing` | subject CN `billing` (legacy; needs `allow_legacy_cn()`) |
+///
+/// ```
+/// use meshtls::Allow;
+/// let rules: Vec<Allow> = ["spiffe://prod.example/ns/billing/**", "dns:*.svc.cluster.local"]
+///     .iter()
+///     .map(|r| r.parse())
+///     .collect::<Result<_, _>>()?;
+/// assert_eq!(rules[0].to_string(), "spiffe://prod.example/ns/billing/**");
+/// # Ok::<(), meshtls::RuleError>(())
+/// ```
+///
+/// The constructors take strings and never panic; a malformed rule is
+/// reported when the builder builds (or by [`Policy::new`]).
+#[derive(Clone)]
+pub struct Allow(Rule);
+
+#[derive(Clone)]
+enum Rule {
+    SpiffeId(SpiffeId),
+    TrustDomain(TrustDomain),
+    SpiffePattern(SpiffePattern),
+    Dns(String),
+    DnsWildcard(String),
+    Cn(String),
+    Custom { name: String, check: Arc<CustomFn> },
+    Invalid(RuleError),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SpiffePattern {
+    trust_domain: String,
+    /// `None` is `*` (any one segment).
+    segments: Vec<Option<String>>,
+    /// A trailing `**`: one or more further segments.
+    open_ended: bool,
+}
+
+impl SpiffePattern {
+    fn matches(&self, id: &SpiffeId) -> bool {
+        let mut segments = id.segments();
+        for want in &self.segments {
+            match (segments.next(), want) {
+                (None, _) => return false,
+                (Some(got), Some(want)) if got != want => return false,
+                _ => {}
+            }
+        }
+        if self.open_ended {
+            segments.next().is_some()
+        } else {
+            segments.next().is_none()
+        }
+    }
+}
+
+impl fmt::Display for SpiffePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "spiffe://{}", self.trust_domain)?;
+        for s in &self.segments {
+            write!(f, "/{}", s.as_deref().unwrap_or("*"))?;
+        }
+        if self.open_ended {
+            f.write_str("/**")?;
+        }
+        Ok(())
+    }
+}
+
+impl Allow {
+    /// Exactly this SPIFFE ID.
+    pub fn spiffe_id(id: &str) -> Self {
+        Self(match id.parse::<SpiffeId>() {
+            Ok(id) => Rule::SpiffeId(id),
+            Err(reason) => Rule::Invalid(RuleError::Spiffe {
+                rule: id.to_owned(),
+                reason,
+            }),
+        })
+    }
+
+    /// Any SPIFFE ID of this trust domain (`prod.example`).
+    pub fn spiffe_trust_domain(trust_domain: &str) -> Self {
+        Self(match trust_domain.parse::<TrustDomain>() {
+            Ok(td) => Rule::TrustDomain(td),
+            Err(reason) => Rule::Invalid(RuleError::Spiffe {
+                rule: trust_domain.to_owned(),
+                reason,
+            }),
+        })
+    }
+
+    /// A SPIFFE path pattern: `*` stands for exactly one segment, a trailing
+    /// `**` for one or more (`spiffe://td/ns/*/sa/api`,
+    /// `spiffe://td/ns/prod/**`). Without wildcards it is an exact ID.
+    pub fn spiffe_pattern(pattern: &str) -> Self {
+        Self(parse_spiffe(pattern).unwrap_or_else(Rule::Invalid))
+    }
+
+    /// Exactly this DNS name among the peer's DNS SANs (case-insensitive).
+    /// `*.suffix` is a wildcard rule: exactly one label before `suffix`.
+    pub fn dns(name: &str) -> Self {
+        Self(parse_dns(name).unwrap_or_else(Rule::Invalid))
+    }
+
+    /// The subject common name (CN), for legacy certificates without SANs.
+    ///
+    /// Weaker than the other rules: a CN is free text that no verifier
+    /// constrains (webpki ignores it, name constraints do not cover it), so a
+    /// CA that issues for one team can mint any CN. The builder refuses CN
+    /// rules unless `allow_legacy_cn()` is called.
+    pub fn cn(name: &str) -> Self {
+        Self(if name.is_empty() {
+            Rule::Invalid(RuleError::Empty)
+        } else {
+            Rule::Cn(name.to_owned())
+        })
+    }
+
+    /// A rule of your own: admits the peer when `check` returns `true`.
+    /// `name` is how it shows in logs and errors.
+    ///
+    /// ```
+    /// use meshtls::Allow;
+    /// let staff_only = Allow::custom("serial-allowlist", |peer| peer.serial() == "01:02");
+    /// assert_eq!(staff_only.to_string(), "custom:serial-allowlist");
+    /// ```
+    pub fn custom(
+        name: &str,
+        check: impl Fn(&PeerIdentity) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        Self(Rule::Custom {
+            name: name.to_owned(),
+            check: Arc::new(check),
+        })
+    }
+
+    /// Whether this rule matches the peer, on its own.
+    pub fn matches(&self, peer: &PeerIdentity) -> bool {
+        match &self.0 {
+            Rule::SpiffeId(want) => peer.spiffe_id() == Some(want),
+            Rule::TrustDomain(td) => peer
+                .spiffe_id()
+                .is_some_and(|id| id.trust_domain() == td.as_str()),
+            Rule::SpiffePattern(p) => peer
+                .spiffe_id()
+                .is_some_and(|id| id.trust_domain() == p.trust_domain && p.matches(id)),
+            Rule::Dns(want) => peer_dns_names(peer).any(|n| n == *want),
+            Rule::DnsWildcard(suffix) => {
+                peer_dns_names(peer).any(|n| wildcard_parent(&n) == Some(suffix.as_str()))
+            }
+            Rule::Cn(want) => peer.common_name() == Some(want.as_str()),
+            Rule::Custom { check, .. } => check(peer),
+            Rule::Invalid(_) => false,
+        }
+    }
+
+    fn error(&self) -> Option<&RuleError> {
+        match &self.0 {
+            Rule::Invalid(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// A peer's DNS SANs, normalized (lowercase, no trailing dot), without the
+/// ones that are themselves wildcards.
+fn peer_dns_names(peer: &PeerIdentity) -> impl Iterator<Item = String> + '_ {
+    peer.dns_names()
+        .iter()
+        .filter(|n| !n.contains('*'))
+        .map(|n| n.strip_suffix('.').unwrap_or(n).to_ascii_lowercase())
+}
+
+/// `a.svc.local` -> `svc.local`; `None` when there is no parent.
+fn wildcard_parent(name: &str) -> Option<&str> {
+    let (label, parent) = name.split_once('.')?;
+    (!label.is_empty() && !parent.is_empty()).then_some(parent)
+}
+
+fn parse_spiffe(text: &str) -> Result<Rule, RuleError> {
+    let spiffe_err = |reason| RuleError::Spiffe {
+        rule: text.to_owned(),
+        reason,
+    };
+    if !text.contains('*') {
+        return text
+            .parse::<SpiffeId>()
+            .map(Rule::SpiffeId)
+            .map_err(spiffe_err);
+    }
+    let rest = text
+        .strip_prefix("spiffe://")
+        .ok_or(spiffe_err(SpiffeIdError::WrongScheme))?;
+    let (td, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let trust_domain = td.parse::<TrustDomain>().map_err(spiffe_err)?;
+    let mut parts: Vec<&str> = path.split('/').collect();
+    let open_ended = parts.last() == Some(&"**");
+    if open_ended {
+        parts.pop();
+    }
+    if open_ended && parts.is_empty() {
+        return Ok(Rule::TrustDomain(trust_domain));
+    }
+    let mut segments = Vec::with_capacity(parts.len());
+    for part in parts {
+        if part == "*" {
+            segments.push(None);
+        } else if part.contains('*') {
+            return Err(RuleError::Pattern {
+                rule: text.to_owned(),
+            });
+        } else {
+            segments.push(Some(part.to_owned()));
+        }
+    }
+    // Check the literal segments by the SPIFFE ID rules, with `*` as `x`.
+    let probe: String = segments
+        .iter()
+        .map(|s| format!("/{}", s.as_deref().unwrap_or("x")))
+        .collect();
+    format!("spiffe://{td}{probe}")
+        .parse::<SpiffeId>()
+        .map_err(spiffe_err)?;
+    Ok(Rule::SpiffePattern(SpiffePattern {
+        trust_domain: trust_domain.as_str().to_owned(),
+        segments,
+        open_ended,
+    }))
+}
+
+fn parse_dns(text: &str) -> Result<Rule, RuleError> {
+    let dns_err = |reason| RuleError::Dns {
+        rule: text.to_owned(),
+        reason,
+    };
+    let name = text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase();
+    if name.is_empty() {
+        return Err(RuleError::Empty);
+    }
+    let (wildcard, base) = match name.strip_prefix("*.") {
+        Some(base) => (true, base),
+        None => (false, name.as_str()),
+    };
+    if base.contains('*') {
+        return Err(dns_err(
+            "a wildcard may only be a whole first label (`*.suffix`)",
+        ));
+    }
+    if DnsName::try_from(base).is_err() || base.parse::<std::net::IpAddr>().is_ok() {
+        return Err(dns_err("not a valid DNS name"));
+    }
+    if wildcard && !base.contains('.') {
+        return Err(dns_err(
+            "a wildcard needs a suffix of at least two labels (`*.example.com`, not `*.com`)",
+        ));
+    }
+    let base = base.to_owned();
+    Ok(if wildcard {
+        Rule::DnsWildcard(base)
+    } else {
+        Rule::Dns(base)
+    })
+}
+
+impl FromStr for Allow {
+    type Err = RuleError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let rule = if s.is_empty() {
+            Err(RuleError::Empty)
+        } else if s.starts_with("spiffe://") {
+            parse_spiffe(s)
+        } else if let Some(name) = s.strip_prefix("dns:") {
+            parse_dns(name)
+        } else if let Some(cn) = s.strip_prefix("cn:") {
+            if cn.is_empty() {
+                Err(RuleError::Empty)
+            } else {
+                Ok(Rule::Cn(cn.to_owned()))
+            }
+        } else {
+            Err(RuleError::UnknownForm { rule: s.to_owned() })
+        };
+        rule.map(Self)
+    }
+}
+
+impl fmt::Display for Allow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Rule::SpiffeId(id) => write!(f, "{id}"),
+            Rule::TrustDomain(td) => write!(f, "spiffe://{td}/**"),
+            Rule::SpiffePattern(p) => write!(f, "{p}"),
+            Rule::Dns(n) => write!(f, "dns:{n}"),
+            Rule::DnsWildcard(n) => write!(f, "dns:*.{n}"),
+            Rule::Cn(n) => write!(f, "cn:{n}"),
+            Rule::Custom { name, .. } => write!(f, "custom:{name}"),
+            Rule::Invalid(e) => write!(f, "<invalid rule: {e}>"),
+        }
+    }
+}
+
+impl fmt::Debug for Allow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Allow({self})")
+    }
+}
+
+/// A peer matched none of the rules.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("peer {peer} matches none of the {rules} allow rule(s)")]
+pub struct NotAllowed {
+    /// The peer's names, for the log: SPIFFE ID, DNS SANs, CN.
+    pub peer: String,
+    /// How many rules were tried.
+    pub rules: usize,
+}
+
+/// The allow-list: a compiled set of [`Allow`] rules.
+///
+/// Exact SPIFFE IDs, trust domains, exact DNS names, wildcard suffixes and
+/// CNs are looked up in hash sets, so a list of thousands of rules costs about
+/// what a list of one does; path patterns are grouped by trust domain.
+///
+/// Applications can use a `Policy` of their own for finer decisions (per
+/// route, per method) on the [`PeerIdentity`] meshtls hands them:
+///
+/// ```
+/// use meshtls::{Allow, Policy};
+/// let admins = Policy::new([Allow::spiffe_pattern("spiffe://prod.example/ns/ops/**")])?;
+/// # let _ = admins;
+/// # Ok::<(), meshtls::RuleError>(())
+/// ```
+#[derive(Clone)]
+pub struct Policy {
+    any_authenticated: bool,
+    ids: HashSet<String>,
+    trust_domains: HashSet<String>,
+    patterns: HashMap<String, Vec<SpiffePattern>>,
+    dns: HashSet<String>,
+    dns_wildcards: HashSet<String>,
+    cns: HashSet<String>,
+    custom: Vec<Arc<CustomFn>>,
+    rules: Vec<Allow>,
+}
+
+impl Policy {
+    /// Compiles rules into a policy. CN rules are refused (see
+    /// [`Policy::with_legacy_cn`]).
+    ///
+    /// # Errors
+    ///
+    /// The first malformed rule, or a CN rule.
+    pub fn new(rules: impl IntoIterator<Item = Allow>) -> Result<Self, RuleError> {
+        Self::compile(rules, false)
+    }
+
+    /// Like [`Policy::new`], and also accepts CN rules (legacy, weaker).
+    ///
+    /// # Errors
+    ///
+    /// The first malformed rule.
+    pub fn with_legacy_cn(rules: impl IntoIterator<Item = Allow>) -> Result<Self, RuleError> {
+        Self::compile(rules, true)
+    }
+
+    /// Admits every peer whose certificate chain verified: no identity check.
+    /// Use only where the CA issues to nobody else.
+    pub fn any_authenticated() -> Self {
+        let mut p = Self::empty();
+        p.any_authenticated = true;
+        p
+    }
+
+    fn empty() -> Self {
+        Self {
+            any_authenticated: false,
+            ids: HashSet::new(),
+            trust_domains: HashSet::new(),
+            patterns: HashMap::new(),
+            dns: HashSet::new(),
+            dns_wildcards: HashSet::new(),
+            cns: HashSet::new(),
+            custom: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
+
+    fn compile(rules: impl IntoIterator<Item = Allow>, legacy_cn: bool) -> Result<Self, RuleError> {
+        let mut p = Self::empty();
+        for rule in rules {
+            if let Some(e) = rule.error() {
+                return Err(e.clone());
+            }
+            match &rule.0 {
+                Rule::SpiffeId(id) => {
+                    p.ids.insert(id.as_str().to_owned());
+                }
+                Rule::TrustDomain(td) => {
+                    p.trust_domains.insert(td.as_str().to_owned());
+                }
+                Rule::SpiffePattern(pat) => p
+                    .patterns
+                    .entry(pat.trust_domain.clone())
+                    .or_default()
+                    .push(pat.clone()),
+                Rule::Dns(n) => {
+                    p.dns.insert(n.clone());
+                }
+                Rule::DnsWildcard(n) => {
+                    p.dns_wildcards.insert(n.clone());
+                }
+                Rule::Cn(n) if legacy_cn => {
+                    p.cns.insert(n.clone());
+                }
+                Rule::Cn(_) => {
+                    return Err(RuleError::CnNotEnabled {
+                        rule: rule.to_string(),
+                    });
+                }
+                Rule::Custom { check, .. } => p.custom.push(check.clone()),
+                Rule::Invalid(e) => return Err(e.clone()),
+            }
+            p.rules.push(rule);
+        }
+        Ok(p)
+    }
+
+    /// Whether the policy admits anyone at all: false for an empty list.
+    pub fn is_empty(&self) -> bool {
+        !self.any_authenticated && self.rules.is_empty()
+    }
+
+    /// Whether this policy admits any authenticated peer.
+    pub fn is_any_authenticated(&self) -> bool {
+        self.any_authenticated
+    }
+
+    /// The rules, as given.
+    pub fn rules(&self) -> &[Allow] {
+        &self.rules
+    }
+
+    /// Admits the peer if any rule matches.
+    ///
+    /// # Errors
+    ///
+    /// [`NotAllowed`], naming the peer, when no rule matches.
+    pub fn check(&self, peer: &PeerIdentity) -> Result<(), NotAllowed> {
+        if self.admits(peer) {
+            Ok(())
+        } else {
+            Err(NotAllowed {
+                peer: describe(peer),
+                rules: self.rules.len(),
+            })
+        }
+    }
+
+    fn admits(&self, peer: &PeerIdentity) -> bool {
+        if self.any_authenticated {
+            return true;
+        }
+        if let Some(id) = peer.spiffe_id() {
+            let td = id.trust_domain();
+            if self.ids.contains(id.as_str())
+                || self.trust_domains.contains(td)
+                || self
+                    .patterns
+                    .get(td)
+                    .is_some_and(|ps| ps.iter().any(|p| p.matches(id)))
+            {
+                return true;
+            }
+        }
+        if !self.dns.is_empty() || !self.dns_wildcards.is_empty() {
+            for name in peer_dns_names(peer) {
+                if self.dns.contains(&name)
+                    || wildcard_parent(&name).is_some_and(|p| self.dns_wildcards.contains(p))
+                {
+                    return true;
+                }
+            }
+        }
+        if peer.common_name().is_some_and(|cn| self.cns.contains(cn)) {
+            return true;
+        }
+        self.custom.iter().any(|check| check(peer))
+    }
+
+    /// A key that changes whenever the decisions this policy makes can change.
+    pub(crate) fn fingerprint(&self) -> Vec<String> {
+        let mut key: Vec<String> = self.rules.iter().map(ToString::to_string).collect();
+        key.sort();
+        if self.any_authenticated {
+            key.push("<any authenticated>".into());
+        }
+        key
+    }
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.any_authenticated {
+            return f.write_str("Policy(any authenticated)");
+        }
+        f.debug_list().entries(&self.rules).finish()
+    }
+}
+
+/// All of a peer's names, for a rejection message.
+pub(crate) fn describe(peer: &PeerIdentity) -> String {
+    let mut parts = Vec::new();
+    if let Some(id) = peer.spiffe_id() {
+        parts.push(id.to_string());
+    }
+    if !peer.dns_names().is_empty() {
+        parts.push(format!("dns:{}", peer.dns_names().join(",")));
+    }
+    if let Some(cn) = peer.common_name() {
+        parts.push(format!("cn:{cn}"));
+    }
+    if parts.is_empty() {
+        parts.push(format!("subject {:?}", peer.subject()));
+    }
+    format!("{} (serial {})", parts.join(" "), peer.serial())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(s: &str) -> Allow {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn pattern_matches(pattern: &str, id: &str) -> bool {
+        let id: SpiffeId = id.parse().unwrap();
+        match &rule(pattern).0 {
+            Rule::SpiffePattern(p) => id.trust_domain() == p.trust_domain && p.matches(&id),
+            Rule::TrustDomain(td) => id.trust_domain() == td.as_str(),
+            Rule::SpiffeId(want) => want == &id,
+            _ => panic!("not a SPIFFE rule"),
+        }
+    }
+
+    #[test]
+    fn path_patterns_match_on_segment_boundaries() {
+        assert!(pattern_matches(
+            "spiffe://td/ns/prod/**",
+            "spiffe://td/ns/prod/x"
+        ));
+        assert!(pattern_matches(
+            "spiffe://td/ns/prod/**",
+            "spiffe://td/ns/prod/x/y/z"
+        ));
+        assert!(!pattern_matches(
+            "spiffe://td/ns/prod/**",
+            "spiffe://td/ns/prod"
+        ));
+        assert!(!pattern_matches(
+            "spiffe://td/ns/prod/**",
+            "spiffe://td/ns/production/x"
+        ));
+        assert!(!pattern_matches(
+            "spiffe://td/ns/prod/**",
+            "spiffe://td/ns/pro/x"
+        ));
+        assert!(pattern_matches("spiffe://td/**", "spiffe://td/x"));
+        assert!(!pattern_matches("spiffe://td/**", "spiffe://td.evil/x"));
+        assert!(!pattern_matches("spiffe://td/**", "spiffe://tdx/x"));
+    }
+
+    #[test]
+    fn star_is_exactly_one_segment() {
+        let p = "spiffe://td/ns/*/sa/api";
+        assert!(pattern_matches(p, "spiffe://td/ns/prod/sa/api"));
+        assert!(!pattern_matches(p, "spiffe://td/ns/a/b/sa/api"));
+        assert!(!pattern_matches(p, "spiffe://td/ns/sa/api"));
+        assert!(!pattern_matches(p, "spiffe://td/ns/prod/sa/api/x"));
+        assert!(pattern_matches("spiffe://td/*/**", "spiffe://td/a/b"));
+        assert!(!pattern_matches("spiffe://td/*/**", "spiffe://td/a"));
+    }
+
+    #[test]
+    fn malformed_rules_are_errors() {
+        for bad in [
+            "",
+            "spiffe://td/ns/pr*d/**",
+            "spiffe://td/**/x",
+            "spiffe://TD/x",
+            "spiffe://td/a//b",
+            "dns:",
+            "dns:a.*.example.com",
+            "dns:*.com",
+            "dns:*",
+            "dns:exa mple.com",
+            "dns:10.0.0.1",
+            "cn:",
+            "https://td/x",
+            "billing",
+        ] {
+            assert!(bad.parse::<Allow>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn rules_round_trip_through_display() {
+        for text in [
+            "spiffe://td/ns/prod/sa/api",
+            "spiffe://td/ns/*/sa/api",
+            "spiffe://td/ns/prod/**",
+            "spiffe://td/**",
+            "dns:api.example.com",
+            "dns:*.svc.cluster.local",
+            "cn:billing",
+        ] {
+            assert_eq!(rule(text).to_string(), text);
+        }
+        assert_eq!(
+            rule("dns:API.Example.COM.").to_string(),
+            "dns:api.example.com"
+        );
+    }
+
+    #[test]
+    fn wildcard_parent_needs_one_nonempty_label() {
+        assert_eq!(wildcard_parent("a.svc.local"), Some("svc.local"));
+        assert_eq!(wildcard_parent(".svc.local"), None);
+        assert_eq!(wildcard_parent("local"), None);
+    }
+
+    #[test]
+    fn cn_rules_need_opt_in() {
+        let err = Policy::new([Allow::cn("billing")]).unwrap_err();
+        assert!(matches!(err, RuleError::CnNotEnabled { .. }));
+        assert!(Policy::with_legacy_cn([Allow::cn("billing")]).is_ok());
+    }
+
+    #[test]
+    fn invalid_constructor_input_surfaces_at_compile() {
+        let err = Policy::new([Allow::spiffe_id("spiffe://td/a b")]).unwrap_err();
+        assert!(matches!(err, RuleError::Spiffe { .. }), "{err}");
+        let err = Policy::new([Allow::dns("*.*.x.y")]).unwrap_err();
+        assert!(matches!(err, RuleError::Dns { .. }), "{err}");
+    }
+}

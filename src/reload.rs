@@ -1,0 +1,307 @@
+//! Live reload: the watcher behind `watch()`.
+//!
+//! # What a reload does
+//!
+//! - **What is watched.** The *parent directories* of the certificate, key,
+//!   roots and CRL files (non-recursive), never the files: an atomic rename,
+//!   an editor's save-and-replace and a Kubernetes Secret volume (where
+//!   `tls.crt` is a symlink into `..data/`, and `..data` is itself swapped to a
+//!   new timestamped directory) all show up as events there. A poll (every
+//!   30 s by default) re-reads the files anyway, for file systems that send no
+//!   events (NFS, some container mounts), and re-arms the directory watches.
+//! - **When.** After an event, meshtls waits for the debounce (100 ms by
+//!   default) to pass with no further event, so a certificate written before
+//!   its key is read once both are there. A set that fails validation right
+//!   after a burst is retried once more after another debounce before it is
+//!   reported, so a key and certificate that disagree for a moment are not an
+//!   error.
+//! - **All or nothing.** Every file is read and the whole set validated (PEM,
+//!   key matches certificate, validity, CRLs, chain) before the swap. Bytes
+//!   identical to the serving set make no new generation. A bad, partial or
+//!   missing set is reported (`Event::ReloadFailed`, `tracing` error) and the
+//!   previous generation keeps serving; it is retried on the next event and
+//!   on every poll.
+//! - **Open connections** are never touched: they keep the keys they
+//!   negotiated. Handshakes in flight finish with the generation they
+//!   started with.
+//! - **Resumption.** Session keys belong to the policy (roots, CRLs,
+//!   allow-list): when those change, earlier sessions no longer resume and
+//!   peers go through a full handshake under the new policy. When only the
+//!   service's own certificate changes, resumption survives (a resumed peer
+//!   keeps seeing the certificate stored with its session).
+//! - **Revoking a connected peer.** A CRL update refuses the peer's *new*
+//!   connections, full or resumed. Its open connections stay open: closing
+//!   them is the application's decision (it holds the streams and the
+//!   [`PeerIdentity`](crate::PeerIdentity) of each).
+//! - **Lifetime.** The watcher runs on one thread named `meshtls-reload`,
+//!   independent of the tokio runtime (any flavour works). It stops when the
+//!   last `ServerTls`/`ClientTls` handle *and* the last clone of its rustls
+//!   config are dropped.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use notify::event::{AccessKind, AccessMode, EventKind};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+
+use crate::error::Error;
+use crate::live::{Live, Sessions};
+
+/// How often expiry is re-checked when polling is off.
+const EXPIRY_TICK: Duration = Duration::from_secs(60);
+/// How long a burst of events may postpone a reload, in debounce periods.
+const MAX_DEFER: u32 = 20;
+
+/// The watcher's knobs.
+#[derive(Clone, Debug)]
+pub(crate) struct WatchSettings {
+    pub(crate) debounce: Duration,
+    pub(crate) poll: Option<Duration>,
+    pub(crate) wait: Option<Duration>,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        Self {
+            debounce: Duration::from_millis(100),
+            poll: Some(Duration::from_secs(30)),
+            wait: None,
+        }
+    }
+}
+
+enum Msg {
+    Changed,
+    Stop,
+}
+
+/// Stops the watcher thread when dropped (with the live state it serves).
+pub(crate) struct WatchGuard {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        // The thread may already be gone; then there is nothing to stop.
+        let _ = self.tx.send(Msg::Stop);
+    }
+}
+
+/// Tries `attempt` until it succeeds or `settings.wait` runs out. Only
+/// material problems are waited on; a configuration error fails at once.
+pub(crate) fn wait_until_valid<T>(
+    settings: &WatchSettings,
+    mut attempt: impl FnMut() -> Result<T, Error>,
+) -> Result<T, Error> {
+    let Some(wait) = settings.wait else {
+        return attempt();
+    };
+    let start = Instant::now();
+    loop {
+        match attempt() {
+            Ok(value) => return Ok(value),
+            Err(e @ (Error::NoAllowList | Error::Rule(_) | Error::Misuse { .. })) => return Err(e),
+            Err(e) => {
+                let waited = start.elapsed();
+                if waited >= wait {
+                    return Err(Error::NotReady {
+                        waited,
+                        last: Box::new(e),
+                    });
+                }
+                tracing::info!(error = %e, "waiting for TLS files");
+                thread::sleep((wait - waited).min(Duration::from_millis(200)));
+            }
+        }
+    }
+}
+
+/// The directory to watch for a file: its parent, or `.` for a bare name.
+fn watch_dir(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Whether a file-system event can mean new content. Reads (our own
+/// included) are not; a close after writing is.
+fn is_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+/// Starts watching the files of `live`; a no-op when none are files.
+pub(crate) fn start<S: Sessions>(
+    live: &Arc<Live<S>>,
+    settings: &WatchSettings,
+) -> Result<(), Error> {
+    let dirs: BTreeSet<PathBuf> = live.fixed.sources.files().map(watch_dir).collect();
+    if dirs.is_empty() {
+        return Ok(());
+    }
+    let (tx, rx) = mpsc::channel();
+    let events = tx.clone();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let relevant = match &res {
+            Ok(event) => is_change(&event.kind),
+            // An overflow or a backend error: re-read to be safe.
+            Err(_) => true,
+        };
+        if relevant {
+            let _ = events.send(Msg::Changed);
+        }
+    })
+    .map_err(|e| Error::Watch {
+        path: dirs.iter().next().cloned().unwrap_or_default(),
+        detail: e.to_string(),
+    })?;
+    for dir in &dirs {
+        watcher
+            .watch(dir, RecursiveMode::NonRecursive)
+            .map_err(|e| Error::Watch {
+                path: dir.clone(),
+                detail: e.to_string(),
+            })?;
+    }
+    let task = Task {
+        live: Arc::downgrade(live),
+        rx,
+        watcher,
+        dirs,
+        settings: settings.clone(),
+    };
+    thread::Builder::new()
+        .name("meshtls-reload".into())
+        .spawn(move || task.run())
+        .map_err(|e| Error::Watch {
+            path: PathBuf::from("."),
+            detail: format!("cannot start the watcher thread: {e}"),
+        })?;
+    // `start` runs once per live state, right after it is built.
+    let _ = live.watcher.set(WatchGuard { tx });
+    Ok(())
+}
+
+struct Task<S: Sessions> {
+    live: Weak<Live<S>>,
+    rx: mpsc::Receiver<Msg>,
+    watcher: RecommendedWatcher,
+    dirs: BTreeSet<PathBuf>,
+    settings: WatchSettings,
+}
+
+/// A reload waiting for the debounce to pass.
+struct Pending {
+    due: Instant,
+    first_event: Instant,
+    /// The set already failed once quietly; the next failure is reported.
+    retried: bool,
+}
+
+impl<S: Sessions> Task<S> {
+    fn run(mut self) {
+        let debounce = self.settings.debounce;
+        let tick = self.settings.poll.unwrap_or(EXPIRY_TICK);
+        let mut next_tick = Instant::now() + tick;
+        let mut pending: Option<Pending> = None;
+        loop {
+            let due = pending.as_ref().map_or(next_tick, |p| p.due.min(next_tick));
+            match self
+                .rx
+                .recv_timeout(due.saturating_duration_since(Instant::now()))
+            {
+                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Ok(Msg::Changed) => {
+                    let now = Instant::now();
+                    pending = Some(match pending {
+                        // Another event inside the window pushes the reload
+                        // back, but never beyond MAX_DEFER windows.
+                        Some(p) => Pending {
+                            due: (now + debounce).min(p.first_event + debounce * MAX_DEFER),
+                            ..p
+                        },
+                        None => Pending {
+                            due: now + debounce,
+                            first_event: now,
+                            retried: false,
+                        },
+                    });
+                    continue;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            let Some(live) = self.live.upgrade() else {
+                return;
+            };
+            let now = Instant::now();
+            if let Some(p) = pending.take_if(|p| now >= p.due) {
+                if p.retried {
+                    let _ = live.reload();
+                } else if live.try_reload().is_err() {
+                    // Maybe a rotation half-done: look again once before reporting.
+                    pending = Some(Pending {
+                        due: now + debounce,
+                        first_event: now,
+                        retried: true,
+                    });
+                } else {
+                    live.check_expiry();
+                }
+            }
+            if now >= next_tick {
+                next_tick = now + tick;
+                if self.settings.poll.is_some() {
+                    self.rearm();
+                    let _ = live.reload();
+                } else {
+                    live.check_expiry();
+                }
+            }
+        }
+    }
+
+    /// Watches the directories again: a directory that was deleted and
+    /// re-created (a volume remounted) lost its watch.
+    fn rearm(&mut self) {
+        for dir in &self.dirs {
+            if let Err(e) = self.watcher.watch(dir, RecursiveMode::NonRecursive) {
+                tracing::debug!(dir = %dir.display(), error = %e, "cannot watch directory (yet)");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_dir_of_bare_name_is_cwd() {
+        assert_eq!(watch_dir(Path::new("tls.crt")), PathBuf::from("."));
+        assert_eq!(
+            watch_dir(Path::new("/etc/tls/tls.crt")),
+            PathBuf::from("/etc/tls")
+        );
+    }
+
+    #[test]
+    fn reads_are_not_changes() {
+        assert!(!is_change(&EventKind::Access(AccessKind::Open(
+            notify::event::AccessMode::Read
+        ))));
+        assert!(is_change(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(is_change(&EventKind::Remove(
+            notify::event::RemoveKind::File
+        )));
+    }
+}

@@ -1,0 +1,474 @@
+//! The server side: [`ServerTls`], its builder, and the live certificate
+//! resolver, client verifier and session state inside its `ServerConfig`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{
+    ClientHello, NoServerSessionStorage, ProducesTickets, ResolvesServerCert, ServerConfig,
+    ServerSessionMemoryCache, StoresServerSessions,
+};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme};
+use rustls_pki_types::{CertificateDer, UnixTime};
+use tokio::sync::broadcast;
+
+use crate::accept::Acceptor;
+use crate::builder::{Builder, NeedsIdentity, NeedsRoots, Ready, Resumption};
+use crate::error::Error;
+use crate::hardening::{self, VERSIONS};
+use crate::live::{Fixed, Live, NameCheck, ReloadOutcome, Sessions};
+use crate::material::{CertFacts, Role};
+use crate::observe::{Event, Observer, Stats};
+use crate::policy::{Allow, Policy};
+use crate::source::Source;
+
+/// The builder of a [`ServerTls`].
+pub type ServerTlsBuilder<State = NeedsIdentity> = Builder<ServerTls, State>;
+
+/// Session state of one policy epoch on the server.
+pub(crate) enum ServerSessions {
+    Tickets(Arc<dyn ProducesTickets>),
+    Stateful(Arc<ServerSessionMemoryCache>),
+    Disabled,
+}
+
+impl Sessions for ServerSessions {
+    type Choice = Resumption;
+
+    fn fresh(choice: Resumption) -> Result<Self, Error> {
+        Ok(match choice {
+            Resumption::Tickets => Self::Tickets(hardening::ticketer()?),
+            Resumption::Stateful => Self::Stateful(ServerSessionMemoryCache::new(4096)),
+            Resumption::Disabled => Self::Disabled,
+        })
+    }
+}
+
+type ServerLive = Live<ServerSessions>;
+
+/// A mutual-TLS server: one stable `Arc<rustls::ServerConfig>` whose
+/// certificate, trust roots, CRLs, allow-list and session keys live inside
+/// and can change without a restart.
+///
+/// TLS 1.3 only; a client certificate is required, verified against the
+/// client roots (and CRLs), and its identity checked against the allow-list.
+///
+/// ```no_run
+/// use meshtls::{Allow, ServerTls};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = ServerTls::builder()
+///     .identity_files("tls/tls.crt", "tls/tls.key")
+///     .client_roots_file("tls/ca.crt")
+///     .allow(Allow::spiffe_trust_domain("prod.example"))
+///     .allow(Allow::dns("billing.internal"))
+///     .build()?;
+///
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
+/// let acceptor = server.acceptor();
+/// loop {
+///     let (tcp, _) = listener.accept().await?;
+///     let acceptor = acceptor.clone();
+///     tokio::spawn(async move {
+///         match acceptor.accept(tcp).await {
+///             Ok((_stream, peer)) => println!("hello {peer}"),
+///             Err(e) => eprintln!("refused: {e}"),
+///         }
+///     });
+/// }
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ServerTls {
+    config: Arc<ServerConfig>,
+    live: Arc<ServerLive>,
+    handshake_timeout: std::time::Duration,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let generation = self.live.current();
+        f.debug_struct("ServerTls")
+            .field("generation", &generation.number)
+            .field("serial", &generation.material.leaf.serial)
+            .field("allow", &generation.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Starts a builder: identity, then client roots, then options.
+    pub fn builder() -> ServerTlsBuilder<NeedsIdentity> {
+        Builder::new()
+    }
+
+    /// The rustls config, for any framework that takes one (axum-server,
+    /// tonic, hyper-rustls). The same `Arc` for the life of the server; what
+    /// it serves follows reloads.
+    ///
+    /// Prefer [`ServerTls::acceptor`] where you can: a framework that uses
+    /// the bare config skips the acceptor's re-check of resumed sessions, so a
+    /// resumption that races a policy change by a few milliseconds may be
+    /// admitted under the policy it started with.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.config.clone()
+    }
+
+    /// A tokio acceptor: handshake under a timeout, the identity re-checked
+    /// against the current policy (resumed sessions too), a [`PeerIdentity`](crate::PeerIdentity) out.
+    pub fn acceptor(&self) -> Acceptor {
+        Acceptor::new(
+            self.config.clone(),
+            self.live.clone(),
+            self.handshake_timeout,
+        )
+    }
+
+    /// Events: reloads, refused reloads, expiry warnings, refused handshakes.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.live.observer.subscribe()
+    }
+
+    /// Counters: handshakes by outcome, reloads, certificate expiry.
+    pub fn stats(&self) -> Stats {
+        self.live.observer.stats()
+    }
+
+    /// Reads the files again now (for a SIGHUP handler) and swaps in a new
+    /// generation if they changed and are valid.
+    ///
+    /// # Errors
+    ///
+    /// The reason the new material was refused; the previous generation keeps
+    /// serving.
+    pub fn reload(&self) -> Result<ReloadOutcome, Arc<Error>> {
+        self.live.reload()
+    }
+
+    /// Replaces the allow-list. Sessions established under the old list can
+    /// no longer be resumed; open connections are not touched.
+    ///
+    /// # Errors
+    ///
+    /// A malformed rule, or an empty list.
+    pub fn set_allow_list(
+        &self,
+        rules: impl IntoIterator<Item = Allow>,
+    ) -> Result<ReloadOutcome, Error> {
+        let rules: Vec<Allow> = rules.into_iter().collect();
+        if rules.is_empty() {
+            return Err(Error::NoAllowList);
+        }
+        let policy = if self.live.fixed.legacy_cn {
+            Policy::with_legacy_cn(rules)?
+        } else {
+            Policy::new(rules)?
+        };
+        self.live.set_policy(policy)
+    }
+
+    /// The serving generation's number (1 for the first).
+    pub fn generation(&self) -> u64 {
+        self.live.current().number
+    }
+
+    /// The certificate being served.
+    pub fn certificate(&self) -> CertFacts {
+        self.live.current().material.leaf.clone()
+    }
+}
+
+impl Builder<ServerTls, NeedsRoots> {
+    /// The CA bundle (PEM) that client certificates must chain to.
+    pub fn client_roots_file(
+        self,
+        path: impl Into<std::path::PathBuf>,
+    ) -> Builder<ServerTls, Ready> {
+        self.roots(Source::file(path))
+    }
+
+    /// The client CA bundle from any [`Source`].
+    pub fn client_roots(self, roots: Source) -> Builder<ServerTls, Ready> {
+        self.roots(roots)
+    }
+}
+
+impl<State> Builder<ServerTls, State> {
+    /// Admits peers this rule matches. Any matching rule admits.
+    pub fn allow(mut self, rule: Allow) -> Self {
+        self.settings.rules.push(rule);
+        self
+    }
+
+    /// Admits peers any of these rules match.
+    pub fn allow_all_of(mut self, rules: impl IntoIterator<Item = Allow>) -> Self {
+        self.settings.rules.extend(rules);
+        self
+    }
+
+    /// Admits every client whose certificate chains to the client roots, with
+    /// no identity check. Only for a CA that issues to nobody else.
+    pub fn allow_any_authenticated(mut self) -> Self {
+        self.settings.any_authenticated = true;
+        self
+    }
+}
+
+impl Builder<ServerTls, Ready> {
+    /// Builds a server that reads its files once (see `watch()` for reloads;
+    /// [`ServerTls::reload`] still works).
+    ///
+    /// # Errors
+    ///
+    /// Any problem with the material (each names the file and the fix), no
+    /// allow-list, or a malformed rule.
+    pub fn build(self) -> Result<ServerTls, Error> {
+        self.make()
+    }
+
+    /// Builds the server and watches its files: a rotation on disk is picked
+    /// up without a restart (see the [`reload`](crate::reload) module).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::build`]; or the files did not become valid within
+    /// `wait_for_files`; or the watcher could not start.
+    pub fn watch(self) -> Result<ServerTls, Error> {
+        let server = crate::reload::wait_until_valid(&self.settings.watch, || self.make())?;
+        crate::reload::start(&server.live, &self.settings.watch)?;
+        Ok(server)
+    }
+
+    fn make(&self) -> Result<ServerTls, Error> {
+        let policy = self.settings.policy()?.ok_or(Error::NoAllowList)?;
+        let provider = self.settings.hardening.provider();
+        let fixed = Fixed {
+            role: Role::Server,
+            sources: self.sources(),
+            provider: provider.clone(),
+            scope: self.settings.scope,
+            sessions: self.settings.resumption,
+            name_check: NameCheck::AllowList,
+            legacy_cn: self.settings.legacy_cn,
+            expiry_warning: self.settings.expiry_warning,
+        };
+        let live = Live::new(fixed, policy, Observer::new("server"))?;
+        let config = server_config(&live, provider, &self.settings)?;
+        Ok(ServerTls {
+            config,
+            live,
+            handshake_timeout: self.settings.handshake_timeout,
+        })
+    }
+}
+
+fn server_config(
+    live: &Arc<ServerLive>,
+    provider: Arc<CryptoProvider>,
+    settings: &crate::builder::Settings,
+) -> Result<Arc<ServerConfig>, Error> {
+    let verifier = Arc::new(LiveClientVerifier {
+        live: live.clone(),
+        schemes: hardening::verify_schemes(&provider),
+        provider: provider.clone(),
+    });
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| Error::Rustls {
+            detail: e.to_string(),
+        })?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(LiveResolver { live: live.clone() }));
+    match settings.resumption {
+        Resumption::Tickets => {
+            config.ticketer = Arc::new(LiveTicketer { live: live.clone() });
+            config.session_storage = Arc::new(NoServerSessionStorage {});
+        }
+        Resumption::Stateful => {
+            config.session_storage = Arc::new(LiveSessionCache { live: live.clone() });
+        }
+        Resumption::Disabled => {
+            config.session_storage = Arc::new(NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
+    }
+    config.alpn_protocols = settings.alpn.clone();
+    Ok(Arc::new(config))
+}
+
+/// Serves the current generation's certificate.
+struct LiveResolver {
+    live: Arc<ServerLive>,
+}
+
+impl fmt::Debug for LiveResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("meshtls::LiveResolver")
+    }
+}
+
+impl ResolvesServerCert for LiveResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.live.current().material.key.clone())
+    }
+}
+
+/// Verifies client chains and identities against the current generation.
+/// Everything rustls may ask more than once per handshake is a constant.
+struct LiveClientVerifier {
+    live: Arc<ServerLive>,
+    schemes: Vec<SignatureScheme>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl fmt::Debug for LiveClientVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("meshtls::LiveClientVerifier")
+    }
+}
+
+impl ClientCertVerifier for LiveClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Fixed hints would go stale after a CA rotation; an empty list makes
+        // rustls omit the extension, which every client we tested handles.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, TlsError> {
+        let generation = self.live.current();
+        match self
+            .live
+            .judge(&generation, end_entity, intermediates, None, now)
+        {
+            Ok(_) => Ok(ClientCertVerified::assertion()),
+            Err(rejection) => {
+                self.live
+                    .observer
+                    .rejected(rejection.reason, rejection.detail);
+                Err(TlsError::InvalidCertificate(rejection.tls))
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        Err(TlsError::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes.clone()
+    }
+}
+
+/// Ticket keys of the current policy epoch.
+struct LiveTicketer {
+    live: Arc<ServerLive>,
+}
+
+impl fmt::Debug for LiveTicketer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("meshtls::LiveTicketer")
+    }
+}
+
+/// Ticket lifetime announced to clients (the rotating ticketer's key life).
+const TICKET_LIFETIME_SECS: u32 = 6 * 60 * 60;
+
+impl ProducesTickets for LiveTicketer {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn lifetime(&self) -> u32 {
+        TICKET_LIFETIME_SECS
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        match &*self.live.current().sessions {
+            ServerSessions::Tickets(t) => t.encrypt(plain),
+            _ => None,
+        }
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        match &*self.live.current().sessions {
+            ServerSessions::Tickets(t) => t.decrypt(cipher),
+            _ => None,
+        }
+    }
+}
+
+/// The session cache of the current policy epoch.
+struct LiveSessionCache {
+    live: Arc<ServerLive>,
+}
+
+impl fmt::Debug for LiveSessionCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("meshtls::LiveSessionCache")
+    }
+}
+
+impl LiveSessionCache {
+    fn with<T>(&self, f: impl FnOnce(&ServerSessionMemoryCache) -> T) -> Option<T> {
+        match &*self.live.current().sessions {
+            ServerSessions::Stateful(cache) => Some(f(cache)),
+            _ => None,
+        }
+    }
+}
+
+impl StoresServerSessions for LiveSessionCache {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.with(|c| c.put(key, value)).unwrap_or(false)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.with(|c| c.get(key)).flatten()
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.with(|c| c.take(key)).flatten()
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
+}

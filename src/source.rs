@@ -1,0 +1,290 @@
+//! Where material comes from ([`Source`]: a PEM file, or PEM bytes) and
+//! reading it with `rustls-pki-types`' [`PemObject`].
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+
+use crate::error::{Error, MaterialKind, Origin};
+
+/// Files larger than this are refused before parsing: no certificate chain,
+/// key, bundle or CRL a service uses comes near it, and a mistaken path
+/// (a log, a disk image) should not be read into memory.
+pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
+
+/// Where one piece of material (a chain, a key, a CA bundle, a CRL) comes
+/// from.
+///
+/// Files are read again on every reload; in-memory PEM never changes.
+///
+/// ```
+/// use meshtls::Source;
+/// let from_disk = Source::file("/etc/tls/tls.crt");
+/// let in_memory = Source::pem("client CA", b"-----BEGIN CERTIFICATE-----\n...".to_vec());
+/// # let _ = (from_disk, in_memory);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source(Inner);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Inner {
+    File(PathBuf),
+    Pem { label: String, bytes: Arc<[u8]> },
+}
+
+impl Source {
+    /// A PEM file, read at build time and again on every reload.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        Self(Inner::File(path.into()))
+    }
+
+    /// PEM bytes held in memory; `label` names them in errors.
+    pub fn pem(label: impl Into<String>, bytes: impl Into<Vec<u8>>) -> Self {
+        Self(Inner::Pem {
+            label: label.into(),
+            bytes: Arc::from(bytes.into()),
+        })
+    }
+
+    /// Where this source is, for messages.
+    pub fn origin(&self) -> Origin {
+        match &self.0 {
+            Inner::File(p) => Origin::File(p.clone()),
+            Inner::Pem { label, .. } => Origin::Memory(label.clone()),
+        }
+    }
+
+    /// The file's path, if this source is a file.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.0 {
+            Inner::File(p) => Some(p),
+            Inner::Pem { .. } => None,
+        }
+    }
+
+    /// Reads the bytes, refusing anything over [`MAX_FILE_SIZE`].
+    pub(crate) fn read(&self, kind: MaterialKind) -> Result<Arc<[u8]>, Error> {
+        match &self.0 {
+            Inner::Pem { bytes, .. } => {
+                check_size(self, kind, bytes.len() as u64)?;
+                Ok(bytes.clone())
+            }
+            Inner::File(path) => {
+                let read_err = |source| Error::Read {
+                    origin: self.origin(),
+                    kind,
+                    source,
+                };
+                let file = File::open(path).map_err(read_err)?;
+                let size = file.metadata().map_err(read_err)?.len();
+                check_size(self, kind, size)?;
+                // The file may grow between the size check and the read.
+                let mut buf = Vec::with_capacity(size as usize);
+                file.take(MAX_FILE_SIZE + 1)
+                    .read_to_end(&mut buf)
+                    .map_err(read_err)?;
+                check_size(self, kind, buf.len() as u64)?;
+                Ok(Arc::from(buf))
+            }
+        }
+    }
+}
+
+fn check_size(source: &Source, kind: MaterialKind, size: u64) -> Result<(), Error> {
+    if size > MAX_FILE_SIZE {
+        return Err(Error::TooLarge {
+            origin: source.origin(),
+            kind,
+            size,
+            limit: MAX_FILE_SIZE,
+        });
+    }
+    Ok(())
+}
+
+/// The labels of the PEM blocks in `bytes` (`CERTIFICATE`, `PRIVATE KEY`, ...).
+fn pem_labels(bytes: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(bytes);
+    text.lines()
+        .filter_map(|line| {
+            line.trim()
+                .strip_prefix("-----BEGIN ")?
+                .strip_suffix("-----")
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// The checks every PEM input gets before parsing: not empty, not DER, has PEM.
+fn precheck(origin: &Origin, bytes: &[u8], kind: MaterialKind) -> Result<(), Error> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::Empty {
+            origin: origin.clone(),
+            kind,
+        });
+    }
+    // A DER SEQUENCE with a long-form length: what every certificate, key and CRL starts with.
+    if bytes.len() > 4 && bytes[0] == 0x30 && (bytes[1] == 0x82 || bytes[1] == 0x81) {
+        return Err(Error::DerNotPem {
+            origin: origin.clone(),
+            kind,
+        });
+    }
+    Ok(())
+}
+
+fn malformed(origin: &Origin, kind: MaterialKind, e: pem::Error) -> Error {
+    let detail = match e {
+        pem::Error::MissingSectionEnd { end_marker } => format!(
+            "a block has no END line (expected {})",
+            String::from_utf8_lossy(&end_marker)
+        ),
+        pem::Error::IllegalSectionStart { line } => format!(
+            "a BEGIN line is malformed: {:?}",
+            String::from_utf8_lossy(&line)
+        ),
+        pem::Error::Base64Decode(msg) => format!("the base64 does not decode: {msg}"),
+        other => other.to_string(),
+    };
+    Error::MalformedPem {
+        origin: origin.clone(),
+        kind,
+        detail,
+    }
+}
+
+/// All `CERTIFICATE` blocks, in order; at least one.
+pub(crate) fn certificates(
+    origin: &Origin,
+    bytes: &[u8],
+    kind: MaterialKind,
+) -> Result<Vec<CertificateDer<'static>>, Error> {
+    precheck(origin, bytes, kind)?;
+    let certs = CertificateDer::pem_slice_iter(bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| malformed(origin, kind, e))?;
+    if certs.is_empty() {
+        return Err(Error::NotFound {
+            origin: origin.clone(),
+            kind,
+            found: pem_labels(bytes),
+        });
+    }
+    Ok(certs)
+}
+
+/// The first private key (PKCS#8, PKCS#1 or SEC1).
+pub(crate) fn private_key(origin: &Origin, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, Error> {
+    let kind = MaterialKind::PrivateKey;
+    precheck(origin, bytes, kind)?;
+    let labels = pem_labels(bytes);
+    let encrypted = labels.iter().any(|l| l.contains("ENCRYPTED"))
+        || String::from_utf8_lossy(bytes).contains("Proc-Type: 4,ENCRYPTED");
+    if encrypted {
+        return Err(Error::EncryptedKey {
+            origin: origin.clone(),
+        });
+    }
+    match PrivateKeyDer::from_pem_slice(bytes) {
+        Ok(key) => Ok(key),
+        Err(pem::Error::NoItemsFound) => Err(Error::NotFound {
+            origin: origin.clone(),
+            kind,
+            found: labels,
+        }),
+        Err(e) => Err(malformed(origin, kind, e)),
+    }
+}
+
+/// All `X509 CRL` blocks; at least one.
+pub(crate) fn crls(
+    origin: &Origin,
+    bytes: &[u8],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, Error> {
+    let kind = MaterialKind::Crl;
+    precheck(origin, bytes, kind)?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| malformed(origin, kind, e))?;
+    if crls.is_empty() {
+        return Err(Error::NotFound {
+            origin: origin.clone(),
+            kind,
+            found: pem_labels(bytes),
+        });
+    }
+    Ok(crls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin() -> Origin {
+        Origin::Memory("test".into())
+    }
+
+    #[test]
+    fn empty_and_whitespace_are_empty() {
+        for input in [&b""[..], b"  \n\t\n"] {
+            let e = certificates(&origin(), input, MaterialKind::CertificateChain).unwrap_err();
+            assert!(matches!(e, Error::Empty { .. }), "{e}");
+        }
+    }
+
+    #[test]
+    fn der_is_recognized() {
+        let e = certificates(
+            &origin(),
+            &[0x30, 0x82, 0x01, 0x0a, 0x30],
+            MaterialKind::TrustRoots,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("openssl x509 -inform DER"), "{e}");
+    }
+
+    #[test]
+    fn wrong_block_names_what_was_found() {
+        let pem = b"-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n";
+        let e = private_key(&origin(), pem).unwrap_err();
+        assert!(
+            matches!(&e, Error::NotFound { found, .. } if found == &["PUBLIC KEY"]),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn encrypted_keys_are_named() {
+        let pem =
+            b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        assert!(matches!(
+            private_key(&origin(), pem),
+            Err(Error::EncryptedKey { .. })
+        ));
+        let legacy = b"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\nAAAA\n-----END RSA PRIVATE KEY-----\n";
+        assert!(matches!(
+            private_key(&origin(), legacy),
+            Err(Error::EncryptedKey { .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_pem_is_malformed() {
+        let pem = b"-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n";
+        let e = certificates(&origin(), pem, MaterialKind::CertificateChain).unwrap_err();
+        assert!(matches!(e, Error::MalformedPem { .. }), "{e}");
+    }
+
+    #[test]
+    fn oversized_memory_source_is_refused() {
+        let big = Source::pem("big", vec![b'a'; (MAX_FILE_SIZE + 1) as usize]);
+        assert!(matches!(
+            big.read(MaterialKind::TrustRoots),
+            Err(Error::TooLarge { .. })
+        ));
+    }
+}

@@ -1,0 +1,273 @@
+//! A small PKI and loopback harness shared by the integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshtls::dev::{DevCa, DevCert};
+use meshtls::rustls;
+use meshtls::{ClientTls, HandshakeError, PeerIdentity, ServerTls};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+pub const TD: &str = "prod.example";
+
+/// A CA, a temp directory, and shortcuts for the certificates tests need.
+pub struct Pki {
+    pub ca: DevCa,
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        Self::named("meshtls test root")
+    }
+
+    /// A PKI whose root has the given name.
+    pub fn named(name: &str) -> Self {
+        Self {
+            ca: DevCa::new(name).unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    /// `ca.crt` in the directory.
+    pub fn ca_file(&self) -> PathBuf {
+        self.write("ca.crt", self.ca.cert_pem())
+    }
+
+    /// A server certificate for `localhost` with a SPIFFE ID.
+    pub fn server_cert(&self) -> DevCert {
+        self.ca
+            .leaf()
+            .spiffe(&format!("spiffe://{TD}/ns/billing/sa/api"))
+            .dns("localhost")
+            .server()
+            .issue()
+            .unwrap()
+    }
+
+    /// A client certificate with the given SPIFFE ID.
+    pub fn client_cert(&self, spiffe: &str) -> DevCert {
+        self.ca.leaf().spiffe(spiffe).client().issue().unwrap()
+    }
+
+    /// Writes `cert` as `<name>.crt` / `<name>.key`.
+    pub fn write_cert(&self, name: &str, cert: &DevCert) -> (PathBuf, PathBuf) {
+        (
+            self.write(&format!("{name}.crt"), cert.chain_pem()),
+            self.write(&format!("{name}.key"), cert.key_pem()),
+        )
+    }
+
+    /// A server builder with this CA's server certificate and client roots.
+    pub fn server(&self) -> meshtls::ServerTlsBuilder<meshtls::Ready> {
+        let (cert, key) = self.write_cert("server", &self.server_cert());
+        ServerTls::builder()
+            .identity_files(cert, key)
+            .client_roots_file(self.ca_file())
+    }
+
+    /// A client builder presenting `cert` and trusting this CA.
+    pub fn client_with(&self, cert: &DevCert) -> meshtls::ClientTlsBuilder<meshtls::Ready> {
+        let name = format!("client-{}", cert.serial().replace(':', ""));
+        let (c, k) = self.write_cert(&name, cert);
+        ClientTls::builder()
+            .identity_files(c, k)
+            .server_roots_file(self.ca_file())
+    }
+
+    /// A client builder with a fresh certificate for `spiffe`.
+    pub fn client(&self, spiffe: &str) -> meshtls::ClientTlsBuilder<meshtls::Ready> {
+        self.client_with(&self.client_cert(spiffe))
+    }
+}
+
+/// A running test server: every accept result is sent to `results`.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub results: mpsc::UnboundedReceiver<Result<PeerIdentity, HandshakeError>>,
+}
+
+impl Running {
+    /// The next accept result (waits at most 10 s).
+    pub async fn next(&mut self) -> Result<PeerIdentity, HandshakeError> {
+        tokio::time::timeout(Duration::from_secs(10), self.results.recv())
+            .await
+            .expect("no accept result within 10 s")
+            .expect("server loop ended")
+    }
+}
+
+/// Serves `server` on 127.0.0.1:0 with its acceptor. Each admitted
+/// connection reads one line and answers `hello <peer> serial <serial>`.
+pub async fn serve(server: &ServerTls) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = server.acceptor();
+    let (tx, results) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match acceptor.accept(tcp).await {
+                    Ok((stream, peer)) => {
+                        let reply = format!("hello {} serial {}\n", peer, peer.serial());
+                        let _ = tx.send(Ok(peer));
+                        answer(stream, reply).await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+        }
+    });
+    Running { addr, results }
+}
+
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(stream: S, reply: String) {
+    let mut stream = BufReader::new(stream);
+    let mut line = String::new();
+    if stream.read_line(&mut line).await.is_ok() {
+        let _ = stream.write_all(reply.as_bytes()).await;
+        let _ = stream.flush().await;
+        let _ = stream.get_mut().shutdown().await;
+    }
+}
+
+/// What a client saw.
+#[derive(Debug)]
+pub enum Seen {
+    /// The server's reply and the server's identity.
+    Reply(String, PeerIdentity),
+    /// The connector refused the handshake.
+    Handshake(HandshakeError),
+    /// The handshake completed on our side, then the server's alert arrived.
+    Refused(String),
+}
+
+impl Seen {
+    pub fn reply(&self) -> &str {
+        match self {
+            Self::Reply(r, _) => r,
+            other => panic!("expected a reply, saw {other:?}"),
+        }
+    }
+
+    pub fn refused(&self) -> &str {
+        match self {
+            Self::Refused(r) => r,
+            other => panic!("expected the server to refuse, saw {other:?}"),
+        }
+    }
+
+    pub fn handshake(&self) -> &HandshakeError {
+        match self {
+            Self::Handshake(e) => e,
+            other => panic!("expected a handshake error, saw {other:?}"),
+        }
+    }
+}
+
+/// Connects with the meshtls connector, sends a line, reads the reply.
+pub async fn call(client: &ClientTls, addr: SocketAddr, name: &str) -> Seen {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    match client.connector().connect(name, tcp).await {
+        Err(e) => Seen::Handshake(e),
+        Ok((stream, server)) => match exchange(stream).await {
+            Ok(reply) => Seen::Reply(reply, server),
+            Err(e) => Seen::Refused(e),
+        },
+    }
+}
+
+/// Sends `ping`, reads one line; an error or EOF is the refusal text.
+pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> Result<String, String> {
+    let mut stream = BufReader::new(stream);
+    stream
+        .get_mut()
+        .write_all(b"ping\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    match tokio::time::timeout(Duration::from_secs(10), stream.read_line(&mut line)).await {
+        Err(_) => Err("timed out".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(0)) => Err("closed without a reply".into()),
+        Ok(Ok(_)) => Ok(line.trim_end().to_owned()),
+    }
+}
+
+/// A bare rustls client config trusting `ca_pem`, presenting `identity`
+/// (chain, key) if given, speaking only `versions`.
+pub fn bare_client(
+    ca_pem: &str,
+    identity: Option<&DevCert>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(cert) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(cert.chain_pem().as_bytes())
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_slice(cert.key_pem().as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    Arc::new(config)
+}
+
+/// Connects with a bare tokio-rustls client.
+pub async fn call_bare(
+    config: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+) -> Result<String, String> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = meshtls::tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    exchange(stream).await
+}
+
+/// Writes `contents` to `path` atomically (temp file + rename).
+pub fn replace(path: &Path, contents: impl AsRef<[u8]>) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}

@@ -1,0 +1,374 @@
+//! The accept/reject matrix, seen from both sides: what the client gets, and
+//! what the server reports.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::{Pki, Seen, TD, bare_client, call, call_bare, serve};
+use meshtls::dev::DevCa;
+use meshtls::rustls;
+use meshtls::{Allow, Event, RejectReason};
+
+fn billing() -> String {
+    format!("spiffe://{TD}/ns/billing/sa/web")
+}
+
+#[tokio::test]
+async fn allowed_client_is_accepted_and_told_who_it_is() {
+    let pki = Pki::new();
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_id(&billing()))
+        .build()
+        .unwrap();
+    let mut running = serve(&server).await;
+    let client = pki.client(&billing()).build().unwrap();
+
+    let seen = call(&client, running.addr, "localhost").await;
+    assert!(
+        seen.reply().starts_with(&format!("hello {}", billing())),
+        "{seen:?}"
+    );
+    let Seen::Reply(_, server_identity) = &seen else {
+        unreachable!()
+    };
+    assert_eq!(
+        server_identity.spiffe_id().map(|i| i.as_str()),
+        Some(format!("spiffe://{TD}/ns/billing/sa/api").as_str())
+    );
+
+    let peer = running.next().await.unwrap();
+    assert_eq!(peer.spiffe_id().unwrap().as_str(), billing());
+    assert_eq!(server.stats().handshakes_ok, 1);
+}
+
+#[tokio::test]
+async fn client_without_certificate_is_refused() {
+    let pki = Pki::new();
+    let server = pki.server().allow_any_authenticated().build().unwrap();
+    let mut running = serve(&server).await;
+
+    let config = bare_client(pki.ca.cert_pem(), None, &[&rustls::version::TLS13]);
+    let err = call_bare(config, running.addr).await.unwrap_err();
+    assert!(err.contains("CertificateRequired"), "client saw: {err}");
+
+    let refused = running.next().await.unwrap_err();
+    assert_eq!(
+        refused.reason(),
+        RejectReason::NoClientCertificate,
+        "{refused}"
+    );
+    assert_eq!(
+        server
+            .stats()
+            .rejected_for(RejectReason::NoClientCertificate),
+        1
+    );
+}
+
+#[tokio::test]
+async fn client_from_another_ca_is_refused() {
+    let pki = Pki::new();
+    let server = pki.server().allow_any_authenticated().build().unwrap();
+    let mut events = server.subscribe();
+    let mut running = serve(&server).await;
+
+    let other_ca = DevCa::new("someone else").unwrap();
+    let stranger = other_ca.leaf().spiffe(&billing()).client().issue().unwrap();
+    let client = pki.client_with(&stranger).build().unwrap();
+    let seen = call(&client, running.addr, "localhost").await;
+    assert!(seen.refused().contains("UnknownCA"), "{seen:?}");
+
+    let refused = running.next().await.unwrap_err();
+    assert_eq!(refused.reason(), RejectReason::UnknownIssuer, "{refused}");
+    let detail = rejected_detail(&mut events).await;
+    assert!(
+        detail.contains(&billing()),
+        "event should name the peer: {detail}"
+    );
+    assert!(detail.contains("no chain to a trusted root"), "{detail}");
+}
+
+#[tokio::test]
+async fn identity_not_on_the_allow_list_is_refused_with_access_denied() {
+    let pki = Pki::new();
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_id(&billing()))
+        .build()
+        .unwrap();
+    let mut events = server.subscribe();
+    let mut running = serve(&server).await;
+
+    let intruder = format!("spiffe://{TD}/ns/billing/sa/web-canary");
+    let client = pki.client(&intruder).build().unwrap();
+    let seen = call(&client, running.addr, "localhost").await;
+    assert!(seen.refused().contains("AccessDenied"), "{seen:?}");
+
+    let refused = running.next().await.unwrap_err();
+    assert_eq!(refused.reason(), RejectReason::NotAllowed);
+    let detail = rejected_detail(&mut events).await;
+    assert!(
+        detail.contains(&intruder) && detail.contains("matches none of the 1 allow rule"),
+        "{detail}"
+    );
+}
+
+#[tokio::test]
+async fn tls12_only_client_is_refused() {
+    let pki = Pki::new();
+    let server = pki.server().allow_any_authenticated().build().unwrap();
+    let mut running = serve(&server).await;
+
+    let cert = pki.client_cert(&billing());
+    let config = bare_client(pki.ca.cert_pem(), Some(&cert), &[&rustls::version::TLS12]);
+    let err = call_bare(config, running.addr).await.unwrap_err();
+    assert!(err.contains("ProtocolVersion"), "client saw: {err}");
+
+    let refused = running.next().await.unwrap_err();
+    assert_eq!(refused.reason(), RejectReason::ProtocolVersion, "{refused}");
+}
+
+#[tokio::test]
+async fn expired_client_certificate_is_refused() {
+    let pki = Pki::new();
+    let server = pki.server().allow_any_authenticated().build().unwrap();
+    let mut running = serve(&server).await;
+
+    let now = SystemTime::now();
+    let expired = pki
+        .ca
+        .leaf()
+        .spiffe(&billing())
+        .client()
+        .valid_between(
+            now - Duration::from_secs(7200),
+            now - Duration::from_secs(3600),
+        )
+        .issue()
+        .unwrap();
+    // The client refuses to load an expired certificate of its own, so present
+    // it with a bare rustls client.
+    let config = bare_client(
+        pki.ca.cert_pem(),
+        Some(&expired),
+        &[&rustls::version::TLS13],
+    );
+    let err = call_bare(config, running.addr).await.unwrap_err();
+    assert!(err.contains("CertificateExpired"), "client saw: {err}");
+    assert_eq!(
+        running.next().await.unwrap_err().reason(),
+        RejectReason::Expired
+    );
+}
+
+#[tokio::test]
+async fn revoked_client_is_refused() {
+    let pki = Pki::new();
+    let revoked = pki.client_cert(&billing());
+    let crl = pki.write(
+        "ca.crl",
+        pki.ca.crl(&[&revoked], Duration::from_secs(3600)).unwrap(),
+    );
+    let server = pki
+        .server()
+        .crl_file(crl)
+        .allow_any_authenticated()
+        .build()
+        .unwrap();
+    let mut running = serve(&server).await;
+
+    let seen = call(
+        &pki.client_with(&revoked).build().unwrap(),
+        running.addr,
+        "localhost",
+    )
+    .await;
+    assert!(seen.refused().contains("CertificateRevoked"), "{seen:?}");
+    assert_eq!(
+        running.next().await.unwrap_err().reason(),
+        RejectReason::Revoked
+    );
+
+    // Someone else from the same CA still gets in.
+    let fine = call(
+        &pki.client(&billing()).build().unwrap(),
+        running.addr,
+        "localhost",
+    )
+    .await;
+    assert!(fine.reply().starts_with("hello"), "{fine:?}");
+}
+
+#[tokio::test]
+async fn client_verifies_server_by_spiffe_id() {
+    let pki = Pki::new();
+    let server = pki.server().allow_any_authenticated().build().unwrap();
+    let running = serve(&server).await;
+    let api = format!("spiffe://{TD}/ns/billing/sa/api");
+
+    let right = pki
+        .client(&billing())
+        .expect_server(Allow::spiffe_id(&api))
+        .build()
+        .unwrap();
+    // The dialled name does not matter when the identity is pinned.
+    let seen = call(&right, running.addr, "10.9.8.7").await;
+    assert!(seen.reply().starts_with("hello"), "{seen:?}");
+
+    let wrong_id = pki
+        .client(&billing())
+        .expect_server(Allow::spiffe_id(&format!(
+            "spiffe://{TD}/ns/billing/sa/other"
+        )))
+        .build()
+        .unwrap();
+    let mut events = wrong_id.subscribe();
+    let err = call(&wrong_id, running.addr, "localhost").await;
+    assert_eq!(
+        err.handshake().reason(),
+        RejectReason::NotAllowed,
+        "{err:?}"
+    );
+    let detail = rejected_detail(&mut events).await;
+    assert!(detail.contains(&api), "{detail}");
+
+    let wrong_domain = pki
+        .client(&billing())
+        .expect_server(Allow::spiffe_trust_domain("staging.example"))
+        .build()
+        .unwrap();
+    let err = call(&wrong_domain, running.addr, "localhost").await;
+    assert_eq!(
+        err.handshake().reason(),
+        RejectReason::NotAllowed,
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn client_without_expectations_checks_the_dialled_name() {
+    let pki = Pki::new();
+    let server = pki.server().allow_any_authenticated().build().unwrap();
+    let running = serve(&server).await;
+    let client = pki.client(&billing()).build().unwrap();
+
+    assert!(
+        call(&client, running.addr, "localhost")
+            .await
+            .reply()
+            .starts_with("hello")
+    );
+    let err = call(&client, running.addr, "not-localhost.example").await;
+    assert_eq!(
+        err.handshake().reason(),
+        RejectReason::NotAllowed,
+        "{err:?}"
+    );
+    assert!(
+        err.handshake().to_string().contains("NotValidForName"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn client_refuses_server_from_unknown_ca() {
+    let pki = Pki::new();
+    let other = Pki::named("another root");
+    let server = other.server().allow_any_authenticated().build().unwrap();
+    let mut running = serve(&server).await;
+
+    let client = pki.client(&billing()).build().unwrap();
+    let seen = call(&client, running.addr, "localhost").await;
+    assert_eq!(
+        seen.handshake().reason(),
+        RejectReason::UnknownIssuer,
+        "{seen:?}"
+    );
+    // And the server hears the client's alert.
+    let refused = running.next().await.unwrap_err();
+    assert_eq!(refused.reason(), RejectReason::RefusedByPeer, "{refused}");
+    assert!(refused.to_string().contains("UnknownCA"), "{refused}");
+}
+
+#[tokio::test]
+async fn same_named_ca_with_another_key_is_refused() {
+    let pki = Pki::new();
+    let impostor = Pki::new(); // same CA name, different key
+    let server = impostor.server().allow_any_authenticated().build().unwrap();
+    let running = serve(&server).await;
+    let client = pki.client(&billing()).build().unwrap();
+    let seen = call(&client, running.addr, "localhost").await;
+    assert_eq!(
+        seen.handshake().reason(),
+        RejectReason::BadCertificate,
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn server_without_allow_list_does_not_build() {
+    let pki = Pki::new();
+    let err = pki.server().build().unwrap_err();
+    assert!(matches!(err, meshtls::Error::NoAllowList), "{err}");
+    assert!(err.to_string().contains("allow_any_authenticated"), "{err}");
+}
+
+#[tokio::test]
+async fn handshake_timeout_is_reported() {
+    let pki = Pki::new();
+    let server = pki
+        .server()
+        .allow_any_authenticated()
+        .handshake_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let mut running = serve(&server).await;
+    let _silent = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    assert_eq!(
+        running.next().await.unwrap_err().reason(),
+        RejectReason::Timeout
+    );
+}
+
+#[tokio::test]
+async fn resumption_works_and_is_rechecked() {
+    let pki = Pki::new();
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_id(&billing()))
+        .build()
+        .unwrap();
+    let mut running = serve(&server).await;
+    let client = pki.client(&billing()).build().unwrap();
+
+    for _ in 0..3 {
+        assert!(
+            call(&client, running.addr, "localhost")
+                .await
+                .reply()
+                .starts_with("hello")
+        );
+        running.next().await.unwrap();
+    }
+    // A resumed handshake shows up as such on the client's side.
+    let tcp = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    let (stream, _) = client.connector().connect("localhost", tcp).await.unwrap();
+    assert_eq!(
+        stream.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+}
+
+async fn rejected_detail(events: &mut tokio::sync::broadcast::Receiver<Event>) -> String {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("no event within 5 s")
+            .expect("event channel closed");
+        if let Event::Rejected { detail, .. } = event {
+            return detail;
+        }
+    }
+}
