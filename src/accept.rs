@@ -28,7 +28,7 @@ use tokio_rustls::server::TlsStream;
 use crate::error::HandshakeError;
 use crate::identity::PeerIdentity;
 use crate::live::{Live, Sessions};
-use crate::observe::{RejectReason, classify_tls};
+use crate::observe::{Refusal, RejectReason, classify_tls};
 use crate::server::ServerSessions;
 
 /// Accepts mutual-TLS connections; cheap to clone, one per listener or task.
@@ -101,6 +101,10 @@ pub(crate) fn failed<S: Sessions>(live: &Live<S>, e: io::Error) -> HandshakeErro
         .cloned();
     match tls {
         Some(tls) => {
+            if let Some(refusal) = Refusal::within(&tls) {
+                // Reported by our verifier already.
+                return HandshakeError::new(refusal.reason, refusal.detail.clone(), Some(e));
+            }
             let reason = classify_tls(&tls);
             let ours = matches!(tls, rustls::Error::InvalidCertificate(_));
             let detail = if ours {

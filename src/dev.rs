@@ -232,20 +232,35 @@ impl DevCa {
         valid_for: Duration,
     ) -> Result<String, DevError> {
         let now = SystemTime::now();
+        self.crl_between(serials, now - Duration::from_secs(60), now + valid_for)
+    }
+
+    /// A CRL with an explicit `thisUpdate` / `nextUpdate` (a stale CRL for
+    /// tests), revoking serials given as colon-separated hex.
+    ///
+    /// # Errors
+    ///
+    /// If a serial does not parse or signing fails.
+    pub fn crl_between(
+        &self,
+        serials: &[&str],
+        this_update: SystemTime,
+        next_update: SystemTime,
+    ) -> Result<String, DevError> {
         let revoked_certs = serials
             .iter()
             .map(|s| {
                 Ok(RevokedCertParams {
                     serial_number: SerialNumber::from_slice(&parse_hex(s)?),
-                    revocation_time: (now - Duration::from_secs(60)).into(),
+                    revocation_time: this_update.into(),
                     reason_code: Some(RevocationReason::KeyCompromise),
                     invalidity_date: None,
                 })
             })
             .collect::<Result<Vec<_>, DevError>>()?;
         let crl = CertificateRevocationListParams {
-            this_update: (now - Duration::from_secs(60)).into(),
-            next_update: (now + valid_for).into(),
+            this_update: this_update.into(),
+            next_update: next_update.into(),
             crl_number: random_serial()?,
             issuing_distribution_point: None,
             revoked_certs,

@@ -21,7 +21,7 @@ use webpki::EndEntityCert;
 use crate::error::Error;
 use crate::identity::PeerIdentity;
 use crate::material::{Material, RevocationScope, Role, Sources, peer_key_usage};
-use crate::observe::{Observer, RejectReason, classify_webpki, describe_webpki};
+use crate::observe::{Observer, Refusal, RejectReason, classify_webpki, describe_webpki};
 use crate::policy::{Policy, describe};
 
 /// Per-epoch session state of one side.
@@ -98,6 +98,22 @@ pub(crate) struct Rejection {
     pub(crate) reason: RejectReason,
     pub(crate) detail: String,
     pub(crate) tls: CertificateError,
+}
+
+impl Rejection {
+    /// A rejection whose reason and detail travel inside the rustls error.
+    fn carried(reason: RejectReason, detail: String) -> Self {
+        let tls = Refusal {
+            reason,
+            detail: detail.clone(),
+        }
+        .into_tls();
+        Self {
+            reason,
+            detail,
+            tls,
+        }
+    }
 }
 
 impl<S: Sessions> Live<S> {
@@ -268,16 +284,22 @@ impl<S: Sessions> Live<S> {
             let who = PeerIdentity::from_leaf_der(end_entity)
                 .map(|p| describe(&p))
                 .unwrap_or_else(|_| "with an unreadable certificate".into());
-            return Err(Rejection {
-                reason,
-                detail: format!("peer {who}: {}", describe_webpki(&e)),
-                tls,
+            let detail = format!("peer {who}: {}", describe_webpki(&e));
+            return Err(if reason == RejectReason::NotAWorkloadCertificate {
+                Rejection::carried(reason, detail)
+            } else {
+                Rejection {
+                    reason,
+                    detail,
+                    tls,
+                }
             });
         }
-        let peer = PeerIdentity::from_leaf_der(end_entity).map_err(|e| Rejection {
-            reason: RejectReason::NotAWorkloadCertificate,
-            detail: format!("peer certificate refused: {e}"),
-            tls: CertificateError::ApplicationVerificationFailure,
+        let peer = PeerIdentity::from_leaf_der(end_entity).map_err(|e| {
+            Rejection::carried(
+                RejectReason::NotAWorkloadCertificate,
+                format!("peer certificate refused: {e}"),
+            )
         })?;
         self.check_name(generation, &peer, end_entity, server_name)?;
         Ok(peer)
@@ -321,10 +343,11 @@ impl<S: Sessions> Live<S> {
         end_entity: &CertificateDer<'_>,
         server_name: Option<&ServerName<'_>>,
     ) -> Result<PeerIdentity, Rejection> {
-        let peer = PeerIdentity::from_leaf_der(end_entity).map_err(|e| Rejection {
-            reason: RejectReason::NotAWorkloadCertificate,
-            detail: format!("resumed peer refused: {e}"),
-            tls: CertificateError::ApplicationVerificationFailure,
+        let peer = PeerIdentity::from_leaf_der(end_entity).map_err(|e| {
+            Rejection::carried(
+                RejectReason::NotAWorkloadCertificate,
+                format!("resumed peer refused: {e}"),
+            )
         })?;
         if !peer.is_valid_at(SystemTime::now()) {
             return Err(Rejection {

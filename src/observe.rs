@@ -120,6 +120,30 @@ impl fmt::Display for RejectReason {
     }
 }
 
+/// A refusal carried inside a rustls error, so the acceptor and connector can
+/// report it exactly (used where no specific TLS alert fits).
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub(crate) struct Refusal {
+    pub(crate) reason: RejectReason,
+    pub(crate) detail: String,
+}
+
+impl Refusal {
+    /// The rustls error that carries this refusal (alert `certificate_unknown`).
+    pub(crate) fn into_tls(self) -> CertificateError {
+        CertificateError::Other(rustls::OtherError(Arc::new(self)))
+    }
+
+    /// The refusal inside a rustls error, if it carries one.
+    pub(crate) fn within(e: &TlsError) -> Option<&Self> {
+        match e {
+            TlsError::InvalidCertificate(CertificateError::Other(other)) => other.0.downcast_ref(),
+            _ => None,
+        }
+    }
+}
+
 /// Something meshtls did or saw; see `subscribe()` on the server and client.
 #[derive(Clone, Debug)]
 #[non_exhaustive]

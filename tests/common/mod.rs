@@ -226,6 +226,19 @@ pub fn bare_client(
     identity: Option<&DevCert>,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Arc<rustls::ClientConfig> {
+    bare_client_pem(
+        ca_pem,
+        identity.map(|c| (c.chain_pem(), c.key_pem())),
+        versions,
+    )
+}
+
+/// Like [`bare_client`], with the identity as (chain PEM, key PEM).
+pub fn bare_client_pem(
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -239,12 +252,12 @@ pub fn bare_client(
         .with_root_certificates(roots);
     let config = match identity {
         None => builder.with_no_client_auth(),
-        Some(cert) => builder
+        Some((chain, key)) => builder
             .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(cert.chain_pem().as_bytes())
+                CertificateDer::pem_slice_iter(chain.as_bytes())
                     .map(Result::unwrap)
                     .collect(),
-                PrivateKeyDer::from_pem_slice(cert.key_pem().as_bytes()).unwrap(),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
             )
             .unwrap(),
     };
@@ -270,4 +283,25 @@ pub fn replace(path: &Path, contents: impl AsRef<[u8]>) {
     let tmp = path.with_extension("tmp-write");
     std::fs::write(&tmp, contents).unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Runs the `openssl` CLI in `dir`; panics with its stderr on failure.
+pub fn openssl(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl CLI is needed (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The identity of a certificate, read as the server would read it.
+pub fn identity_of(cert: &DevCert) -> PeerIdentity {
+    PeerIdentity::from_leaf_der(cert.der()).unwrap()
 }

@@ -1,0 +1,314 @@
+//! Allow-list semantics on real certificates, and over real handshakes where
+//! the wire matters.
+
+mod common;
+
+use common::{Pki, TD, bare_client_pem, call, call_bare, identity_of, serve};
+use meshtls::rustls;
+use meshtls::{Allow, Policy, RejectReason, RuleError};
+
+fn policy(rules: &[&str]) -> Policy {
+    Policy::new(rules.iter().map(|r| r.parse::<Allow>().unwrap())).unwrap()
+}
+
+#[test]
+fn dns_wildcard_matches_exactly_one_label() {
+    let pki = Pki::new();
+    let p = policy(&["dns:*.svc.cluster.local"]);
+    let with_dns = |name: &str| identity_of(&pki.ca.leaf().dns(name).client().issue().unwrap());
+
+    assert!(p.check(&with_dns("billing.svc.cluster.local")).is_ok());
+    assert!(
+        p.check(&with_dns("Billing.SVC.Cluster.Local")).is_ok(),
+        "case-insensitive"
+    );
+    assert!(
+        p.check(&with_dns("billing.svc.cluster.local.")).is_ok(),
+        "trailing dot"
+    );
+    assert!(
+        p.check(&with_dns("a.b.svc.cluster.local")).is_err(),
+        "two labels"
+    );
+    assert!(p.check(&with_dns("svc.cluster.local")).is_err(), "no label");
+    assert!(p.check(&with_dns("billing.svc.cluster.localhost")).is_err());
+    assert!(p.check(&with_dns("billingsvc.cluster.local")).is_err());
+}
+
+#[test]
+fn wildcard_san_in_peer_certificate_never_satisfies_a_rule() {
+    let pki = Pki::new();
+    let wildcard_peer = identity_of(&pki.ca.leaf().dns("*.example.com").client().issue().unwrap());
+    assert!(
+        policy(&["dns:api.example.com"])
+            .check(&wildcard_peer)
+            .is_err()
+    );
+    assert!(
+        policy(&["dns:*.example.com"])
+            .check(&wildcard_peer)
+            .is_err()
+    );
+}
+
+#[test]
+fn rules_are_typed() {
+    let pki = Pki::new();
+    // A DNS rule does not look at the CN...
+    let cn_only = identity_of(
+        &pki.ca
+            .leaf()
+            .cn("billing.internal")
+            .client()
+            .issue()
+            .unwrap(),
+    );
+    assert!(policy(&["dns:billing.internal"]).check(&cn_only).is_err());
+    // ...nor at a URI SAN whose host is that name.
+    let uri = identity_of(
+        &pki.ca
+            .leaf()
+            .spiffe("spiffe://billing.internal/x")
+            .client()
+            .issue()
+            .unwrap(),
+    );
+    assert!(policy(&["dns:billing.internal"]).check(&uri).is_err());
+    // A SPIFFE rule does not look at DNS SANs.
+    let dns = identity_of(&pki.ca.leaf().dns("prod.example").client().issue().unwrap());
+    assert!(policy(&[&format!("spiffe://{TD}/**")]).check(&dns).is_err());
+}
+
+#[test]
+fn spiffe_patterns_match_on_segment_boundaries_with_real_svids() {
+    let pki = Pki::new();
+    let svid = |id: &str| identity_of(&pki.client_cert(id));
+    let p = policy(&["spiffe://td/ns/prod/**", "spiffe://td/ns/*/sa/api"]);
+    assert!(p.check(&svid("spiffe://td/ns/prod/sa/web")).is_ok());
+    assert!(p.check(&svid("spiffe://td/ns/staging/sa/api")).is_ok());
+    assert!(p.check(&svid("spiffe://td/ns/production/sa/web")).is_err());
+    assert!(p.check(&svid("spiffe://td/ns/staging/sa/api/v2")).is_err());
+
+    let domain = policy(&["spiffe://td/**"]);
+    assert!(domain.check(&svid("spiffe://td/anything")).is_ok());
+    assert!(domain.check(&svid("spiffe://td.evil/anything")).is_err());
+    assert!(domain.check(&svid("spiffe://evil.td/anything")).is_err());
+}
+
+#[test]
+fn a_thousand_rules_still_match_exactly() {
+    let pki = Pki::new();
+    let rules: Vec<Allow> = (0..1000)
+        .map(|i| Allow::spiffe_id(&format!("spiffe://{TD}/ns/n{i}/sa/s{i}")))
+        .chain((0..1000).map(|i| Allow::dns(&format!("svc{i}.internal"))))
+        .collect();
+    let p = Policy::new(rules).unwrap();
+    assert!(
+        p.check(&identity_of(
+            &pki.client_cert(&format!("spiffe://{TD}/ns/n999/sa/s999"))
+        ))
+        .is_ok()
+    );
+    assert!(
+        p.check(&identity_of(
+            &pki.client_cert(&format!("spiffe://{TD}/ns/n999/sa/s998"))
+        ))
+        .is_err()
+    );
+    let dns = identity_of(
+        &pki.ca
+            .leaf()
+            .dns("svc500.internal")
+            .client()
+            .issue()
+            .unwrap(),
+    );
+    assert!(p.check(&dns).is_ok());
+    let err = p
+        .check(&identity_of(&pki.client_cert("spiffe://x/y")))
+        .unwrap_err();
+    assert_eq!(err.rules, 2000);
+}
+
+#[test]
+fn custom_rules_see_the_peer() {
+    let pki = Pki::new();
+    let cert = pki.client_cert("spiffe://td/a");
+    let serial = cert.serial().to_owned();
+    let p = Policy::new([Allow::custom("one serial", move |peer| {
+        peer.serial() == serial
+    })])
+    .unwrap();
+    assert!(p.check(&identity_of(&cert)).is_ok());
+    assert!(
+        p.check(&identity_of(&pki.client_cert("spiffe://td/a")))
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn cn_rules_are_off_by_default() {
+    let pki = Pki::new();
+    let err = pki
+        .server()
+        .allow(Allow::cn("legacy-batch"))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(err, meshtls::Error::Rule(RuleError::CnNotEnabled { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("allow_legacy_cn()"), "{err}");
+
+    // Opted in, a CN-only client certificate (no SAN) is admitted by its CN.
+    let server = pki
+        .server()
+        .allow_legacy_cn()
+        .allow(Allow::cn("legacy-batch"))
+        .build()
+        .unwrap();
+    let mut running = serve(&server).await;
+    let legacy = pki.ca.leaf().cn("legacy-batch").client().issue().unwrap();
+    let seen = call(
+        &pki.client_with(&legacy).build().unwrap(),
+        running.addr,
+        "localhost",
+    )
+    .await;
+    assert!(seen.reply().starts_with("hello legacy-batch"), "{seen:?}");
+    assert_eq!(
+        running.next().await.unwrap().common_name(),
+        Some("legacy-batch")
+    );
+}
+
+#[tokio::test]
+async fn path_prefix_is_not_a_string_prefix_over_the_wire() {
+    let pki = Pki::new();
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_pattern(&format!("spiffe://{TD}/ns/prod/**")))
+        .build()
+        .unwrap();
+    let mut running = serve(&server).await;
+
+    let inside = pki
+        .client(&format!("spiffe://{TD}/ns/prod/sa/api"))
+        .build()
+        .unwrap();
+    assert!(
+        call(&inside, running.addr, "localhost")
+            .await
+            .reply()
+            .starts_with("hello")
+    );
+    running.next().await.unwrap();
+
+    let lookalike = pki
+        .client(&format!("spiffe://{TD}/ns/production/sa/api"))
+        .build()
+        .unwrap();
+    let seen = call(&lookalike, running.addr, "localhost").await;
+    assert!(seen.refused().contains("AccessDenied"), "{seen:?}");
+    assert_eq!(
+        running.next().await.unwrap_err().reason(),
+        RejectReason::NotAllowed
+    );
+}
+
+#[tokio::test]
+async fn certificate_with_two_uri_sans_is_not_an_svid() {
+    let pki = Pki::new();
+    let server = pki.server().allow_any_authenticated().build().unwrap();
+    let mut running = serve(&server).await;
+    let two = pki
+        .ca
+        .leaf()
+        .spiffe(&format!("spiffe://{TD}/a"))
+        .uri("https://example.com/b")
+        .client()
+        .issue()
+        .unwrap();
+    let seen = call(
+        &pki.client_with(&two).build().unwrap(),
+        running.addr,
+        "localhost",
+    )
+    .await;
+    assert!(seen.refused().contains("CertificateUnknown"), "{seen:?}");
+    let err = running.next().await.unwrap_err();
+    assert_eq!(err.reason(), RejectReason::NotAWorkloadCertificate, "{err}");
+    assert!(err.to_string().contains("exactly one"), "{err}");
+}
+
+#[tokio::test]
+async fn ca_certificate_presented_as_client_leaf_is_refused() {
+    let pki = Pki::new();
+    let server = pki.server().allow_any_authenticated().build().unwrap();
+    let mut running = serve(&server).await;
+    // The CA's own certificate and key, presented as if they were a client's.
+    let config = bare_client_pem(
+        pki.ca.cert_pem(),
+        Some((pki.ca.cert_pem(), pki.ca.key_pem())),
+        &[&rustls::version::TLS13],
+    );
+    let err = call_bare(config, running.addr).await.unwrap_err();
+    assert!(!err.is_empty());
+    let refused = running.next().await.unwrap_err();
+    assert_eq!(
+        refused.reason(),
+        RejectReason::NotAWorkloadCertificate,
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn allow_list_replaced_at_runtime() {
+    let pki = Pki::new();
+    let a = format!("spiffe://{TD}/a");
+    let b = format!("spiffe://{TD}/b");
+    let server = pki.server().allow(Allow::spiffe_id(&a)).build().unwrap();
+    let mut running = serve(&server).await;
+    let client_a = pki.client(&a).build().unwrap();
+    let client_b = pki.client(&b).build().unwrap();
+
+    assert!(
+        call(&client_a, running.addr, "localhost")
+            .await
+            .reply()
+            .starts_with("hello")
+    );
+    running.next().await.unwrap();
+    assert!(
+        call(&client_b, running.addr, "localhost")
+            .await
+            .refused()
+            .contains("AccessDenied")
+    );
+    running.next().await.unwrap_err();
+
+    server.set_allow_list([Allow::spiffe_id(&b)]).unwrap();
+    // a holds a ticket from before; it must not resume past the new list.
+    assert!(
+        call(&client_a, running.addr, "localhost")
+            .await
+            .refused()
+            .contains("AccessDenied")
+    );
+    assert_eq!(
+        running.next().await.unwrap_err().reason(),
+        RejectReason::NotAllowed
+    );
+    assert!(
+        call(&client_b, running.addr, "localhost")
+            .await
+            .reply()
+            .starts_with("hello")
+    );
+    running.next().await.unwrap();
+
+    assert!(matches!(
+        server.set_allow_list([]),
+        Err(meshtls::Error::NoAllowList)
+    ));
+}
