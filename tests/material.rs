@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use common::{Pki, openssl};
@@ -23,7 +23,7 @@ fn good_server_files(pki: &Pki) -> (PathBuf, PathBuf) {
     pki.write_cert("server", &pki.server_cert())
 }
 
-fn assert_names(err: &Error, path: &PathBuf) {
+fn assert_names(err: &Error, path: &Path) {
     let text = err.to_string();
     assert!(
         text.contains(&path.display().to_string()),
