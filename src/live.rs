@@ -230,6 +230,9 @@ impl<S: Sessions> Live<S> {
             sessions,
             expiry_state: AtomicU8::new(0),
         };
+        let next = Arc::new(next);
+        // Swap first: whoever hears the event must find the new generation serving.
+        self.current.store(next.clone());
         self.observer.reloaded(
             next.number,
             &next.material.leaf,
@@ -237,7 +240,6 @@ impl<S: Sessions> Live<S> {
             policy_changed,
         );
         let number = next.number;
-        self.current.store(Arc::new(next));
         Ok(ReloadOutcome::Swapped {
             generation: number,
             policy_changed,
