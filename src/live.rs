@@ -140,7 +140,12 @@ impl<S: Sessions> Live<S> {
             rebuild: Mutex::new(()),
             watcher: OnceLock::new(),
         });
-        live.check_expiry();
+        // Nobody can have subscribed yet: log now; the watcher (or the next
+        // reload) sends the event.
+        let leaf = &live.current().material.leaf;
+        if SystemTime::now() >= leaf.warn_at(live.fixed.expiry_warning) {
+            tracing::warn!(serial = %leaf.serial, not_after = %crate::error::fmt_time(leaf.not_after), "certificate expires soon");
+        }
         Ok(live)
     }
 

@@ -51,7 +51,7 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use crate::error::Error;
 use crate::live::{Live, Sessions};
 
-/// How often expiry is re-checked when polling is off.
+/// How often the certificate's expiry is re-checked.
 const EXPIRY_TICK: Duration = Duration::from_secs(60);
 /// How long a burst of events may postpone a reload, in debounce periods.
 const MAX_DEFER: u32 = 20;
@@ -209,11 +209,21 @@ struct Pending {
 impl<S: Sessions> Task<S> {
     fn run(mut self) {
         let debounce = self.settings.debounce;
-        let tick = self.settings.poll.unwrap_or(EXPIRY_TICK);
-        let mut next_tick = Instant::now() + tick;
+        let poll = self.settings.poll;
+        let now = Instant::now();
+        let mut next_poll = poll.map(|p| now + p);
+        // The first expiry check waits a moment, so that whoever subscribes
+        // right after `watch()` returns hears it.
+        let mut next_expiry = now + debounce;
         let mut pending: Option<Pending> = None;
         loop {
-            let due = pending.as_ref().map_or(next_tick, |p| p.due.min(next_tick));
+            let mut due = next_expiry;
+            if let Some(t) = next_poll {
+                due = due.min(t);
+            }
+            if let Some(p) = &pending {
+                due = due.min(p.due);
+            }
             match self
                 .rx
                 .recv_timeout(due.saturating_duration_since(Instant::now()))
@@ -252,18 +262,16 @@ impl<S: Sessions> Task<S> {
                         first_event: now,
                         retried: true,
                     });
-                } else {
-                    live.check_expiry();
                 }
             }
-            if now >= next_tick {
-                next_tick = now + tick;
-                if self.settings.poll.is_some() {
-                    self.rearm();
-                    let _ = live.reload();
-                } else {
-                    live.check_expiry();
-                }
+            if next_poll.is_some_and(|t| now >= t) {
+                next_poll = poll.map(|p| now + p);
+                self.rearm();
+                let _ = live.reload();
+            }
+            if now >= next_expiry {
+                next_expiry = now + EXPIRY_TICK;
+                live.check_expiry();
             }
         }
     }

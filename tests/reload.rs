@@ -698,3 +698,47 @@ async fn rotations_under_load_fail_no_handshake() {
     drain.abort();
     eprintln!("{total} handshakes across {ROTATIONS} rotations, none failed");
 }
+
+#[tokio::test]
+async fn expiring_and_expired_events() {
+    let pki = Pki::new();
+    let now = SystemTime::now();
+    // 1.5 s of a 4 s life left: under the default third.
+    let short = pki
+        .ca
+        .leaf()
+        .dns("localhost")
+        .server()
+        .valid_between(
+            now - Duration::from_millis(2500),
+            now + Duration::from_millis(1500),
+        )
+        .issue()
+        .unwrap();
+    let f = files(&pki, &short);
+    let server = watched(&f)
+        .poll_interval(Some(Duration::from_millis(100)))
+        .watch()
+        .unwrap();
+    let mut events = server.subscribe();
+    let mut saw_expiring = false;
+    loop {
+        let event = tokio::time::timeout(WAIT, events.recv())
+            .await
+            .expect("no expiry event")
+            .unwrap();
+        match event {
+            Event::Expiring { leaf, remaining } => {
+                assert_eq!(leaf.serial, short.serial());
+                assert!(remaining <= Duration::from_millis(1500), "{remaining:?}");
+                saw_expiring = true;
+            }
+            Event::Expired { leaf } => {
+                assert_eq!(leaf.serial, short.serial());
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(saw_expiring);
+}
