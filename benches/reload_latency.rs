@@ -59,7 +59,12 @@ async fn measure(debounce: Duration) -> Vec<Duration> {
         .watch()
         .unwrap();
     let addr = serve(&server).await;
-    let client_cert = ca.leaf().spiffe("spiffe://bench/client").client().issue().unwrap();
+    let client_cert = ca
+        .leaf()
+        .spiffe("spiffe://bench/client")
+        .client()
+        .issue()
+        .unwrap();
     let client_dir = dir.path().join("client");
     let (cc, ck) = client_cert.write_to(&client_dir).unwrap();
     let client = ClientTls::builder()
@@ -89,7 +94,9 @@ fn ms(d: Duration) -> String {
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes `--bench`; other arguments are not used.
-    println!("rename-to-first-new-handshake latency, {ROTATIONS} rotations each (cert and key renamed in turn)\n");
+    println!(
+        "rename-to-first-new-handshake latency, {ROTATIONS} rotations each (cert and key renamed in turn)\n"
+    );
     println!("| debounce | median | p90 | worst |");
     println!("|---|---|---|---|");
     for debounce in [Duration::from_millis(100), Duration::from_millis(10)] {

@@ -16,13 +16,18 @@
 //! (epoch-scoped session keys) but not these two.
 
 use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::server::ServerConfig;
 use rustls::{CommonState, HandshakeKind};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::server::TlsStream;
 
 use crate::error::HandshakeError;
@@ -174,5 +179,193 @@ pub(crate) fn admit<S: Sessions>(
             Ok(peer)
         }
         Err(rejection) => Err(refuse(rejection.reason, rejection.detail)),
+    }
+}
+
+/// An accepted, verified connection: the TLS stream, who is on the other end,
+/// and from where. Reads and writes go straight to the TLS stream.
+#[derive(Debug)]
+pub struct MtlsStream {
+    inner: TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+/// Who a connection is with: what integrations put in request extensions
+/// (axum `ConnectInfo<PeerInfo>`, tonic request extensions).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PeerInfo {
+    /// The verified identity of the peer.
+    pub identity: PeerIdentity,
+    /// The peer's socket address.
+    pub remote_addr: SocketAddr,
+}
+
+impl MtlsStream {
+    /// The peer's verified identity.
+    pub fn peer(&self) -> &PeerIdentity {
+        &self.info.identity
+    }
+
+    /// Identity and address of the peer.
+    pub fn info(&self) -> &PeerInfo {
+        &self.info
+    }
+
+    /// The peer's socket address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.info.remote_addr
+    }
+
+    /// The TLS stream (for ALPN, the negotiated suite, ...).
+    pub fn get_ref(&self) -> &TlsStream<TcpStream> {
+        &self.inner
+    }
+
+    /// The TLS stream and the peer's identity.
+    pub fn into_parts(self) -> (TlsStream<TcpStream>, PeerInfo) {
+        (self.inner, self.info)
+    }
+}
+
+impl AsyncRead for MtlsStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MtlsStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Handshakes in flight at once per [`Incoming`]; more connections wait in
+/// the kernel's backlog.
+const MAX_HANDSHAKES_IN_FLIGHT: usize = 1024;
+
+/// A stream of verified connections from a TCP listener.
+///
+/// Handshakes run concurrently on their own tasks (a slow or silent client
+/// holds up only itself, for at most the handshake timeout); refused ones are
+/// reported as events and never show up here. Dropping it stops accepting.
+///
+/// ```no_run
+/// # async fn run(server: meshtls::ServerTls) -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
+/// let mut incoming = server.acceptor().incoming(listener);
+/// while let Some(conn) = incoming.next().await {
+///     println!("{} from {}", conn.peer(), conn.remote_addr());
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Incoming {
+    rx: mpsc::Receiver<MtlsStream>,
+    local_addr: io::Result<SocketAddr>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Incoming {
+    /// The next verified connection; `None` once the listener has failed for good.
+    pub async fn next(&mut self) -> Option<MtlsStream> {
+        self.rx.recv().await
+    }
+
+    /// Polls for the next verified connection.
+    pub fn poll_next_conn(&mut self, cx: &mut Context<'_>) -> Poll<Option<MtlsStream>> {
+        self.rx.poll_recv(cx)
+    }
+
+    /// The address the listener is bound to.
+    ///
+    /// # Errors
+    ///
+    /// As [`TcpListener::local_addr`].
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match &self.local_addr {
+            Ok(addr) => Ok(*addr),
+            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+        }
+    }
+}
+
+impl Acceptor {
+    /// Accepts from `listener` and yields verified connections. Must be called
+    /// inside a tokio runtime (it spawns the accept loop).
+    pub fn incoming(&self, listener: TcpListener) -> Incoming {
+        let (tx, rx) = mpsc::channel(64);
+        let local_addr = listener.local_addr();
+        let acceptor = self.clone();
+        let task = tokio::spawn(async move {
+            let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES_IN_FLIGHT));
+            loop {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let (tcp, remote_addr) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, retry.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let sender = tx.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    if let Ok((inner, identity)) = acceptor.accept(tcp).await {
+                        let info = PeerInfo {
+                            identity,
+                            remote_addr,
+                        };
+                        // The receiver may be gone; the connection then just closes.
+                        let _ = sender.send(MtlsStream { inner, info }).await;
+                    }
+                });
+            }
+        });
+        Incoming {
+            rx,
+            local_addr,
+            task,
+        }
     }
 }

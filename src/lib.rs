@@ -74,6 +74,8 @@
 #![warn(missing_docs, unreachable_pub, clippy::use_self)]
 
 mod accept;
+#[cfg(feature = "axum")]
+pub mod axum;
 mod builder;
 mod client;
 #[cfg(feature = "dev")]
@@ -88,8 +90,10 @@ mod policy;
 pub mod reload;
 mod server;
 mod source;
+#[cfg(feature = "tonic")]
+pub mod tonic;
 
-pub use accept::Acceptor;
+pub use accept::{Acceptor, Incoming, MtlsStream, PeerInfo};
 pub use builder::{Builder, NeedsIdentity, NeedsRoots, Ready, Resumption};
 pub use client::{ClientTls, ClientTlsBuilder, Connector};
 pub use error::{Error, HandshakeError, MaterialKind, Origin, Usage};

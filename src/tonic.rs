@@ -1,0 +1,98 @@
+//! tonic integration (feature `tonic`): an incoming stream for
+//! `Server::serve_with_incoming` whose connections carry the caller's
+//! [`PeerIdentity`], and a `Channel` built on the meshtls connector.
+//!
+//! ```no_run
+//! # async fn run<S>(svc: S) -> Result<(), Box<dyn std::error::Error>>
+//! # where S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>, Error = std::convert::Infallible>
+//! #     + tonic::server::NamedService + Clone + Send + Sync + 'static, S::Future: Send + 'static {
+//! use meshtls::{Allow, ServerTls};
+//!
+//! let server = ServerTls::builder()
+//!     .identity_files("tls/tls.crt", "tls/tls.key")
+//!     .client_roots_file("tls/ca.crt")
+//!     .allow(Allow::spiffe_trust_domain("prod.example"))
+//!     .alpn_protocols([b"h2".to_vec()]) // gRPC clients in other languages insist on it
+//!     .watch()?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:50051").await?;
+//! tonic::transport::Server::builder()
+//!     .add_service(svc)
+//!     .serve_with_incoming(server.acceptor().incoming(listener))
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! In a handler, [`peer`] reads the caller's identity from the request.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tonic::transport::server::Connected;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::accept::{Incoming, MtlsStream, PeerInfo};
+use crate::client::ClientTls;
+use crate::identity::PeerIdentity;
+
+impl Connected for MtlsStream {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.info().clone()
+    }
+}
+
+impl futures_core::Stream for Incoming {
+    type Item = Result<MtlsStream, io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.poll_next_conn(cx).map(|next| next.map(Ok))
+    }
+}
+
+/// The caller's identity, in a handler (or interceptor) of a server fed by
+/// [`Incoming`].
+pub fn peer<T>(request: &tonic::Request<T>) -> Option<&PeerIdentity> {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .map(|info| &info.identity)
+}
+
+/// Connects a tonic `Channel` to `endpoint` through meshtls: the client's
+/// current certificate is presented, and the server is verified as the
+/// client was built to (dialled name, or `expect_server` identity).
+/// `server_name` is sent as SNI (and checked, without `expect_server`).
+///
+/// Build the client with `.alpn_protocols([b"h2".to_vec()])` for servers
+/// that require ALPN (most non-Rust gRPC servers).
+///
+/// # Errors
+///
+/// If the first connection fails.
+pub async fn channel(
+    client: &ClientTls,
+    endpoint: Endpoint,
+    server_name: &str,
+) -> Result<Channel, tonic::transport::Error> {
+    let connector = client.connector();
+    let server_name = server_name.to_owned();
+    endpoint
+        .connect_with_connector(tower::service_fn(move |uri: http::Uri| {
+            let connector = connector.clone();
+            let server_name = server_name.clone();
+            async move {
+                let host = uri.host().unwrap_or("localhost");
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let port = uri.port_u16().unwrap_or(443);
+                let tcp = TcpStream::connect((host, port)).await?;
+                let (tls, _server) = connector.connect(&server_name, tcp).await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(TokioIo::new(tls))
+            }
+        }))
+        .await
+}

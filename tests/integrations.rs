@@ -1,0 +1,248 @@
+//! axum, tonic, reqwest and hyper over meshtls, on loopback.
+
+mod common;
+#[path = "../examples/greeter/mod.rs"]
+mod greeter;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::routing::get;
+use common::{Pki, TD, replace};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use meshtls::{Allow, ClientTls, PeerIdentity, PeerInfo, Resumption, ServerTls};
+
+fn id(name: &str) -> String {
+    format!("spiffe://{TD}/ns/shop/sa/{name}")
+}
+
+async fn whoami(
+    peer: PeerIdentity,
+    ConnectInfo(info): ConnectInfo<PeerInfo>,
+) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({
+        "spiffe_id": peer.spiffe_id().map(|i| i.to_string()),
+        "serial": peer.serial(),
+        "from_loopback": info.remote_addr.ip().is_loopback(),
+    }))
+}
+
+async fn start_axum(server: &ServerTls) -> SocketAddr {
+    let listener = meshtls::axum::MtlsListener::bind("127.0.0.1:0", server)
+        .await
+        .unwrap();
+    let addr = axum::serve::Listener::local_addr(&listener).unwrap();
+    let app = Router::new().route("/whoami", get(whoami)).route(
+        "/admin",
+        get(|peer: PeerIdentity| async move {
+            // A finer, per-route decision on the identity meshtls verified.
+            let admins = meshtls::Policy::new([Allow::spiffe_id(&id("ops"))]).unwrap();
+            match admins.check(&peer) {
+                Ok(()) => (axum::http::StatusCode::OK, "welcome"),
+                Err(_) => (axum::http::StatusCode::FORBIDDEN, "admins only"),
+            }
+        }),
+    );
+    tokio::spawn(async move { meshtls::axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+fn reqwest_client(client: &ClientTls, addr: SocketAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        // The same rustls config: its certificate rotates with the files.
+        .tls_backend_preconfigured((*client.config()).clone())
+        .resolve("localhost", addr)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+async fn get_json(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    path: &str,
+) -> Result<(u16, String), reqwest::Error> {
+    let response = client
+        .get(format!("https://localhost:{}{path}", addr.port()))
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await?))
+}
+
+#[tokio::test]
+async fn axum_handlers_see_who_calls() {
+    let pki = Pki::new();
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_pattern(&format!("spiffe://{TD}/ns/shop/**")))
+        .build()
+        .unwrap();
+    let addr = start_axum(&server).await;
+
+    let web = reqwest_client(&pki.client(&id("web")).build().unwrap(), addr);
+    let ops = reqwest_client(&pki.client(&id("ops")).build().unwrap(), addr);
+
+    let (status, body) = get_json(&web, addr, "/whoami").await.unwrap();
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["spiffe_id"], id("web"));
+    assert_eq!(json["from_loopback"], true);
+    let (_, body) = get_json(&ops, addr, "/whoami").await.unwrap();
+    assert!(body.contains(&id("ops")), "{body}");
+
+    // Two identities, two answers from the same handler.
+    assert_eq!(
+        get_json(&web, addr, "/admin").await.unwrap(),
+        (403, "admins only".into())
+    );
+    assert_eq!(
+        get_json(&ops, addr, "/admin").await.unwrap(),
+        (200, "welcome".into())
+    );
+
+    // Outside the allow-list: no HTTP at all.
+    let outsider = reqwest_client(
+        &pki.client(&format!("spiffe://{TD}/ns/other/sa/x"))
+            .build()
+            .unwrap(),
+        addr,
+    );
+    let err = get_json(&outsider, addr, "/whoami").await.unwrap_err();
+    assert!(format!("{err:?}").contains("AccessDenied"), "{err:?}");
+}
+
+#[tokio::test]
+async fn reqwest_presents_the_rotated_client_certificate() {
+    let pki = Pki::new();
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_id(&id("web")))
+        .build()
+        .unwrap();
+    let addr = start_axum(&server).await;
+
+    let first = pki.client_cert(&id("web"));
+    let (cert, key) = pki.write_cert("web", &first);
+    let client = ClientTls::builder()
+        .identity_files(&cert, &key)
+        .server_roots_file(pki.ca_file())
+        // A resumed session carries the identity it was made with; turn it
+        // off to see each handshake's certificate.
+        .resumption(Resumption::Disabled)
+        .debounce(Duration::from_millis(20))
+        .watch()
+        .unwrap();
+    let http = reqwest_client(&client, addr);
+    let serial = |body: String| {
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["serial"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    assert_eq!(
+        serial(get_json(&http, addr, "/whoami").await.unwrap().1),
+        first.serial()
+    );
+    let next = pki.client_cert(&id("web"));
+    replace(&cert, next.chain_pem());
+    replace(&key, next.key_pem());
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = serial(get_json(&http, addr, "/whoami").await.unwrap().1);
+        if seen == next.serial() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        seen,
+        next.serial(),
+        "the same reqwest client never presented the new certificate"
+    );
+}
+
+#[tokio::test]
+async fn hyper_over_the_meshtls_connector() {
+    let pki = Pki::new();
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_id(&id("web")))
+        .build()
+        .unwrap();
+    let addr = start_axum(&server).await;
+    let client = pki
+        .client(&id("web"))
+        .expect_server(Allow::spiffe_id(&format!(
+            "spiffe://{TD}/ns/billing/sa/api"
+        )))
+        .build()
+        .unwrap();
+
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (tls, server_id) = client.connector().connect("localhost", tcp).await.unwrap();
+    assert_eq!(server_id.spiffe_id().unwrap().path(), "/ns/billing/sa/api");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = hyper::Request::get("/whoami")
+        .header("host", "localhost")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains(&id("web")));
+}
+
+#[tokio::test]
+async fn tonic_handler_reads_the_caller_identity() {
+    let pki = Pki::new();
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_id(&id("web")))
+        .alpn_protocols([b"h2".to_vec()])
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = server.acceptor().incoming(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(greeter::GreeterServer)
+            .serve_with_incoming(incoming),
+    );
+
+    let api = format!("spiffe://{TD}/ns/billing/sa/api");
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    let web = pki
+        .client(&id("web"))
+        .expect_server(Allow::spiffe_id(&api))
+        .alpn_protocols([b"h2".to_vec()])
+        .build()
+        .unwrap();
+    let channel = meshtls::tonic::channel(&web, endpoint.clone(), "localhost")
+        .await
+        .unwrap();
+    let reply = greeter::say_hello(channel, "hi").await.unwrap();
+    assert_eq!(reply, format!("hello {}, you said \"hi\"", id("web")));
+
+    // Another identity never reaches the handler.
+    let other = pki
+        .client(&id("intruder"))
+        .expect_server(Allow::spiffe_id(&api))
+        .alpn_protocols([b"h2".to_vec()])
+        .build()
+        .unwrap();
+    let refused = match meshtls::tonic::channel(&other, endpoint, "localhost").await {
+        Err(e) => format!("{e:?}"),
+        Ok(channel) => format!("{:?}", greeter::say_hello(channel, "hi").await.unwrap_err()),
+    };
+    assert!(refused.contains("AccessDenied"), "{refused}");
+}
