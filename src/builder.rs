@@ -153,6 +153,26 @@ impl<Side> Builder<Side, NeedsIdentity> {
     }
 }
 
+#[cfg(feature = "pkcs12")]
+impl<Side> Builder<Side, NeedsIdentity> {
+    /// The service's certificate chain and key from a PKCS#12 keystore holding
+    /// one key entry. For a keystore with several, use
+    /// [`identity_keystore`](Self::identity_keystore) with
+    /// [`Source::alias`].
+    pub fn identity_pkcs12(
+        self,
+        path: impl Into<PathBuf>,
+        password: impl Into<String>,
+    ) -> Builder<Side, NeedsRoots> {
+        self.identity_keystore(Source::pkcs12_file(path, password))
+    }
+
+    /// The service's certificate chain and key from one keystore source.
+    pub fn identity_keystore(self, keystore: Source) -> Builder<Side, NeedsRoots> {
+        self.identity(keystore.clone(), keystore)
+    }
+}
+
 impl<Side> Builder<Side, NeedsRoots> {
     pub(crate) fn roots(self, roots: Source) -> Builder<Side, Ready> {
         Builder {

@@ -307,6 +307,57 @@ pub enum Error {
         /// When it went stale.
         next_update: SystemTime,
     },
+    /// The PKCS#12 password is wrong (or the file is corrupt).
+    #[error("cannot open the PKCS#12 file {origin}: wrong password (or a corrupt file)")]
+    Pkcs12WrongPassword {
+        /// The file.
+        origin: Origin,
+    },
+    /// A PKCS#12 file that cannot be decoded.
+    #[error("cannot read the PKCS#12 file {origin}: {detail}")]
+    Pkcs12Malformed {
+        /// The file.
+        origin: Origin,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A keystore with no private key entry.
+    #[error(
+        "the PKCS#12 file {origin} holds no private key entry; is it a truststore? (a keystore is made with `openssl pkcs12 -export -in tls.crt -inkey tls.key`)"
+    )]
+    Pkcs12NoKey {
+        /// The file.
+        origin: Origin,
+    },
+    /// A keystore with several key entries and no alias chosen.
+    #[error(
+        "the PKCS#12 file {origin} holds several key entries ({}); pick one with `Source::pkcs12_file(..).alias(\"NAME\")`",
+        aliases.join(", ")
+    )]
+    Pkcs12SeveralKeys {
+        /// The file.
+        origin: Origin,
+        /// The entries' aliases (friendly names).
+        aliases: Vec<String>,
+    },
+    /// The chosen alias is not in the keystore.
+    #[error("the PKCS#12 file {origin} has no key entry {alias:?}; it has: {}", aliases.join(", "))]
+    Pkcs12NoSuchAlias {
+        /// The file.
+        origin: Origin,
+        /// The alias asked for.
+        alias: String,
+        /// The aliases there are.
+        aliases: Vec<String>,
+    },
+    /// A key entry without its certificate, or a truststore without certificates.
+    #[error("the PKCS#12 file {origin} holds no {kind}")]
+    Pkcs12NoCertificate {
+        /// The file.
+        origin: Origin,
+        /// What was looked for.
+        kind: MaterialKind,
+    },
     /// No allow-list and no explicit opt-out.
     #[error(
         "no allow-list: call `.allow(Allow::...)` with the peer identities that may connect, or `.allow_any_authenticated()` to admit any peer your CA signed"

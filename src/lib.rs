@@ -86,6 +86,8 @@ mod identity;
 mod live;
 mod material;
 mod observe;
+#[cfg(feature = "pkcs12")]
+mod pkcs12;
 mod policy;
 pub mod reload;
 mod server;

@@ -18,7 +18,7 @@ use webpki::{
 
 use crate::error::{Error, MaterialKind, Origin, Usage};
 use crate::identity::{LeafInfo, unix_to_system};
-use crate::source::{self, Source};
+use crate::source::Source;
 
 /// Which side of the connection a service's own certificate serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,8 +207,9 @@ impl Material {
         now: SystemTime,
     ) -> Result<Self, Error> {
         let cert_origin = sources.cert.origin();
-        let chain =
-            source::certificates(&cert_origin, &inputs.cert, MaterialKind::CertificateChain)?;
+        let chain = sources
+            .cert
+            .certificates(&inputs.cert, MaterialKind::CertificateChain)?;
         let leaf = check_leaf(&cert_origin, &chain[0], role, now)?;
         let key = load_key(sources, &inputs, chain.clone(), provider, &leaf)?;
         let trust = load_trust(sources, &inputs, scope, now)?;
@@ -320,7 +321,7 @@ fn load_key(
     leaf: &LeafInfo,
 ) -> Result<CertifiedKey, Error> {
     let key_origin = sources.key.origin();
-    let key_der = source::private_key(&key_origin, &inputs.key)?;
+    let key_der = sources.key.private_key(&inputs.key)?;
     let signing_key = provider
         .key_provider
         .load_private_key(key_der)
@@ -381,7 +382,9 @@ fn load_trust(
     now: SystemTime,
 ) -> Result<Trust, Error> {
     let roots_origin = sources.roots.origin();
-    let roots_der = source::certificates(&roots_origin, &inputs.roots, MaterialKind::TrustRoots)?;
+    let roots_der = sources
+        .roots
+        .certificates(&inputs.roots, MaterialKind::TrustRoots)?;
     let mut anchors = Vec::with_capacity(roots_der.len());
     let mut roots = Vec::with_capacity(roots_der.len());
     for (index, der) in roots_der.iter().enumerate() {
@@ -407,7 +410,7 @@ fn load_trust(
     let mut crls = Vec::new();
     for (src, bytes) in sources.crls.iter().zip(&inputs.crls) {
         let origin = src.origin();
-        for (index, der) in source::crls(&origin, bytes)?.iter().enumerate() {
+        for (index, der) in src.crls(bytes)?.iter().enumerate() {
             let bad = |detail: String| Error::BadCrl {
                 origin: origin.clone(),
                 index,

@@ -1,5 +1,6 @@
-//! Where material comes from ([`Source`]: a PEM file, or PEM bytes) and
-//! reading it with `rustls-pki-types`' [`PemObject`].
+//! Where material comes from ([`Source`]: a PEM file, PEM bytes, or a
+//! PKCS#12 keystore with the `pkcs12` feature) and reading it; PEM through
+//! `rustls-pki-types`' [`PemObject`].
 
 use std::fs::File;
 use std::io::Read;
@@ -17,7 +18,7 @@ use crate::error::{Error, MaterialKind, Origin};
 pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
 
 /// Where one piece of material (a chain, a key, a CA bundle, a CRL) comes
-/// from.
+/// from, and in what format.
 ///
 /// Files are read again on every reload; in-memory PEM never changes.
 ///
@@ -28,52 +29,92 @@ pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
 /// # let _ = (from_disk, in_memory);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Source(Inner);
+pub struct Source {
+    location: Location,
+    format: Format,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Inner {
+enum Location {
     File(PathBuf),
-    Pem { label: String, bytes: Arc<[u8]> },
+    Memory { label: String, bytes: Arc<[u8]> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Format {
+    Pem,
+    #[cfg(feature = "pkcs12")]
+    Pkcs12(crate::pkcs12::Keystore),
 }
 
 impl Source {
     /// A PEM file, read at build time and again on every reload.
     pub fn file(path: impl Into<PathBuf>) -> Self {
-        Self(Inner::File(path.into()))
+        Self {
+            location: Location::File(path.into()),
+            format: Format::Pem,
+        }
     }
 
     /// PEM bytes held in memory; `label` names them in errors.
     pub fn pem(label: impl Into<String>, bytes: impl Into<Vec<u8>>) -> Self {
-        Self(Inner::Pem {
-            label: label.into(),
-            bytes: Arc::from(bytes.into()),
-        })
+        Self {
+            location: Location::Memory {
+                label: label.into(),
+                bytes: Arc::from(bytes.into()),
+            },
+            format: Format::Pem,
+        }
+    }
+
+    /// A PKCS#12 file (`.p12`, `.pfx`) protected by `password`, as Java and
+    /// Spring Boot keystores and truststores are. As an identity it must hold
+    /// one private key entry (or name one with [`Source::alias`]); as trust
+    /// roots, every certificate not bound to a key is trusted. Reloaded like
+    /// any file.
+    #[cfg(feature = "pkcs12")]
+    pub fn pkcs12_file(path: impl Into<PathBuf>, password: impl Into<String>) -> Self {
+        Self {
+            location: Location::File(path.into()),
+            format: Format::Pkcs12(crate::pkcs12::Keystore::new(password.into())),
+        }
+    }
+
+    /// Picks the key entry named `alias` (its friendly name) in a PKCS#12
+    /// keystore with several. No effect on other formats.
+    #[cfg(feature = "pkcs12")]
+    #[must_use]
+    pub fn alias(mut self, alias: impl Into<String>) -> Self {
+        if let Format::Pkcs12(keystore) = &mut self.format {
+            keystore.alias = Some(alias.into());
+        }
+        self
     }
 
     /// Where this source is, for messages.
     pub fn origin(&self) -> Origin {
-        match &self.0 {
-            Inner::File(p) => Origin::File(p.clone()),
-            Inner::Pem { label, .. } => Origin::Memory(label.clone()),
+        match &self.location {
+            Location::File(p) => Origin::File(p.clone()),
+            Location::Memory { label, .. } => Origin::Memory(label.clone()),
         }
     }
 
     /// The file's path, if this source is a file.
     pub fn path(&self) -> Option<&Path> {
-        match &self.0 {
-            Inner::File(p) => Some(p),
-            Inner::Pem { .. } => None,
+        match &self.location {
+            Location::File(p) => Some(p),
+            Location::Memory { .. } => None,
         }
     }
 
     /// Reads the bytes, refusing anything over [`MAX_FILE_SIZE`].
     pub(crate) fn read(&self, kind: MaterialKind) -> Result<Arc<[u8]>, Error> {
-        match &self.0 {
-            Inner::Pem { bytes, .. } => {
+        match &self.location {
+            Location::Memory { bytes, .. } => {
                 check_size(self, kind, bytes.len() as u64)?;
                 Ok(bytes.clone())
             }
-            Inner::File(path) => {
+            Location::File(path) => {
                 let read_err = |source| Error::Read {
                     origin: self.origin(),
                     kind,
@@ -91,6 +132,37 @@ impl Source {
                 Ok(Arc::from(buf))
             }
         }
+    }
+
+    /// The certificates in `bytes` (read from this source), in order; at
+    /// least one. For a PKCS#12 identity: the key's chain, leaf first.
+    pub(crate) fn certificates(
+        &self,
+        bytes: &[u8],
+        kind: MaterialKind,
+    ) -> Result<Vec<CertificateDer<'static>>, Error> {
+        match &self.format {
+            Format::Pem => certificates(&self.origin(), bytes, kind),
+            #[cfg(feature = "pkcs12")]
+            Format::Pkcs12(keystore) => keystore.certificates(&self.origin(), bytes, kind),
+        }
+    }
+
+    /// The private key in `bytes` (read from this source).
+    pub(crate) fn private_key(&self, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, Error> {
+        match &self.format {
+            Format::Pem => private_key(&self.origin(), bytes),
+            #[cfg(feature = "pkcs12")]
+            Format::Pkcs12(keystore) => keystore.private_key(&self.origin(), bytes),
+        }
+    }
+
+    /// The CRLs in `bytes` (PEM only).
+    pub(crate) fn crls(
+        &self,
+        bytes: &[u8],
+    ) -> Result<Vec<CertificateRevocationListDer<'static>>, Error> {
+        crls(&self.origin(), bytes)
     }
 }
 
@@ -158,7 +230,7 @@ fn malformed(origin: &Origin, kind: MaterialKind, e: pem::Error) -> Error {
 }
 
 /// All `CERTIFICATE` blocks, in order; at least one.
-pub(crate) fn certificates(
+fn certificates(
     origin: &Origin,
     bytes: &[u8],
     kind: MaterialKind,
@@ -178,7 +250,7 @@ pub(crate) fn certificates(
 }
 
 /// The first private key (PKCS#8, PKCS#1 or SEC1).
-pub(crate) fn private_key(origin: &Origin, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, Error> {
+fn private_key(origin: &Origin, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, Error> {
     let kind = MaterialKind::PrivateKey;
     precheck(origin, bytes, kind)?;
     let labels = pem_labels(bytes);
@@ -201,7 +273,7 @@ pub(crate) fn private_key(origin: &Origin, bytes: &[u8]) -> Result<PrivateKeyDer
 }
 
 /// All `X509 CRL` blocks; at least one.
-pub(crate) fn crls(
+fn crls(
     origin: &Origin,
     bytes: &[u8],
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, Error> {
