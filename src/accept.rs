@@ -33,7 +33,7 @@ use tokio_rustls::server::TlsStream;
 use crate::error::HandshakeError;
 use crate::identity::PeerIdentity;
 use crate::live::{Live, Sessions};
-use crate::observe::{Refusal, RejectReason, classify_tls};
+use crate::observe::{RejectReason, classify_tls, recall_refusal};
 use crate::server::ServerSessions;
 
 /// Accepts mutual-TLS connections; cheap to clone, one per listener or task.
@@ -106,20 +106,15 @@ pub(crate) fn failed<S: Sessions>(live: &Live<S>, e: io::Error) -> HandshakeErro
         .cloned();
     match tls {
         Some(tls) => {
-            if let Some(refusal) = Refusal::within(&tls) {
-                // Reported by our verifier already.
-                return HandshakeError::new(refusal.reason, refusal.detail.clone(), Some(e));
+            if let rustls::Error::InvalidCertificate(c) = &tls {
+                if let Some((reason, detail)) = recall_refusal(c) {
+                    // Our verifier refused, and reported it already.
+                    return HandshakeError::new(reason, detail, Some(e));
+                }
             }
             let reason = classify_tls(&tls);
-            let ours = matches!(tls, rustls::Error::InvalidCertificate(_));
-            let detail = if ours {
-                format!("{tls} (the Rejected event names the certificate and rule)")
-            } else {
-                tls.to_string()
-            };
-            if !ours {
-                live.observer.rejected(reason, detail.clone());
-            }
+            let detail = tls.to_string();
+            live.observer.rejected(reason, detail.clone());
             HandshakeError::new(reason, detail, Some(e))
         }
         None => {

@@ -361,12 +361,7 @@ impl ServerCertVerifier for LiveServerVerifier {
             now,
         ) {
             Ok(_) => Ok(ServerCertVerified::assertion()),
-            Err(rejection) => {
-                self.live
-                    .observer
-                    .rejected(rejection.reason, rejection.detail);
-                Err(TlsError::InvalidCertificate(rejection.tls))
-            }
+            Err(rejection) => Err(rejection.into_tls(&self.live.observer)),
         }
     }
 

@@ -494,6 +494,12 @@ impl PeerIdentity {
         self.0.not_after
     }
 
+    /// The end of validity as RFC 3339 UTC (`2026-11-24T08:06:44Z`), for
+    /// logs and JSON.
+    pub fn not_after_rfc3339(&self) -> String {
+        crate::error::fmt_time(self.0.not_after)
+    }
+
     /// The leaf certificate, DER-encoded.
     pub fn leaf_der(&self) -> &[u8] {
         &self.0.der

@@ -21,7 +21,7 @@ use webpki::EndEntityCert;
 use crate::error::Error;
 use crate::identity::PeerIdentity;
 use crate::material::{Material, RevocationScope, Role, Sources, peer_key_usage};
-use crate::observe::{Observer, Refusal, RejectReason, classify_webpki, describe_webpki};
+use crate::observe::{Observer, RejectReason, classify_webpki, describe_webpki, remember_refusal};
 use crate::policy::{Policy, describe};
 
 /// Per-epoch session state of one side.
@@ -101,18 +101,11 @@ pub(crate) struct Rejection {
 }
 
 impl Rejection {
-    /// A rejection whose reason and detail travel inside the rustls error.
-    fn carried(reason: RejectReason, detail: String) -> Self {
-        let tls = Refusal {
-            reason,
-            detail: detail.clone(),
-        }
-        .into_tls();
-        Self {
-            reason,
-            detail,
-            tls,
-        }
+    /// Reports the refusal and turns it into the error rustls sends an alert for.
+    pub(crate) fn into_tls(self, observer: &Observer) -> rustls::Error {
+        remember_refusal(&self.tls, self.reason, &self.detail);
+        observer.rejected(self.reason, self.detail);
+        rustls::Error::InvalidCertificate(self.tls)
     }
 }
 
@@ -292,21 +285,16 @@ impl<S: Sessions> Live<S> {
                 .map(|p| describe(&p))
                 .unwrap_or_else(|_| "with an unreadable certificate".into());
             let detail = format!("peer {who}: {}", describe_webpki(&e));
-            return Err(if reason == RejectReason::NotAWorkloadCertificate {
-                Rejection::carried(reason, detail)
-            } else {
-                Rejection {
-                    reason,
-                    detail,
-                    tls,
-                }
+            return Err(Rejection {
+                reason,
+                detail,
+                tls,
             });
         }
-        let peer = PeerIdentity::from_leaf_der(end_entity).map_err(|e| {
-            Rejection::carried(
-                RejectReason::NotAWorkloadCertificate,
-                format!("peer certificate refused: {e}"),
-            )
+        let peer = PeerIdentity::from_leaf_der(end_entity).map_err(|e| Rejection {
+            reason: RejectReason::NotAWorkloadCertificate,
+            detail: format!("peer certificate refused: {e}"),
+            tls: CertificateError::ApplicationVerificationFailure,
         })?;
         self.check_name(generation, &peer, end_entity, server_name)?;
         Ok(peer)
@@ -350,11 +338,10 @@ impl<S: Sessions> Live<S> {
         end_entity: &CertificateDer<'_>,
         server_name: Option<&ServerName<'_>>,
     ) -> Result<PeerIdentity, Rejection> {
-        let peer = PeerIdentity::from_leaf_der(end_entity).map_err(|e| {
-            Rejection::carried(
-                RejectReason::NotAWorkloadCertificate,
-                format!("resumed peer refused: {e}"),
-            )
+        let peer = PeerIdentity::from_leaf_der(end_entity).map_err(|e| Rejection {
+            reason: RejectReason::NotAWorkloadCertificate,
+            detail: format!("resumed peer refused: {e}"),
+            tls: CertificateError::ApplicationVerificationFailure,
         })?;
         if !peer.is_valid_at(SystemTime::now()) {
             return Err(Rejection {

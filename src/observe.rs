@@ -1,6 +1,7 @@
 //! What happened: [`Event`]s on a broadcast channel, counters in [`Stats`],
 //! and the same facts on `tracing`.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,28 +121,30 @@ impl fmt::Display for RejectReason {
     }
 }
 
-/// A refusal carried inside a rustls error, so the acceptor and connector can
-/// report it exactly (used where no specific TLS alert fits).
-#[derive(Debug, thiserror::Error)]
-#[error("{reason}: {detail}")]
-pub(crate) struct Refusal {
-    pub(crate) reason: RejectReason,
-    pub(crate) detail: String,
+thread_local! {
+    /// The last refusal a verifier made on this thread, with the rustls error
+    /// it returned. rustls can only carry the alert-bearing error; the
+    /// acceptor and connector, which see that error in the same poll on the
+    /// same thread, take the specifics from here.
+    static LAST_REFUSAL: RefCell<Option<(CertificateError, RejectReason, String)>> =
+        const { RefCell::new(None) };
 }
 
-impl Refusal {
-    /// The rustls error that carries this refusal (alert `certificate_unknown`).
-    pub(crate) fn into_tls(self) -> CertificateError {
-        CertificateError::Other(rustls::OtherError(Arc::new(self)))
-    }
+/// Notes a verifier's refusal for the acceptor or connector to pick up.
+pub(crate) fn remember_refusal(tls: &CertificateError, reason: RejectReason, detail: &str) {
+    LAST_REFUSAL.with(|last| *last.borrow_mut() = Some((tls.clone(), reason, detail.to_owned())));
+}
 
-    /// The refusal inside a rustls error, if it carries one.
-    pub(crate) fn within(e: &TlsError) -> Option<&Self> {
-        match e {
-            TlsError::InvalidCertificate(CertificateError::Other(other)) => other.0.downcast_ref(),
+/// The specifics of the refusal that produced `tls`, if a verifier on this
+/// thread made it.
+pub(crate) fn recall_refusal(tls: &CertificateError) -> Option<(RejectReason, String)> {
+    LAST_REFUSAL.with(|last| {
+        let mut last = last.borrow_mut();
+        match last.take() {
+            Some((error, reason, detail)) if &error == tls => Some((reason, detail)),
             _ => None,
         }
-    }
+    })
 }
 
 /// Something meshtls did or saw; see `subscribe()` on the server and client.

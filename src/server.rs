@@ -358,12 +358,7 @@ impl ClientCertVerifier for LiveClientVerifier {
             .judge(&generation, end_entity, intermediates, None, now)
         {
             Ok(_) => Ok(ClientCertVerified::assertion()),
-            Err(rejection) => {
-                self.live
-                    .observer
-                    .rejected(rejection.reason, rejection.detail);
-                Err(TlsError::InvalidCertificate(rejection.tls))
-            }
+            Err(rejection) => Err(rejection.into_tls(&self.live.observer)),
         }
     }
 

@@ -235,7 +235,7 @@ async fn certificate_with_two_uri_sans_is_not_an_svid() {
         "localhost",
     )
     .await;
-    assert!(seen.refused().contains("CertificateUnknown"), "{seen:?}");
+    assert!(seen.refused().contains("AccessDenied"), "{seen:?}");
     let err = running.next().await.unwrap_err();
     assert_eq!(err.reason(), RejectReason::NotAWorkloadCertificate, "{err}");
     assert!(err.to_string().contains("exactly one"), "{err}");

@@ -108,6 +108,10 @@ async fn identity_not_on_the_allow_list_is_refused_with_access_denied() {
 
     let refused = running.next().await.unwrap_err();
     assert_eq!(refused.reason(), RejectReason::NotAllowed);
+    assert!(
+        refused.detail().contains(&intruder),
+        "the acceptor's error names the peer: {refused}"
+    );
     let detail = rejected_detail(&mut events).await;
     assert!(
         detail.contains(&intruder) && detail.contains("matches none of the 1 allow rule"),
