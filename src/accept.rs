@@ -106,11 +106,11 @@ pub(crate) fn failed<S: Sessions>(live: &Live<S>, e: io::Error) -> HandshakeErro
         .cloned();
     match tls {
         Some(tls) => {
-            if let rustls::Error::InvalidCertificate(c) = &tls {
-                if let Some((reason, detail)) = recall_refusal(c) {
-                    // Our verifier refused, and reported it already.
-                    return HandshakeError::new(reason, detail, Some(e));
-                }
+            if let rustls::Error::InvalidCertificate(c) = &tls
+                && let Some((reason, detail)) = recall_refusal(c)
+            {
+                // Our verifier refused, and reported it already.
+                return HandshakeError::new(reason, detail, Some(e));
             }
             let reason = classify_tls(&tls);
             let detail = tls.to_string();
