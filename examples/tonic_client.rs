@@ -1,0 +1,78 @@
+//! A gRPC client (tonic) with mutual TLS, verifying the server by identity.
+//!
+//! ```sh
+//! cargo run --example tonic_client -- --cert tls/web/tls.crt --key tls/web/tls.key \
+//!     --ca tls/ca/ca.crt --expect-server spiffe://demo.local/ns/shop/sa/api \
+//!     --name world 127.0.0.1:50051
+//! ```
+
+mod cli;
+mod greeter;
+
+use std::process::ExitCode;
+
+use meshtls::{Allow, ClientTls};
+
+const USAGE: &str = "usage: tonic_client --cert FILE --key FILE --ca FILE [--expect-server RULE]
+                    [--name NAME] [--server-name DNS] HOST:PORT";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(reply) => {
+            println!("{reply}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<String, String> {
+    let args = cli::Args::parse(&[])?;
+    let [target] = args.positional.as_slice() else {
+        return Err(format!("give the server as HOST:PORT\n\n{USAGE}"));
+    };
+    let mut builder = ClientTls::builder()
+        .identity_files(args.required("cert")?, args.required("key")?)
+        .server_roots_file(args.required("ca")?)
+        .alpn_protocols([b"h2".to_vec()]);
+    if let Some(rule) = args.optional("expect-server") {
+        builder = builder.expect_server(
+            rule.parse::<Allow>()
+                .map_err(|e| format!("--expect-server: {e}"))?,
+        );
+    }
+    let client = builder.build().map_err(|e| e.to_string())?;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
+        .map_err(|e| format!("{target:?}: {e}"))?;
+    let server_name = args
+        .optional("server-name")
+        .unwrap_or_else(|| "localhost".into());
+    let channel = meshtls::tonic::channel(&client, endpoint, &server_name)
+        .await
+        .map_err(|e| format!("cannot connect: {}", chain(&e)))?;
+    let name = args.optional("name").unwrap_or_else(|| "world".into());
+    greeter::say_hello(channel, &name).await.map_err(|status| {
+        format!(
+            "{}: {}",
+            status.message(),
+            std::error::Error::source(&status)
+                .map(chain)
+                .unwrap_or_default()
+        )
+    })
+}
+
+/// An error and its sources, on one line.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.join(": ")
+}
