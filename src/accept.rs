@@ -12,8 +12,12 @@
 //!   peer gets the full check (chain, revocation, allow-list) under the new
 //!   one.
 //!
-//! A framework that uses the bare `ServerConfig` gets the first protection
-//! (epoch-scoped session keys) but not these two.
+//! And for one handshake timeout after a policy change no session state is
+//! created at all (no ticket sealed, nothing cached), since a handshake that
+//! straddles the change may have had its peer judged by the old policy.
+//!
+//! A framework that uses the bare `ServerConfig` gets the epoch-scoped session
+//! keys and the settling time, but not the two re-checks.
 
 use std::io;
 use std::net::SocketAddr;

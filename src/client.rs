@@ -240,6 +240,7 @@ impl Builder<ClientTls, Ready> {
             name_check,
             legacy_cn: self.settings.legacy_cn,
             expiry_warning: self.settings.expiry_warning,
+            settle: self.settings.handshake_timeout,
         };
         let live = Live::new(fixed, policy, Observer::new("client"))?;
         let verifier = Arc::new(LiveServerVerifier {

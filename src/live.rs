@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use rustls::CertificateError;
@@ -46,8 +46,25 @@ pub(crate) struct Generation<S> {
     pub(crate) material: Arc<Material>,
     pub(crate) policy: Arc<Policy>,
     pub(crate) sessions: Arc<S>,
+    /// When this policy epoch began (`None` for the first, which follows no
+    /// other policy).
+    epoch_began: Option<Instant>,
     /// 0: nothing said; 1: `Expiring` sent; 2: `Expired` sent.
     expiry_state: AtomicU8,
+}
+
+impl<S> Generation<S> {
+    /// Whether new session state (a ticket, a cache entry) may be created now.
+    ///
+    /// A handshake that straddles a policy change can have its peer judged by
+    /// the old policy and its ticket sealed with the new epoch's keys; rustls
+    /// gives the session hooks no per-connection context to tell. So for
+    /// `settle` (the handshake timeout) after a change, no session state is
+    /// created: those peers simply do a full handshake next time.
+    pub(crate) fn may_store_sessions(&self, settle: Duration) -> bool {
+        self.epoch_began
+            .is_none_or(|began| began.elapsed() >= settle)
+    }
 }
 
 /// The outcome of a reload that did not fail.
@@ -79,6 +96,9 @@ pub(crate) struct Fixed<S: Sessions> {
     pub(crate) legacy_cn: bool,
     /// Warn when less than this share of the lifetime is left.
     pub(crate) expiry_warning: f64,
+    /// How long after a policy change no session state is created (the
+    /// handshake timeout).
+    pub(crate) settle: Duration,
 }
 
 /// The live state shared by a config's resolver, verifier, session store,
@@ -123,6 +143,7 @@ impl<S: Sessions> Live<S> {
             material: Arc::new(material),
             policy: Arc::new(policy),
             sessions: Arc::new(S::fresh(fixed.sessions)?),
+            epoch_began: None,
             expiry_state: AtomicU8::new(0),
         };
         observer.reloaded(1, &first.material.leaf, &first.material.trust.roots, true);
@@ -215,10 +236,11 @@ impl<S: Sessions> Live<S> {
         policy: Arc<Policy>,
         policy_changed: bool,
     ) -> Result<ReloadOutcome, Error> {
-        let (epoch, sessions) = if policy_changed {
-            (old.epoch + 1, Arc::new(S::fresh(self.fixed.sessions)?))
+        let (epoch, sessions, epoch_began) = if policy_changed {
+            let fresh = Arc::new(S::fresh(self.fixed.sessions)?);
+            (old.epoch + 1, fresh, Some(Instant::now()))
         } else {
-            (old.epoch, old.sessions.clone())
+            (old.epoch, old.sessions.clone(), old.epoch_began)
         };
         let next = Generation {
             number: old.number + 1,
@@ -226,6 +248,7 @@ impl<S: Sessions> Live<S> {
             material,
             policy,
             sessions,
+            epoch_began,
             expiry_state: AtomicU8::new(0),
         };
         let next = Arc::new(next);

@@ -28,7 +28,10 @@
 //!   allow-list): when those change, earlier sessions no longer resume and
 //!   peers go through a full handshake under the new policy. When only the
 //!   service's own certificate changes, resumption survives (a resumed peer
-//!   keeps seeing the certificate stored with its session).
+//!   keeps seeing the certificate stored with its session). For one handshake
+//!   timeout after a policy change no new tickets or cache entries are made,
+//!   so that no session judged by the old policy can be sealed with the new
+//!   one's keys; peers do full handshakes meanwhile.
 //! - **Revoking a connected peer.** A CRL update refuses the peer's *new*
 //!   connections, full or resumed. Its open connections stay open: closing
 //!   them is the application's decision (it holds the streams and the

@@ -255,6 +255,7 @@ impl Builder<ServerTls, Ready> {
             name_check: NameCheck::AllowList,
             legacy_cn: self.settings.legacy_cn,
             expiry_warning: self.settings.expiry_warning,
+            settle: self.settings.handshake_timeout,
         };
         let live = Live::new(fixed, policy, Observer::new("server"))?;
         let config = server_config(&live, provider, &self.settings)?;
@@ -416,7 +417,11 @@ impl ProducesTickets for LiveTicketer {
     }
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        match &*self.live.current().sessions {
+        let generation = self.live.current();
+        if !generation.may_store_sessions(self.live.fixed.settle) {
+            return None;
+        }
+        match &*generation.sessions {
             ServerSessions::Tickets(t) => t.encrypt(plain),
             _ => None,
         }
@@ -452,6 +457,13 @@ impl LiveSessionCache {
 
 impl StoresServerSessions for LiveSessionCache {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        if !self
+            .live
+            .current()
+            .may_store_sessions(self.live.fixed.settle)
+        {
+            return false;
+        }
         self.with(|c| c.put(key, value)).unwrap_or(false)
     }
 

@@ -742,3 +742,46 @@ async fn expiring_and_expired_events() {
     }
     assert!(saw_expiring);
 }
+
+/// Connects, exchanges a line (which also takes in the server's tickets), and
+/// says whether the handshake was a resumption.
+async fn resumed(client: &ClientTls, addr: std::net::SocketAddr) -> bool {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (stream, _) = client.connector().connect("localhost", tcp).await.unwrap();
+    let kind = stream.get_ref().1.handshake_kind();
+    assert!(common::exchange(stream).await.unwrap().starts_with("hello"));
+    kind == Some(meshtls::rustls::HandshakeKind::Resumed)
+}
+
+#[tokio::test]
+async fn no_session_state_is_made_while_a_policy_change_settles() {
+    let pki = Pki::new();
+    let a = caller();
+    let b = format!("spiffe://{TD}/ns/billing/sa/batch");
+    let settle = Duration::from_millis(300);
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_id(&a))
+        .allow(Allow::spiffe_id(&b))
+        .handshake_timeout(settle)
+        .build()
+        .unwrap();
+    let running = serve(&server).await;
+    let client = pki.client(&a).build().unwrap();
+    assert!(!resumed(&client, running.addr).await);
+    assert!(
+        resumed(&client, running.addr).await,
+        "tickets work before the change"
+    );
+
+    server.set_allow_list([Allow::spiffe_id(&a)]).unwrap();
+    // The old ticket does not resume; and no new one is issued yet.
+    assert!(!resumed(&client, running.addr).await);
+    assert!(!resumed(&client, running.addr).await);
+    tokio::time::sleep(settle + Duration::from_millis(100)).await;
+    assert!(!resumed(&client, running.addr).await);
+    assert!(
+        resumed(&client, running.addr).await,
+        "tickets again once the change settled"
+    );
+}
