@@ -73,23 +73,24 @@ async fn run() -> Result<String, String> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
+    let conn = tokio::spawn(conn);
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let request = hyper::Request::get(path)
         .header("host", format!("{host}:{port}"))
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
-    // In TLS 1.3 a server that refuses our certificate says so here, on the
-    // first exchange, with a TLS alert.
-    let response = sender.send_request(request).await.map_err(|e| {
-        let mut source: Option<&dyn std::error::Error> = Some(&e);
-        let mut chain = Vec::new();
-        while let Some(s) = source {
-            chain.push(s.to_string());
-            source = s.source();
+    // In TLS 1.3 a server that refuses our certificate says so after the
+    // handshake, with an alert; the connection task sees it.
+    let response = match sender.send_request(request).await {
+        Ok(response) => response,
+        Err(e) => {
+            let why = match conn.await {
+                Ok(Err(conn_error)) => chain(&conn_error),
+                _ => chain(&e),
+            };
+            return Err(format!("the server refused the request: {why}"));
         }
-        format!("the server refused the request: {}", chain.join(": "))
-    })?;
+    };
     let status = response.status();
     let body = response
         .into_body()
@@ -103,4 +104,15 @@ async fn run() -> Result<String, String> {
     } else {
         Err(format!("HTTP {status}: {body}"))
     }
+}
+
+/// An error and its sources, on one line.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.join(": ")
 }

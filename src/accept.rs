@@ -101,6 +101,25 @@ impl Acceptor {
     }
 }
 
+impl Acceptor {
+    /// Who the peer of a completed handshake is, for servers that drive the
+    /// rustls connection themselves (a blocking server, a custom transport):
+    /// the check [`accept`](Self::accept) makes after its handshake, with the
+    /// re-check of resumed sessions. Call it once `is_handshaking()` is false,
+    /// before trusting the connection.
+    ///
+    /// # Errors
+    ///
+    /// As for `accept`: no certificate, or a resumed peer the current policy
+    /// no longer admits.
+    pub fn identify(
+        &self,
+        conn: &rustls::ServerConnection,
+    ) -> Result<PeerIdentity, HandshakeError> {
+        admit(&self.live, self.live.current().epoch, conn, None)
+    }
+}
+
 /// Classifies a handshake that failed inside rustls or on the socket.
 /// Refusals our verifiers made were reported there, with more detail.
 pub(crate) fn failed<S: Sessions>(live: &Live<S>, e: io::Error) -> HandshakeError {

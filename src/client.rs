@@ -331,6 +331,27 @@ impl Connector {
     }
 }
 
+impl Connector {
+    /// Who the server of a completed handshake is, for clients that drive the
+    /// rustls connection themselves: the check [`connect`](Self::connect)
+    /// makes after its handshake, with the re-check of resumed sessions.
+    ///
+    /// # Errors
+    ///
+    /// No certificate, a malformed `server_name`, or a resumed server the
+    /// current policy no longer admits.
+    pub fn identify(
+        &self,
+        conn: &rustls::ClientConnection,
+        server_name: &str,
+    ) -> Result<PeerIdentity, HandshakeError> {
+        let name = ServerName::try_from(server_name).map_err(|e| {
+            HandshakeError::new(RejectReason::Other, format!("{server_name:?}: {e}"), None)
+        })?;
+        admit(&self.live, self.live.current().epoch, conn, Some(&name))
+    }
+}
+
 /// Verifies servers against the current generation.
 struct LiveServerVerifier {
     live: Arc<ClientLive>,

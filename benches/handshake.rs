@@ -1,0 +1,114 @@
+//! In-memory mutual TLS handshakes, meshtls vs hand-written rustls on the
+//! same certificates, provider and key-exchange group; server and client time
+//! measured separately, full and resumed (a ticket actually used, checked).
+//!
+//! The two setups run interleaved in rounds (bare, meshtls, meshtls, bare,
+//! ...) and the ratio is taken per round, so drift on a shared machine hits
+//! both alike. meshtls's time includes the acceptor's / connector's
+//! post-handshake identity check (`identify`), i.e. the resumed-session
+//! re-check.
+//!
+//! ```sh
+//! cargo bench --bench handshake
+//! ```
+
+mod support;
+
+use std::time::Duration;
+
+use meshtls::rustls::HandshakeKind;
+use support::{Case, Checks, Material, Sides, handshake, median, us};
+
+const ROUNDS: usize = 15;
+const PER_ROUND: usize = 60;
+
+struct Setup {
+    server: std::sync::Arc<meshtls::rustls::ServerConfig>,
+    client: std::sync::Arc<meshtls::rustls::ClientConfig>,
+    acceptor: Option<meshtls::Acceptor>,
+    connector: Option<meshtls::Connector>,
+}
+
+impl Setup {
+    fn run(&self, want: HandshakeKind) -> Sides {
+        let checks = Checks {
+            server: self.acceptor.as_ref(),
+            client: self.connector.as_ref(),
+        };
+        if want == HandshakeKind::Resumed {
+            // Make sure the client holds a ticket.
+            let (_, kind) = handshake(&self.server, &self.client, &checks);
+            assert!(kind == HandshakeKind::Full || kind == HandshakeKind::Resumed);
+        }
+        let mut total = Sides::default();
+        for _ in 0..PER_ROUND {
+            let (t, kind) = handshake(&self.server, &self.client, &checks);
+            assert_eq!(kind, want, "expected a {want:?} handshake");
+            total.server += t.server;
+            total.client += t.client;
+        }
+        total
+    }
+}
+
+fn per(d: Duration) -> f64 {
+    d.as_secs_f64() / PER_ROUND as f64
+}
+
+fn main() {
+    println!(
+        "in-memory handshakes: {ROUNDS} interleaved rounds x {PER_ROUND} handshakes per setup; medians"
+    );
+    println!("ratio = meshtls throughput / bare rustls throughput (1.00 = same speed)\n");
+    println!(
+        "| case | kind | server bare | server meshtls | server ratio | client bare | client meshtls | client ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for case in Case::all() {
+        let m = Material::new(case);
+        let server = support::meshtls_server(&m, case.post_quantum);
+        let client = support::meshtls_client(&m, case.post_quantum);
+        let bare = Setup {
+            server: support::bare_server(&m, case.post_quantum),
+            client: support::bare_client(&m, case.post_quantum),
+            acceptor: None,
+            connector: None,
+        };
+        let mesh = Setup {
+            server: server.config(),
+            client: client.config(),
+            acceptor: Some(server.acceptor()),
+            connector: Some(client.connector()),
+        };
+        for kind in [HandshakeKind::Full, HandshakeKind::Resumed] {
+            let (mut sb, mut sm, mut cb, mut cm, mut sr, mut cr) =
+                (vec![], vec![], vec![], vec![], vec![], vec![]);
+            for round in 0..ROUNDS {
+                let (b, x) = if round % 2 == 0 {
+                    let b = bare.run(kind);
+                    (b, mesh.run(kind))
+                } else {
+                    let x = mesh.run(kind);
+                    (bare.run(kind), x)
+                };
+                sb.push(per(b.server));
+                sm.push(per(x.server));
+                cb.push(per(b.client));
+                cm.push(per(x.client));
+                sr.push(b.server.as_secs_f64() / x.server.as_secs_f64());
+                cr.push(b.client.as_secs_f64() / x.client.as_secs_f64());
+            }
+            println!(
+                "| {} | {:?} | {} | {} | {:.2}x | {} | {} | {:.2}x |",
+                case.name(),
+                kind,
+                us(median(sb)),
+                us(median(sm)),
+                median(sr),
+                us(median(cb)),
+                us(median(cm)),
+                median(cr)
+            );
+        }
+    }
+}
