@@ -66,21 +66,24 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|");
     for case in Case::all() {
         let m = Material::new(case);
-        let server = support::meshtls_server(&m, case.post_quantum);
-        let client = support::meshtls_client(&m, case.post_quantum);
-        let bare = Setup {
-            server: support::bare_server(&m, case.post_quantum),
-            client: support::bare_client(&m, case.post_quantum),
-            acceptor: None,
-            connector: None,
-        };
-        let mesh = Setup {
-            server: server.config(),
-            client: client.config(),
-            acceptor: Some(server.acceptor()),
-            connector: Some(client.connector()),
-        };
+        let pq = case.post_quantum;
+        let server = support::meshtls_server(&m, pq);
+        let bare_server = support::bare_server(&m, pq);
         for kind in [HandshakeKind::Full, HandshakeKind::Resumed] {
+            let resume = kind == HandshakeKind::Resumed;
+            let client = support::meshtls_client(&m, pq, resume);
+            let bare = Setup {
+                server: bare_server.clone(),
+                client: support::bare_client(&m, pq, resume),
+                acceptor: None,
+                connector: None,
+            };
+            let mesh = Setup {
+                server: server.config(),
+                client: client.config(),
+                acceptor: Some(server.acceptor()),
+                connector: Some(client.connector()),
+            };
             let (mut sb, mut sm, mut cb, mut cm, mut sr, mut cr) =
                 (vec![], vec![], vec![], vec![], vec![], vec![]);
             for round in 0..ROUNDS {

@@ -183,7 +183,7 @@ pub(crate) fn admit<S: Sessions>(
         live.recheck(&generation, leaf, server_name)
     } else {
         // A full handshake judged by this same epoch's verifier.
-        return match PeerIdentity::from_leaf_der(leaf) {
+        return match live.identity(leaf) {
             Ok(peer) => {
                 live.observer.admitted();
                 Ok(peer)

@@ -523,6 +523,50 @@ impl PeerIdentity {
     }
 }
 
+/// Parsed identities of recently seen leaves, so that a handshake parses its
+/// peer's leaf once (the verifier and the acceptor share the result) and a
+/// resumed peer is not parsed again at all. Entries are pure functions of the
+/// certificate bytes: no policy lives here, nothing to invalidate.
+pub(crate) struct IdentityCache {
+    entries: std::sync::Mutex<std::collections::HashMap<u64, PeerIdentity>>,
+}
+
+/// How many identities a cache keeps (about 2 KiB each).
+const IDENTITY_CACHE_SIZE: usize = 1024;
+
+impl IdentityCache {
+    pub(crate) fn new() -> Self {
+        Self {
+            entries: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// The identity of `der`, parsed at most once while it stays cached.
+    pub(crate) fn get(&self, der: &[u8]) -> Result<PeerIdentity, IdentityError> {
+        use std::hash::{Hash, Hasher};
+        // The signature at the end tells certificates apart; the full bytes
+        // are compared on a hit.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        der[der.len().saturating_sub(64)..].hash(&mut hasher);
+        der.len().hash(&mut hasher);
+        let key = hasher.finish();
+        let lock = || self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let cached = lock().get(&key).cloned();
+        if let Some(peer) = cached.filter(|p| p.leaf_der() == der) {
+            return Ok(peer);
+        }
+        let peer = PeerIdentity::from_leaf_der(der)?;
+        let mut entries = lock();
+        if entries.len() >= IDENTITY_CACHE_SIZE
+            && let Some(evict) = entries.keys().next().copied()
+        {
+            entries.remove(&evict);
+        }
+        entries.insert(key, peer.clone());
+        Ok(peer)
+    }
+}
+
 impl fmt::Debug for PeerIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PeerIdentity")

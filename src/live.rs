@@ -19,7 +19,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use webpki::EndEntityCert;
 
 use crate::error::Error;
-use crate::identity::PeerIdentity;
+use crate::identity::{IdentityCache, PeerIdentity};
 use crate::material::{Material, RevocationScope, Role, Sources, peer_key_usage};
 use crate::observe::{Observer, RejectReason, classify_webpki, describe_webpki, remember_refusal};
 use crate::policy::{Policy, describe};
@@ -111,6 +111,8 @@ pub(crate) struct Live<S: Sessions> {
     rebuild: Mutex<()>,
     /// The watcher, stopped when the last user of this state goes away.
     pub(crate) watcher: OnceLock<crate::reload::WatchGuard>,
+    /// Peers' parsed leaves.
+    identities: IdentityCache,
 }
 
 /// A refused peer: the class, the specifics, and the error rustls should send.
@@ -153,6 +155,7 @@ impl<S: Sessions> Live<S> {
             observer,
             rebuild: Mutex::new(()),
             watcher: OnceLock::new(),
+            identities: IdentityCache::new(),
         });
         // Nobody can have subscribed yet: log now; the watcher (or the next
         // reload) sends the event.
@@ -285,6 +288,14 @@ impl<S: Sessions> Live<S> {
         }
     }
 
+    /// The identity of a peer's leaf, parsed once and cached.
+    pub(crate) fn identity(
+        &self,
+        end_entity: &CertificateDer<'_>,
+    ) -> Result<PeerIdentity, crate::identity::IdentityError> {
+        self.identities.get(end_entity)
+    }
+
     /// The full check of a peer: chain to the roots (with revocation), then
     /// the workload-certificate rules, then the name or allow-list.
     pub(crate) fn judge(
@@ -314,7 +325,7 @@ impl<S: Sessions> Live<S> {
                 tls,
             });
         }
-        let peer = PeerIdentity::from_leaf_der(end_entity).map_err(|e| Rejection {
+        let peer = self.identity(end_entity).map_err(|e| Rejection {
             reason: RejectReason::NotAWorkloadCertificate,
             detail: format!("peer certificate refused: {e}"),
             tls: CertificateError::ApplicationVerificationFailure,
@@ -361,7 +372,7 @@ impl<S: Sessions> Live<S> {
         end_entity: &CertificateDer<'_>,
         server_name: Option<&ServerName<'_>>,
     ) -> Result<PeerIdentity, Rejection> {
-        let peer = PeerIdentity::from_leaf_der(end_entity).map_err(|e| Rejection {
+        let peer = self.identity(end_entity).map_err(|e| Rejection {
             reason: RejectReason::NotAWorkloadCertificate,
             detail: format!("resumed peer refused: {e}"),
             tls: CertificateError::ApplicationVerificationFailure,

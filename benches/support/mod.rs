@@ -174,13 +174,16 @@ pub fn bare_server(m: &Material, post_quantum: bool) -> Arc<ServerConfig> {
 }
 
 /// A hand-written rustls client: webpki server verification, a client cert.
-pub fn bare_client(m: &Material, post_quantum: bool) -> Arc<ClientConfig> {
-    let config = ClientConfig::builder_with_provider(bare_provider(post_quantum))
+pub fn bare_client(m: &Material, post_quantum: bool, resume: bool) -> Arc<ClientConfig> {
+    let mut config = ClientConfig::builder_with_provider(bare_provider(post_quantum))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_root_certificates(roots(&m.ca_pem))
         .with_client_auth_cert(certs(&m.client_chain), key(&m.client_key))
         .unwrap();
+    if !resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     Arc::new(config)
 }
 
@@ -198,13 +201,16 @@ pub fn meshtls_server(m: &Material, post_quantum: bool) -> ServerTls {
     b.build().unwrap()
 }
 
-pub fn meshtls_client(m: &Material, post_quantum: bool) -> ClientTls {
+pub fn meshtls_client(m: &Material, post_quantum: bool, resume: bool) -> ClientTls {
     let mut b = ClientTls::builder()
         .identity(
             Source::pem("client chain", m.client_chain.clone()),
             Source::pem("client key", m.client_key.clone()),
         )
         .server_roots(Source::pem("roots", m.ca_pem.clone()));
+    if !resume {
+        b = b.resumption(meshtls::Resumption::Disabled);
+    }
     if !post_quantum {
         b = b.classical_key_exchange_only();
     }
