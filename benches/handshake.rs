@@ -51,6 +51,80 @@ impl Setup {
     }
 }
 
+/// Full handshakes from many distinct clients (more than the identity cache
+/// holds), so every meshtls handshake parses its peer's leaf.
+fn distinct_clients() {
+    const CLIENTS: usize = 1500;
+    let case = Case::BASE;
+    let m = Material::new(case);
+    let server = support::meshtls_server(&m, true);
+    let bare_server = support::bare_server(&m, true);
+    let acceptor = server.acceptor();
+    let mut clients = Material::new(case);
+    let pool: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            // Same CA and server; a new client certificate each.
+            let (chain, key) = m.with_new_client();
+            clients.client_chain = chain;
+            clients.client_key = key;
+            clients.ca_pem = m.ca_pem.clone();
+            (
+                support::bare_client(&clients, true, false),
+                support::meshtls_client(&clients, true, false).config(),
+            )
+        })
+        .collect();
+    let (mut sb, mut sm, mut sr) = (vec![], vec![], vec![]);
+    let mut next = 0;
+    for round in 0..ROUNDS {
+        let mut run = |mesh: bool| {
+            let mut total = Duration::ZERO;
+            for _ in 0..PER_ROUND {
+                let (bare_client, mesh_client) = &pool[next % CLIENTS];
+                next += 1;
+                let (t, _) = if mesh {
+                    handshake(
+                        &server.config(),
+                        mesh_client,
+                        &Checks {
+                            server: Some(&acceptor),
+                            client: None,
+                        },
+                    )
+                } else {
+                    handshake(
+                        &bare_server,
+                        bare_client,
+                        &Checks {
+                            server: None,
+                            client: None,
+                        },
+                    )
+                };
+                total += t.server;
+            }
+            total
+        };
+        let (b, x) = if round % 2 == 0 {
+            let b = run(false);
+            (b, run(true))
+        } else {
+            let x = run(true);
+            (run(false), x)
+        };
+        sb.push(per(b));
+        sm.push(per(x));
+        sr.push(b.as_secs_f64() / x.as_secs_f64());
+    }
+    println!(
+        "| {}, {CLIENTS} distinct clients (identity cache misses) | Full | {} | {} | {:.2}x | | | |",
+        case.name(),
+        us(median(sb)),
+        us(median(sm)),
+        median(sr)
+    );
+}
+
 fn per(d: Duration) -> f64 {
     d.as_secs_f64() / PER_ROUND as f64
 }
@@ -114,4 +188,5 @@ fn main() {
             );
         }
     }
+    distinct_clients();
 }

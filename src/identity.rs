@@ -201,7 +201,7 @@ impl SpiffeId {
     }
 
     /// The path segments, in order.
-    pub fn segments(&self) -> impl Iterator<Item = &str> {
+    pub fn segments(&self) -> impl Iterator<Item = &str> + Clone {
         self.path().split('/').skip(1)
     }
 }
@@ -305,10 +305,20 @@ pub(crate) fn unix_to_system(secs: i64) -> SystemTime {
 
 impl LeafInfo {
     pub(crate) fn parse(der: &[u8]) -> Result<Self, IdentityError> {
+        Self::parse_with(der, true)
+    }
+
+    /// `with_subject: false` leaves `subject` empty: formatting it is a good
+    /// part of the parse, and a peer's subject is rarely looked at.
+    fn parse_with(der: &[u8], with_subject: bool) -> Result<Self, IdentityError> {
         let unparsable = |detail: String| IdentityError::Unparsable { detail };
         let (_, cert) = X509Certificate::from_der(der).map_err(|e| unparsable(e.to_string()))?;
         let mut info = Self {
-            subject: cert.subject().to_string(),
+            subject: if with_subject {
+                cert.subject().to_string()
+            } else {
+                String::new()
+            },
             common_name: cert
                 .subject()
                 .iter_common_name()
@@ -390,12 +400,14 @@ impl LeafInfo {
 }
 
 pub(crate) fn hex_colon(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 3);
     for (i, b) in bytes.iter().enumerate() {
         if i > 0 {
             out.push(':');
         }
-        out.push_str(&format!("{b:02x}"));
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
     }
     out
 }
@@ -421,7 +433,8 @@ struct PeerInner {
     spiffe_id: Option<SpiffeId>,
     dns_names: Vec<String>,
     common_name: Option<String>,
-    subject: String,
+    /// Formatted on first use.
+    subject: std::sync::OnceLock<String>,
     serial: String,
     not_before: SystemTime,
     not_after: SystemTime,
@@ -440,18 +453,14 @@ impl PeerIdentity {
     /// [`IdentityError`] when the certificate does not parse or cannot stand
     /// for a workload identity.
     pub fn from_leaf_der(der: &[u8]) -> Result<Self, IdentityError> {
-        let info = LeafInfo::parse(der)?;
-        Self::from_info(info, der)
-    }
-
-    pub(crate) fn from_info(info: LeafInfo, der: &[u8]) -> Result<Self, IdentityError> {
+        let info = LeafInfo::parse_with(der, false)?;
         let spiffe_id = info.spiffe_id()?;
         let serial = info.serial_hex();
         Ok(Self(Arc::new(PeerInner {
             spiffe_id,
             dns_names: info.dns_names,
             common_name: info.common_name,
-            subject: info.subject,
+            subject: std::sync::OnceLock::new(),
             serial,
             not_before: info.not_before,
             not_after: info.not_after,
@@ -476,7 +485,11 @@ impl PeerIdentity {
 
     /// The whole subject, e.g. `CN=billing, O=Example`.
     pub fn subject(&self) -> &str {
-        &self.0.subject
+        self.0.subject.get_or_init(|| {
+            X509Certificate::from_der(&self.0.der)
+                .map(|(_, cert)| cert.subject().to_string())
+                .unwrap_or_default()
+        })
     }
 
     /// The serial number as colon-separated lowercase hex (`01:a2:...`).
@@ -514,7 +527,10 @@ impl PeerIdentity {
         if let Some(dns) = self.0.dns_names.first() {
             return dns;
         }
-        self.0.common_name.as_deref().unwrap_or(&self.0.subject)
+        match self.0.common_name.as_deref() {
+            Some(cn) => cn,
+            None => self.subject(),
+        }
     }
 
     /// Whether `at` is inside the certificate's validity window.
@@ -691,6 +707,31 @@ mod tests {
         assert_eq!("spiffe://td".parse::<TrustDomain>().unwrap().as_str(), "td");
         assert!("spiffe://td/x".parse::<TrustDomain>().is_err());
         assert!("".parse::<TrustDomain>().is_err());
+    }
+
+    #[cfg(feature = "dev")]
+    #[test]
+    fn identity_cache_parses_once_and_stays_bounded() {
+        let ca = crate::dev::DevCa::new("cache test").unwrap();
+        let a = ca.leaf().spiffe("spiffe://td/a").client().issue().unwrap();
+        let b = ca.leaf().spiffe("spiffe://td/b").client().issue().unwrap();
+        let cache = IdentityCache::new();
+        let first = cache.get(a.der()).unwrap();
+        let again = cache.get(a.der()).unwrap();
+        assert!(
+            Arc::ptr_eq(&first.0, &again.0),
+            "a hit returns the parsed identity"
+        );
+        assert_eq!(
+            cache.get(b.der()).unwrap().spiffe_id().unwrap().as_str(),
+            "spiffe://td/b"
+        );
+        for _ in 0..IDENTITY_CACHE_SIZE + 10 {
+            let leaf = ca.leaf().dns("x.example").client().issue().unwrap();
+            cache.get(leaf.der()).unwrap();
+        }
+        assert!(cache.entries.lock().unwrap().len() <= IDENTITY_CACHE_SIZE);
+        assert!(cache.get(b"not a certificate").is_err());
     }
 
     #[test]

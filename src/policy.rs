@@ -392,6 +392,47 @@ impl fmt::Debug for Allow {
     }
 }
 
+/// Path patterns of one trust domain, as a trie of segments: matching walks
+/// the ID's path once (branching only at `*`), whatever the number of rules.
+#[derive(Clone, Debug, Default)]
+struct PatternTrie {
+    literal: HashMap<String, Self>,
+    any: Option<Box<Self>>,
+    /// A pattern ends here.
+    ends: bool,
+    /// A pattern ends here with `/**`: one or more further segments.
+    open: bool,
+}
+
+impl PatternTrie {
+    fn insert(&mut self, pattern: &SpiffePattern) {
+        let mut node = self;
+        for segment in &pattern.segments {
+            node = match segment {
+                Some(literal) => node.literal.entry(literal.clone()).or_default(),
+                None => node.any.get_or_insert_with(Box::default),
+            };
+        }
+        if pattern.open_ended {
+            node.open = true;
+        } else {
+            node.ends = true;
+        }
+    }
+
+    fn matches<'a>(&self, mut rest: impl Iterator<Item = &'a str> + Clone) -> bool {
+        let Some(segment) = rest.next() else {
+            return self.ends;
+        };
+        self.open
+            || self
+                .literal
+                .get(segment)
+                .is_some_and(|next| next.matches(rest.clone()))
+            || self.any.as_ref().is_some_and(|next| next.matches(rest))
+    }
+}
+
 /// A peer matched none of the rules.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("peer {peer} matches none of the {rules} allow rule(s)")]
@@ -405,8 +446,9 @@ pub struct NotAllowed {
 /// The allow-list: a compiled set of [`Allow`] rules.
 ///
 /// Exact SPIFFE IDs, trust domains, exact DNS names, wildcard suffixes and
-/// CNs are looked up in hash sets, so a list of thousands of rules costs about
-/// what a list of one does; path patterns are grouped by trust domain.
+/// CNs are looked up in hash sets, and path patterns walked as a trie per
+/// trust domain, so a list of thousands of rules costs about what a list of
+/// one does (see `BENCHMARKS.md`).
 ///
 /// Applications can use a `Policy` of their own for finer decisions (per
 /// route, per method) on the [`PeerIdentity`] meshtls hands them:
@@ -422,7 +464,7 @@ pub struct Policy {
     any_authenticated: bool,
     ids: HashSet<String>,
     trust_domains: HashSet<String>,
-    patterns: HashMap<String, Vec<SpiffePattern>>,
+    patterns: HashMap<String, PatternTrie>,
     dns: HashSet<String>,
     dns_wildcards: HashSet<String>,
     cns: HashSet<String>,
@@ -489,7 +531,7 @@ impl Policy {
                     .patterns
                     .entry(pat.trust_domain.clone())
                     .or_default()
-                    .push(pat.clone()),
+                    .insert(pat),
                 Rule::Dns(n) => {
                     p.dns.insert(n.clone());
                 }
@@ -554,7 +596,7 @@ impl Policy {
                 || self
                     .patterns
                     .get(td)
-                    .is_some_and(|ps| ps.iter().any(|p| p.matches(id)))
+                    .is_some_and(|trie| trie.matches(id.segments()))
             {
                 return true;
             }
@@ -666,6 +708,52 @@ mod tests {
         assert!(!pattern_matches(p, "spiffe://td/ns/prod/sa/api/x"));
         assert!(pattern_matches("spiffe://td/*/**", "spiffe://td/a/b"));
         assert!(!pattern_matches("spiffe://td/*/**", "spiffe://td/a"));
+    }
+
+    #[test]
+    fn trie_agrees_with_each_pattern_alone() {
+        let patterns = [
+            "spiffe://td/ns/prod/**",
+            "spiffe://td/ns/*/sa/api",
+            "spiffe://td/a/b",
+            "spiffe://td/*/**",
+            "spiffe://td/x/*/y/**",
+        ];
+        let ids = [
+            "spiffe://td",
+            "spiffe://td/a",
+            "spiffe://td/a/b",
+            "spiffe://td/a/b/c",
+            "spiffe://td/ns/prod",
+            "spiffe://td/ns/prod/x",
+            "spiffe://td/ns/staging/sa/api",
+            "spiffe://td/ns/staging/sa/api/v2",
+            "spiffe://td/x/1/y",
+            "spiffe://td/x/1/y/2",
+            "spiffe://td/x/1/z/2",
+        ];
+        for chosen in 1..(1 << patterns.len()) {
+            let mut trie = PatternTrie::default();
+            let mut list = Vec::new();
+            for (i, text) in patterns.iter().enumerate() {
+                if chosen & (1 << i) != 0 {
+                    let Rule::SpiffePattern(p) = parse_spiffe(text).unwrap() else {
+                        continue;
+                    };
+                    trie.insert(&p);
+                    list.push(p);
+                }
+            }
+            for id in ids {
+                let id: SpiffeId = id.parse().unwrap();
+                let linear = list.iter().any(|p| p.matches(&id));
+                assert_eq!(
+                    trie.matches(id.segments()),
+                    linear,
+                    "{id} with set {chosen:b}"
+                );
+            }
+        }
     }
 
     #[test]

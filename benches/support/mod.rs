@@ -83,6 +83,9 @@ impl Case {
 
 /// PEM material for both sides.
 pub struct Material {
+    root: DevCa,
+    intermediate: Option<DevCa>,
+    key_type: KeyType,
     pub ca_pem: String,
     pub server_chain: String,
     pub server_key: String,
@@ -93,10 +96,10 @@ pub struct Material {
 impl Material {
     pub fn new(case: Case) -> Self {
         let root = DevCa::new("bench root").unwrap();
-        let inter = case
+        let intermediate = case
             .intermediate
             .then(|| root.intermediate("bench intermediate").unwrap());
-        let issuer = inter.as_ref().unwrap_or(&root);
+        let issuer = intermediate.as_ref().unwrap_or(&root);
         let server = issuer
             .leaf()
             .spiffe(SERVER_ID)
@@ -118,7 +121,23 @@ impl Material {
             server_key: server.key_pem().to_owned(),
             client_chain: client.chain_pem().to_owned(),
             client_key: client.key_pem().to_owned(),
+            root,
+            intermediate,
+            key_type: case.key,
         }
+    }
+
+    /// The same material with a newly minted client certificate.
+    pub fn with_new_client(&self) -> (String, String) {
+        let issuer = self.intermediate.as_ref().unwrap_or(&self.root);
+        let client = issuer
+            .leaf()
+            .spiffe(CLIENT_ID)
+            .client()
+            .key_type(self.key_type)
+            .issue()
+            .unwrap();
+        (client.chain_pem().to_owned(), client.key_pem().to_owned())
     }
 }
 
@@ -292,6 +311,45 @@ pub fn handshake(
         t.client += start.elapsed();
     }
     (t, kind)
+}
+
+/// Like [`handshake`], keeping the server connection for later checks.
+pub fn handshake_keep(
+    server_config: &Arc<ServerConfig>,
+    client_config: &Arc<ClientConfig>,
+    keep: &mut Option<ServerConnection>,
+) -> (Sides, HandshakeKind) {
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut client = ClientConnection::new(client_config.clone(), name).unwrap();
+    let mut server = ServerConnection::new(server_config.clone()).unwrap();
+    let mut buf = Vec::new();
+    while client.is_handshaking()
+        || server.is_handshaking()
+        || client.wants_write()
+        || server.wants_write()
+    {
+        buf.clear();
+        while client.wants_write() {
+            client.write_tls(&mut buf).unwrap();
+        }
+        let mut input = &buf[..];
+        while !input.is_empty() {
+            server.read_tls(&mut input).unwrap();
+            server.process_new_packets().unwrap();
+        }
+        buf.clear();
+        while server.wants_write() {
+            server.write_tls(&mut buf).unwrap();
+        }
+        let mut input = &buf[..];
+        while !input.is_empty() {
+            client.read_tls(&mut input).unwrap();
+            client.process_new_packets().unwrap();
+        }
+    }
+    let kind = server.handshake_kind().unwrap();
+    *keep = Some(server);
+    (Sides::default(), kind)
 }
 
 /// Median of a list.
