@@ -170,13 +170,12 @@ fn main() {
     };
     handshake(&server.config(), &client.config(), &checks);
     let acceptor = server.acceptor();
-    let (t, kind) = (|| {
-        let mut conn = None;
-        let (_, kind) = support::handshake_keep(&server.config(), &client.config(), &mut conn);
-        (conn, kind)
-    })();
+    let mut kept = None;
+    let (_, kind) = support::handshake_keep(&server.config(), &client.config(), &mut kept);
     assert_eq!(kind, meshtls::rustls::HandshakeKind::Resumed);
-    let conn = t.unwrap();
+    let Some(conn) = kept else {
+        unreachable!("handshake_keep keeps the connection")
+    };
     row(
         "resumed-session re-check (`Acceptor::identify`)",
         measure(100_000, || {
