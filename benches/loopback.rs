@@ -73,19 +73,19 @@ fn start(server: Server) -> (SocketAddr, String) {
                     let mut byte = [0u8; 1];
                     match &*server {
                         Server::Bare(a) => {
-                            if let Ok(mut s) = a.accept(tcp).await {
-                                if s.read_exact(&mut byte).await.is_ok() {
-                                    let _ = s.write_all(&byte).await;
-                                    let _ = s.shutdown().await;
-                                }
+                            if let Ok(mut s) = a.accept(tcp).await
+                                && s.read_exact(&mut byte).await.is_ok()
+                            {
+                                let _ = s.write_all(&byte).await;
+                                let _ = s.shutdown().await;
                             }
                         }
                         Server::Mesh(a) => {
-                            if let Ok((mut s, _peer)) = a.accept(tcp).await {
-                                if s.read_exact(&mut byte).await.is_ok() {
-                                    let _ = s.write_all(&byte).await;
-                                    let _ = s.shutdown().await;
-                                }
+                            if let Ok((mut s, _peer)) = a.accept(tcp).await
+                                && s.read_exact(&mut byte).await.is_ok()
+                            {
+                                let _ = s.write_all(&byte).await;
+                                let _ = s.shutdown().await;
                             }
                         }
                     }
