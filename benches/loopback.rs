@@ -20,32 +20,13 @@ use std::time::{Duration, Instant};
 
 use meshtls::rustls::pki_types::ServerName;
 use meshtls::tokio_rustls::{TlsAcceptor, TlsConnector};
+use support::threads::{cpu, current_tid};
 use support::{Case, Material, median};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const ROUNDS: usize = 10;
 const ROUND: Duration = Duration::from_millis(1500);
-
-/// This thread's id, for reading its CPU time from elsewhere.
-fn current_tid() -> String {
-    std::fs::read_link("/proc/thread-self")
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_default()
-}
-
-/// CPU time a thread has used.
-fn cpu(tid: &str) -> Duration {
-    let stat =
-        std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).unwrap_or_default();
-    let nanos = stat
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    Duration::from_nanos(nanos)
-}
 
 enum Server {
     Bare(TlsAcceptor),

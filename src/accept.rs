@@ -85,17 +85,7 @@ impl Acceptor {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let epoch = self.live.current().epoch;
-        let stream = match tokio::time::timeout(self.timeout, self.inner.accept(io)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(failed(&self.live, e)),
-            Err(_) => {
-                let detail = format!("no handshake within {:?}", self.timeout);
-                self.live
-                    .observer
-                    .rejected(RejectReason::Timeout, detail.clone());
-                return Err(HandshakeError::new(RejectReason::Timeout, detail, None));
-            }
-        };
+        let stream = handshake(&self.live, self.timeout, self.inner.accept(io)).await?;
         let peer = admit(&self.live, epoch, stream.get_ref().1, None)?;
         Ok((stream, peer))
     }
@@ -117,6 +107,24 @@ impl Acceptor {
         conn: &rustls::ServerConnection,
     ) -> Result<PeerIdentity, HandshakeError> {
         admit(&self.live, self.live.current().epoch, conn, None)
+    }
+}
+
+/// Runs a tokio-rustls handshake under `timeout`, classifying a failure.
+pub(crate) async fn handshake<S: Sessions, T>(
+    live: &Live<S>,
+    timeout: Duration,
+    handshake: impl Future<Output = io::Result<T>>,
+) -> Result<T, HandshakeError> {
+    match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(failed(live, e)),
+        Err(_) => {
+            let detail = format!("no handshake within {timeout:?}");
+            live.observer
+                .rejected(RejectReason::Timeout, detail.clone());
+            Err(HandshakeError::new(RejectReason::Timeout, detail, None))
+        }
     }
 }
 

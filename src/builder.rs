@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::hardening::Hardening;
-use crate::material::{RevocationScope, Sources};
+use crate::live::{Fixed, NameCheck, Sessions};
+use crate::material::{RevocationScope, Role, Sources};
 use crate::policy::{Allow, Policy};
 use crate::reload::WatchSettings;
 use crate::source::Source;
@@ -188,12 +189,31 @@ impl<Side> Builder<Side, NeedsRoots> {
 }
 
 impl<Side> Builder<Side, Ready> {
-    pub(crate) fn sources(&self) -> Sources {
+    fn sources(&self) -> Sources {
         Sources {
             cert: self.state.cert.clone(),
             key: self.state.key.clone(),
             roots: self.state.roots.clone(),
             crls: self.settings.crls.clone(),
+        }
+    }
+
+    /// What a live state keeps of this builder for its whole life.
+    pub(crate) fn fixed<S: Sessions<Choice = Resumption>>(
+        &self,
+        role: Role,
+        name_check: NameCheck,
+    ) -> Fixed<S> {
+        Fixed {
+            role,
+            sources: self.sources(),
+            provider: self.settings.hardening.provider(),
+            scope: self.settings.scope,
+            sessions: self.settings.resumption,
+            name_check,
+            legacy_cn: self.settings.legacy_cn,
+            expiry_warning: self.settings.expiry_warning,
+            settle: self.settings.handshake_timeout,
         }
     }
 }

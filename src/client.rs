@@ -19,12 +19,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast;
 use tokio_rustls::client::TlsStream;
 
-use crate::accept::{admit, failed};
+use crate::accept::{admit, handshake};
 use crate::builder::{Builder, NeedsIdentity, NeedsRoots, Ready, Resumption};
 use crate::error::{Error, HandshakeError};
 use crate::hardening::{self, VERSIONS};
 use crate::identity::PeerIdentity;
-use crate::live::{Fixed, Live, NameCheck, ReloadOutcome, Sessions};
+use crate::live::{Live, NameCheck, ReloadOutcome, Sessions};
 use crate::material::{CertFacts, Role};
 use crate::observe::{Event, Observer, RejectReason, Stats};
 use crate::policy::{Allow, Policy};
@@ -154,16 +154,7 @@ impl ClientTls {
                 detail: "this client verifies the dialled name; build it with expect_server() to use identity rules".into(),
             });
         }
-        let rules: Vec<Allow> = rules.into_iter().collect();
-        if rules.is_empty() {
-            return Err(Error::NoAllowList);
-        }
-        let policy = if self.live.fixed.legacy_cn {
-            Policy::with_legacy_cn(rules)?
-        } else {
-            Policy::new(rules)?
-        };
-        self.live.set_policy(policy)
+        self.live.set_rules(rules.into_iter().collect())
     }
 
     /// The serving generation's number (1 for the first).
@@ -230,18 +221,8 @@ impl Builder<ClientTls, Ready> {
             Some(policy) => (policy, NameCheck::AllowList),
             None => (Policy::any_authenticated(), NameCheck::ServerName),
         };
-        let provider = self.settings.hardening.provider();
-        let fixed = Fixed {
-            role: Role::Client,
-            sources: self.sources(),
-            provider: provider.clone(),
-            scope: self.settings.scope,
-            sessions: self.settings.resumption,
-            name_check,
-            legacy_cn: self.settings.legacy_cn,
-            expiry_warning: self.settings.expiry_warning,
-            settle: self.settings.handshake_timeout,
-        };
+        let fixed = self.fixed(Role::Client, name_check);
+        let provider = fixed.provider.clone();
         let live = Live::new(fixed, policy, Observer::new("client"))?;
         let verifier = Arc::new(LiveServerVerifier {
             live: live.clone(),
@@ -314,18 +295,12 @@ impl Connector {
             )
         })?;
         let epoch = self.live.current().epoch;
-        let stream =
-            match tokio::time::timeout(self.timeout, self.inner.connect(name.clone(), io)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => return Err(failed(&self.live, e)),
-                Err(_) => {
-                    let detail = format!("no handshake within {:?}", self.timeout);
-                    self.live
-                        .observer
-                        .rejected(RejectReason::Timeout, detail.clone());
-                    return Err(HandshakeError::new(RejectReason::Timeout, detail, None));
-                }
-            };
+        let stream = handshake(
+            &self.live,
+            self.timeout,
+            self.inner.connect(name.clone(), io),
+        )
+        .await?;
         let peer = admit(&self.live, epoch, stream.get_ref().1, Some(&name))?;
         Ok((stream, peer))
     }
@@ -393,9 +368,7 @@ impl ServerCertVerifier for LiveServerVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        Err(TlsError::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        Err(hardening::refuse_tls12())
     }
 
     fn verify_tls13_signature(
@@ -404,12 +377,7 @@ impl ServerCertVerifier for LiveServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        hardening::verify_tls13(&self.provider, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -77,6 +77,26 @@ pub(crate) fn verify_schemes(provider: &CryptoProvider) -> Vec<SignatureScheme> 
         .supported_schemes()
 }
 
+/// What both verifiers answer for a TLS 1.2 signature: never negotiated.
+pub(crate) fn refuse_tls12() -> rustls::Error {
+    rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered)
+}
+
+/// A TLS 1.3 handshake signature, checked with the config's provider.
+pub(crate) fn verify_tls13(
+    provider: &CryptoProvider,
+    message: &[u8],
+    cert: &rustls_pki_types::CertificateDer<'_>,
+    dss: &rustls::DigitallySignedStruct,
+) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature(
+        message,
+        cert,
+        dss,
+        &provider.signature_verification_algorithms,
+    )
+}
+
 /// A fresh ticket key set (rotating every 6 hours), one per policy generation.
 pub(crate) fn ticketer() -> Result<Arc<dyn ProducesTickets>, Error> {
     imp::Ticketer::new().map_err(|e| Error::Rustls {

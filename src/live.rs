@@ -22,7 +22,7 @@ use crate::error::Error;
 use crate::identity::{IdentityCache, PeerIdentity};
 use crate::material::{Material, RevocationScope, Role, Sources, peer_key_usage};
 use crate::observe::{Observer, RejectReason, classify_webpki, describe_webpki, remember_refusal};
-use crate::policy::{Policy, describe};
+use crate::policy::{Allow, Policy, describe};
 
 /// Per-epoch session state of one side.
 pub(crate) trait Sessions: Send + Sync + Sized + 'static {
@@ -217,6 +217,20 @@ impl<S: Sessions> Live<S> {
         let policy_changed = !material.inputs.same_trust(&old.material.inputs);
         self.install(&old, Arc::new(material), old.policy.clone(), policy_changed)
             .map_err(Arc::new)
+    }
+
+    /// Compiles and installs a new rule list (CN rules only if the builder
+    /// opted in); an empty list is refused.
+    pub(crate) fn set_rules(&self, rules: Vec<Allow>) -> Result<ReloadOutcome, Error> {
+        if rules.is_empty() {
+            return Err(Error::NoAllowList);
+        }
+        let policy = if self.fixed.legacy_cn {
+            Policy::with_legacy_cn(rules)?
+        } else {
+            Policy::new(rules)?
+        };
+        self.set_policy(policy)
     }
 
     /// Replaces the allow-list; sessions are reset if the decisions can change.

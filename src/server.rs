@@ -20,10 +20,10 @@ use crate::accept::Acceptor;
 use crate::builder::{Builder, NeedsIdentity, NeedsRoots, Ready, Resumption};
 use crate::error::Error;
 use crate::hardening::{self, VERSIONS};
-use crate::live::{Fixed, Live, NameCheck, ReloadOutcome, Sessions};
+use crate::live::{Live, NameCheck, ReloadOutcome, Sessions};
 use crate::material::{CertFacts, Role};
 use crate::observe::{Event, Observer, Stats};
-use crate::policy::{Allow, Policy};
+use crate::policy::Allow;
 use crate::source::Source;
 
 /// The builder of a [`ServerTls`].
@@ -159,16 +159,7 @@ impl ServerTls {
         &self,
         rules: impl IntoIterator<Item = Allow>,
     ) -> Result<ReloadOutcome, Error> {
-        let rules: Vec<Allow> = rules.into_iter().collect();
-        if rules.is_empty() {
-            return Err(Error::NoAllowList);
-        }
-        let policy = if self.live.fixed.legacy_cn {
-            Policy::with_legacy_cn(rules)?
-        } else {
-            Policy::new(rules)?
-        };
-        self.live.set_policy(policy)
+        self.live.set_rules(rules.into_iter().collect())
     }
 
     /// The serving generation's number (1 for the first).
@@ -245,18 +236,8 @@ impl Builder<ServerTls, Ready> {
 
     fn make(&self) -> Result<ServerTls, Error> {
         let policy = self.settings.policy()?.ok_or(Error::NoAllowList)?;
-        let provider = self.settings.hardening.provider();
-        let fixed = Fixed {
-            role: Role::Server,
-            sources: self.sources(),
-            provider: provider.clone(),
-            scope: self.settings.scope,
-            sessions: self.settings.resumption,
-            name_check: NameCheck::AllowList,
-            legacy_cn: self.settings.legacy_cn,
-            expiry_warning: self.settings.expiry_warning,
-            settle: self.settings.handshake_timeout,
-        };
+        let fixed = self.fixed(Role::Server, NameCheck::AllowList);
+        let provider = fixed.provider.clone();
         let live = Live::new(fixed, policy, Observer::new("server"))?;
         let config = server_config(&live, provider, &self.settings)?;
         Ok(ServerTls {
@@ -369,9 +350,7 @@ impl ClientCertVerifier for LiveClientVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        Err(TlsError::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        Err(hardening::refuse_tls12())
     }
 
     fn verify_tls13_signature(
@@ -380,12 +359,7 @@ impl ClientCertVerifier for LiveClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        hardening::verify_tls13(&self.provider, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

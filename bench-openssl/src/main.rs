@@ -7,6 +7,9 @@
 //! cargo run --release -p meshtls-bench-openssl
 //! ```
 
+#[path = "../../benches/support/threads.rs"]
+mod threads;
+
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,27 +24,11 @@ use openssl::x509::store::X509StoreBuilder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use threads::{cpu, current_tid};
+
 const ROUNDS: usize = 8;
 const ROUND: Duration = Duration::from_millis(1500);
 const CONCURRENCY: usize = 4;
-
-fn current_tid() -> String {
-    std::fs::read_link("/proc/thread-self")
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_default()
-}
-
-fn cpu(tid: &str) -> Duration {
-    let stat =
-        std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).unwrap_or_default();
-    Duration::from_nanos(
-        stat.split_whitespace()
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0),
-    )
-}
 
 enum Server {
     OpenSsl(SslAcceptor),

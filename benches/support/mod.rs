@@ -3,6 +3,8 @@
 //! each side separately.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod threads;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
