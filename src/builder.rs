@@ -22,6 +22,9 @@ use crate::policy::{Allow, Policy};
 use crate::reload::WatchSettings;
 use crate::source::Source;
 
+/// The longest debounce or poll period taken; longer ones are cut to it.
+const MAX_WATCH_PERIOD: Duration = Duration::from_secs(24 * 3600);
+
 /// Builder state: the service's own certificate and key are still missing.
 #[derive(Debug)]
 pub struct NeedsIdentity(());
@@ -284,24 +287,28 @@ impl<Side, State> Builder<Side, State> {
     }
 
     /// Send an `Expiring` event when less than `fraction` (0 to 1) of the
-    /// certificate's lifetime is left (default one third).
+    /// certificate's lifetime is left (default one third; values outside are
+    /// clamped, NaN ignored).
     pub fn expiry_warning(mut self, fraction: f64) -> Self {
-        self.settings.expiry_warning = fraction;
+        if fraction.is_finite() {
+            self.settings.expiry_warning = fraction.clamp(0.0, 1.0);
+        }
         self
     }
 
     /// How long to wait after a file event for the rest of a rotation to land
-    /// before reloading (default 100 ms). Used by `watch()`.
+    /// before reloading (default 100 ms, at most a day). Used by `watch()`.
     pub fn debounce(mut self, debounce: Duration) -> Self {
-        self.settings.watch.debounce = debounce;
+        self.settings.watch.debounce = debounce.min(MAX_WATCH_PERIOD);
         self
     }
 
     /// How often to re-read the files even without file events, for file
     /// systems that send none (NFS, some container mounts). `None` turns the
-    /// backstop off. Default: every 30 s. Used by `watch()`.
+    /// backstop off. Default: every 30 s (10 ms to a day). Used by `watch()`.
     pub fn poll_interval(mut self, interval: Option<Duration>) -> Self {
-        self.settings.watch.poll = interval;
+        self.settings.watch.poll =
+            interval.map(|i| i.clamp(Duration::from_millis(10), MAX_WATCH_PERIOD));
         self
     }
 
