@@ -101,6 +101,20 @@ pub(crate) struct Fixed<S: Sessions> {
     pub(crate) settle: Duration,
 }
 
+impl<S: Sessions> Fixed<S> {
+    /// Validates a set of inputs read from the sources, as of now.
+    fn validate(&self, inputs: crate::material::Inputs) -> Result<Material, Error> {
+        Material::validate(
+            &self.sources,
+            inputs,
+            self.role,
+            &self.provider,
+            self.scope,
+            SystemTime::now(),
+        )
+    }
+}
+
 /// The live state shared by a config's resolver, verifier, session store,
 /// the acceptor or connector, and the watcher.
 pub(crate) struct Live<S: Sessions> {
@@ -167,15 +181,7 @@ impl<S: Sessions> Live<S> {
     }
 
     fn load(fixed: &Fixed<S>) -> Result<Material, Error> {
-        let inputs = fixed.sources.read()?;
-        Material::validate(
-            &fixed.sources,
-            inputs,
-            fixed.role,
-            &fixed.provider,
-            fixed.scope,
-            SystemTime::now(),
-        )
+        fixed.validate(fixed.sources.read()?)
     }
 
     /// The serving generation.
@@ -205,15 +211,7 @@ impl<S: Sessions> Live<S> {
                 generation: old.number,
             });
         }
-        let material = Material::validate(
-            &self.fixed.sources,
-            inputs,
-            self.fixed.role,
-            &self.fixed.provider,
-            self.fixed.scope,
-            SystemTime::now(),
-        )
-        .map_err(Arc::new)?;
+        let material = self.fixed.validate(inputs).map_err(Arc::new)?;
         let policy_changed = !material.inputs.same_trust(&old.material.inputs);
         self.install(&old, Arc::new(material), old.policy.clone(), policy_changed)
             .map_err(Arc::new)

@@ -618,7 +618,15 @@ impl Policy {
 
     /// A key that changes whenever the decisions this policy makes can change.
     pub(crate) fn fingerprint(&self) -> Vec<String> {
-        let mut key: Vec<String> = self.rules.iter().map(ToString::to_string).collect();
+        let mut key: Vec<String> = self
+            .rules
+            .iter()
+            .map(|rule| match &rule.0 {
+                // Two custom rules with one name may decide differently.
+                Rule::Custom { name, check } => format!("custom:{name}@{:p}", Arc::as_ptr(check)),
+                _ => rule.to_string(),
+            })
+            .collect();
         key.sort();
         if self.any_authenticated {
             key.push("<any authenticated>".into());
@@ -802,6 +810,16 @@ mod tests {
         assert_eq!(wildcard_parent("a.svc.local"), Some("svc.local"));
         assert_eq!(wildcard_parent(".svc.local"), None);
         assert_eq!(wildcard_parent("local"), None);
+    }
+
+    #[test]
+    fn fingerprint_tells_custom_rules_apart() {
+        let a = Policy::new([Allow::custom("same", |_| true)]).unwrap();
+        let b = Policy::new([Allow::custom("same", |_| false)]).unwrap();
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        let x = Policy::new([Allow::dns("a.example"), Allow::dns("b.example")]).unwrap();
+        let y = Policy::new([Allow::dns("b.example"), Allow::dns("a.example")]).unwrap();
+        assert_eq!(x.fingerprint(), y.fingerprint(), "order does not decide");
     }
 
     #[test]
