@@ -9,6 +9,7 @@
 //!   new timestamped directory) all show up as events there. A poll (every
 //!   30 s by default) re-reads the files anyway, for file systems that send no
 //!   events (NFS, some container mounts), and re-arms the directory watches.
+//!   Files that are symlinks into other directories have those watched too.
 //! - **When.** After an event, meshtls waits for the debounce (100 ms by
 //!   default) to pass with no further event, so a certificate written before
 //!   its key is read once both are there. A set that fails validation right
@@ -174,13 +175,16 @@ pub(crate) fn start<S: Sessions>(
                 detail: e.to_string(),
             })?;
     }
-    let task = Task {
+    let mut task = Task {
         live: Arc::downgrade(live),
         rx,
         watcher,
         dirs,
         settings: settings.clone(),
     };
+    // Files that are symlinks into other directories: watch where they point
+    // too, for writers that change the target in place.
+    task.follow_links();
     thread::Builder::new()
         .name("meshtls-reload".into())
         .spawn(move || task.run())
@@ -286,6 +290,26 @@ impl<S: Sessions> Task<S> {
             if let Err(e) = self.watcher.watch(dir, RecursiveMode::NonRecursive) {
                 tracing::debug!(dir = %dir.display(), error = %e, "cannot watch directory (yet)");
             }
+        }
+        self.follow_links();
+    }
+
+    /// Also watches the directories that the files resolve to, where those
+    /// differ. Best effort: the poll covers what this misses.
+    fn follow_links(&mut self) {
+        let Some(live) = self.live.upgrade() else {
+            return;
+        };
+        let targets: BTreeSet<PathBuf> = live
+            .fixed
+            .sources
+            .files()
+            .filter_map(|f| std::fs::canonicalize(f).ok())
+            .map(|f| watch_dir(&f))
+            .filter(|d| !self.dirs.contains(d))
+            .collect();
+        for dir in targets {
+            let _ = self.watcher.watch(&dir, RecursiveMode::NonRecursive);
         }
     }
 }

@@ -785,3 +785,30 @@ async fn no_session_state_is_made_while_a_policy_change_settles() {
         "tickets again once the change settled"
     );
 }
+
+#[tokio::test]
+async fn symlinked_file_changed_in_place_is_seen() {
+    use std::os::unix::fs::symlink;
+    let pki = Pki::new();
+    let first = pki.server_cert();
+    // The real files live elsewhere; the configured paths are symlinks.
+    pki.write("real/tls.crt", first.chain_pem());
+    pki.write("real/tls.key", first.key_pem());
+    pki.write("conf/ca.crt", pki.ca.cert_pem());
+    symlink(pki.path("real/tls.crt"), pki.path("conf/tls.crt")).unwrap();
+    symlink(pki.path("real/tls.key"), pki.path("conf/tls.key")).unwrap();
+    let server = ServerTls::builder()
+        .identity_files(pki.path("conf/tls.crt"), pki.path("conf/tls.key"))
+        .client_roots_file(pki.path("conf/ca.crt"))
+        .allow_any_authenticated()
+        .debounce(Duration::from_millis(50))
+        .poll_interval(None)
+        .watch()
+        .unwrap();
+    let mut events = server.subscribe();
+    let next = pki.server_cert();
+    replace(&pki.path("real/tls.crt"), next.chain_pem());
+    replace(&pki.path("real/tls.key"), next.key_pem());
+    let (_, serial, _) = expect_reloaded(&mut events).await;
+    assert_eq!(serial, next.serial());
+}
