@@ -7,8 +7,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use x509_parser::certificate::X509Certificate;
+use x509_parser::certificate::{X509Certificate, X509CertificateParser};
 use x509_parser::extensions::GeneralName;
+use x509_parser::nom::Parser;
 use x509_parser::prelude::FromDer;
 
 /// The longest SPIFFE ID the specification allows, in bytes.
@@ -311,8 +312,20 @@ impl LeafInfo {
     /// `with_subject: false` leaves `subject` empty: formatting it is a good
     /// part of the parse, and a peer's subject is rarely looked at.
     fn parse_with(der: &[u8], with_subject: bool) -> Result<Self, IdentityError> {
+        use x509_parser::extensions::{
+            BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
+        };
+        use x509_parser::oid_registry::{
+            OID_X509_EXT_BASIC_CONSTRAINTS, OID_X509_EXT_EXTENDED_KEY_USAGE,
+            OID_X509_EXT_KEY_USAGE, OID_X509_EXT_SUBJECT_ALT_NAME,
+        };
         let unparsable = |detail: String| IdentityError::Unparsable { detail };
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| unparsable(e.to_string()))?;
+        // Only the four extensions meshtls reads are decoded (below); the
+        // others are left as bytes, which is most of the parse's cost.
+        let (_, cert) = X509CertificateParser::new()
+            .with_deep_parse_extensions(false)
+            .parse(der)
+            .map_err(|e| unparsable(e.to_string()))?;
         let mut info = Self {
             subject: if with_subject {
                 cert.subject().to_string()
@@ -335,26 +348,49 @@ impl LeafInfo {
             signs_certificates: false,
             eku: None,
         };
-        let ext = |e: x509_parser::error::X509Error| unparsable(format!("bad extension: {e}"));
-        if let Some(bc) = cert.basic_constraints().map_err(ext)? {
-            info.is_ca = bc.value.ca;
-        }
-        if let Some(ku) = cert.key_usage().map_err(ext)? {
-            info.signs_certificates = ku.value.key_cert_sign() || ku.value.crl_sign();
-        }
-        if let Some(eku) = cert.extended_key_usage().map_err(ext)? {
-            info.eku = Some(Eku {
-                server_auth: eku.value.server_auth || eku.value.any,
-                client_auth: eku.value.client_auth || eku.value.any,
-            });
-        }
-        if let Some(san) = cert.subject_alternative_name().map_err(ext)? {
-            for name in &san.value.general_names {
-                match name {
-                    GeneralName::DNSName(n) => info.dns_names.push((*n).to_owned()),
-                    GeneralName::URI(u) => info.uris.push((*u).to_owned()),
-                    GeneralName::IPAddress(_) => info.has_ip_san = true,
-                    _ => {}
+        let bad = |what: &str, e: String| unparsable(format!("bad {what} extension: {e}"));
+        let mut seen = [false; 4];
+        for ext in cert.extensions() {
+            let slot = match &ext.oid {
+                oid if *oid == OID_X509_EXT_BASIC_CONSTRAINTS => 0,
+                oid if *oid == OID_X509_EXT_KEY_USAGE => 1,
+                oid if *oid == OID_X509_EXT_EXTENDED_KEY_USAGE => 2,
+                oid if *oid == OID_X509_EXT_SUBJECT_ALT_NAME => 3,
+                _ => continue,
+            };
+            if std::mem::replace(&mut seen[slot], true) {
+                return Err(unparsable("an extension appears twice".into()));
+            }
+            match slot {
+                0 => {
+                    let (_, bc) = BasicConstraints::from_der(ext.value)
+                        .map_err(|e| bad("basicConstraints", e.to_string()))?;
+                    info.is_ca = bc.ca;
+                }
+                1 => {
+                    let (_, ku) = KeyUsage::from_der(ext.value)
+                        .map_err(|e| bad("keyUsage", e.to_string()))?;
+                    info.signs_certificates = ku.key_cert_sign() || ku.crl_sign();
+                }
+                2 => {
+                    let (_, eku) = ExtendedKeyUsage::from_der(ext.value)
+                        .map_err(|e| bad("extendedKeyUsage", e.to_string()))?;
+                    info.eku = Some(Eku {
+                        server_auth: eku.server_auth || eku.any,
+                        client_auth: eku.client_auth || eku.any,
+                    });
+                }
+                _ => {
+                    let (_, san) = SubjectAlternativeName::from_der(ext.value)
+                        .map_err(|e| bad("subjectAltName", e.to_string()))?;
+                    for name in &san.general_names {
+                        match name {
+                            GeneralName::DNSName(n) => info.dns_names.push((*n).to_owned()),
+                            GeneralName::URI(u) => info.uris.push((*u).to_owned()),
+                            GeneralName::IPAddress(_) => info.has_ip_san = true,
+                            _ => {}
+                        }
+                    }
                 }
             }
         }
