@@ -770,6 +770,26 @@ mod tests {
         assert!(cache.get(b"not a certificate").is_err());
     }
 
+    #[cfg(feature = "dev")]
+    #[test]
+    fn duplicate_extensions_are_refused() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["a.example".to_owned()]).unwrap();
+        // A second subjectAltName, naming someone else.
+        let other_san = [
+            0x30, 0x0b, 0x82, 0x09, b'b', b'.', b'e', b'x', b'a', b'm', b'p', b'l', b'e',
+        ];
+        params
+            .custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(
+                &[2, 5, 29, 17],
+                other_san.to_vec(),
+            ));
+        let cert = params.self_signed(&key).unwrap();
+        let err = PeerIdentity::from_leaf_der(cert.der()).unwrap_err();
+        assert!(err.to_string().contains("twice"), "{err}");
+    }
+
     #[test]
     fn hex_serial() {
         assert_eq!(hex_colon(&[0x01, 0xab, 0x00]), "01:ab:00");
