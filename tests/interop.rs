@@ -1,0 +1,322 @@
+//! Real peers: OpenSSL (`s_client`, `s_server`), Python's `ssl` and Java 17
+//! against meshtls, both ways where it applies. Proves they present client
+//! certificates without CA hints, speak TLS 1.3 with our suites and groups,
+//! and see our refusals as the right alerts.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener as StdListener;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Pki, TD, openssl, serve};
+use meshtls::{Allow, ClientTls, RejectReason};
+
+fn client_id() -> String {
+    format!("spiffe://{TD}/ns/interop/sa/peer")
+}
+
+/// Runs a peer command with `input` on stdin; returns (success, stdout+stderr).
+async fn peer(program: &str, args: Vec<String>, input: &'static str) -> (bool, String) {
+    let program = program.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(&program)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+fn s_client_args(pki: &Pki, port: u16, with_cert: bool, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "s_client",
+        "-connect",
+        &format!("127.0.0.1:{port}"),
+        "-servername",
+        "localhost",
+        "-CAfile",
+        pki.ca_file().to_str().unwrap(),
+        "-verify_return_error",
+        "-quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if with_cert {
+        let (cert, key) = pki.write_cert("openssl-client", &pki.client_cert(&client_id()));
+        args.extend([
+            "-cert".into(),
+            cert.display().to_string(),
+            "-key".into(),
+            key.display().to_string(),
+        ]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+#[tokio::test]
+async fn openssl_s_client_is_admitted_and_refused_with_the_right_alerts() {
+    let pki = Pki::new();
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_id(&client_id()))
+        .build()
+        .unwrap();
+    let mut running = serve(&server).await;
+    let port = running.addr.port();
+
+    let (ok, out) = peer("openssl", s_client_args(&pki, port, true, &[]), "ping\n").await;
+    assert!(
+        ok && out.contains(&format!("hello {}", client_id())),
+        "{out}"
+    );
+    assert_eq!(
+        running.next().await.unwrap().spiffe_id().unwrap().as_str(),
+        client_id()
+    );
+
+    let (_, out) = peer("openssl", s_client_args(&pki, port, false, &[]), "ping\n").await;
+    assert!(out.contains("certificate required"), "{out}");
+    assert_eq!(
+        running.next().await.unwrap_err().reason(),
+        RejectReason::NoClientCertificate
+    );
+
+    let (_, out) = peer(
+        "openssl",
+        s_client_args(&pki, port, true, &["-tls1_2"]),
+        "ping\n",
+    )
+    .await;
+    assert!(out.contains("protocol version"), "{out}");
+    assert_eq!(
+        running.next().await.unwrap_err().reason(),
+        RejectReason::ProtocolVersion
+    );
+}
+
+#[tokio::test]
+async fn meshtls_client_against_openssl_s_server() {
+    let pki = Pki::new();
+    let (cert, key) = pki.write_cert("openssl-server", &pki.server_cert());
+    let port = {
+        let probe = StdListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut s_server = Command::new("openssl")
+        .args([
+            "s_server",
+            "-accept",
+            &port.to_string(),
+            "-cert",
+            cert.to_str().unwrap(),
+            "-key",
+            key.to_str().unwrap(),
+            "-CAfile",
+            pki.ca_file().to_str().unwrap(),
+            "-Verify",
+            "1",
+            "-verify_return_error",
+            "-tls1_3",
+            "-rev",
+            "-naccept",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = pki
+        .client(&client_id())
+        .expect_server(Allow::spiffe_id(&format!(
+            "spiffe://{TD}/ns/billing/sa/api"
+        )))
+        .build()
+        .unwrap();
+    let mut reply = None;
+    for _ in 0..100 {
+        if let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let (tls, server) = client.connector().connect("localhost", tcp).await.unwrap();
+            assert_eq!(server.spiffe_id().unwrap().path(), "/ns/billing/sa/api");
+            reply = Some(common::exchange(tls).await);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = s_server.kill();
+    let out = s_server.wait_with_output().unwrap();
+    let reply = reply
+        .expect("s_server never listened")
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    // `-rev` echoes each line reversed; it only answers a verified client.
+    assert_eq!(reply, "gnip");
+}
+
+#[tokio::test]
+async fn python_ssl_client_is_admitted() {
+    let pki = Pki::new();
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_id(&client_id()))
+        .build()
+        .unwrap();
+    let mut running = serve(&server).await;
+    let (cert, key) = pki.write_cert("python-client", &pki.client_cert(&client_id()));
+    let script = r#"
+import socket, ssl, sys
+port, ca, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+ctx.load_verify_locations(ca)
+ctx.load_cert_chain(cert, key)
+with socket.create_connection(("127.0.0.1", port)) as raw:
+    with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(b"ping\n")
+        print(tls.makefile().readline().strip(), tls.version())
+"#;
+    let args = vec![
+        "-c".to_owned(),
+        script.to_owned(),
+        running.addr.port().to_string(),
+        pki.ca_file().display().to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+    ];
+    let (ok, out) = peer("python3", args, "").await;
+    assert!(
+        ok && out.contains(&format!("hello {}", client_id())) && out.contains("TLSv1.3"),
+        "{out}"
+    );
+    running.next().await.unwrap();
+}
+
+#[tokio::test]
+async fn java_client_is_admitted() {
+    if Command::new("java").arg("-version").output().is_err() {
+        // .ci/run installs a JDK, so CI always runs this.
+        eprintln!("SKIPPED: no java (install a JDK to run this test)");
+        return;
+    }
+    let pki = Pki::new();
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_id(&client_id()))
+        .build()
+        .unwrap();
+    let mut running = serve(&server).await;
+    let (cert, key) = pki.write_cert("java-client", &pki.client_cert(&client_id()));
+    openssl(
+        pki.dir.path(),
+        &[
+            "pkcs12",
+            "-export",
+            "-in",
+            cert.to_str().unwrap(),
+            "-inkey",
+            key.to_str().unwrap(),
+            "-out",
+            "java-client.p12",
+            "-passout",
+            "pass:changeit",
+        ],
+    );
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/Interop.java");
+    let args = vec![
+        source.to_owned(),
+        "127.0.0.1".to_owned(),
+        running.addr.port().to_string(),
+        pki.path("java-client.p12").display().to_string(),
+        "changeit".to_owned(),
+        pki.ca_file().display().to_string(),
+    ];
+    let (ok, out) = peer("java", args, "").await;
+    assert!(
+        ok && out.contains(&format!("hello {}", client_id())),
+        "{out}"
+    );
+    assert_eq!(
+        running.next().await.unwrap().spiffe_id().unwrap().as_str(),
+        client_id()
+    );
+}
+
+#[tokio::test]
+async fn meshtls_client_refused_by_openssl_s_server_sees_the_alert() {
+    // A client whose certificate s_server's CA did not sign.
+    let pki = Pki::new();
+    let other = Pki::named("other root");
+    let (cert, key) = pki.write_cert("openssl-server2", &pki.server_cert());
+    let port = {
+        let probe = StdListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut s_server = Command::new("openssl")
+        .args([
+            "s_server",
+            "-accept",
+            &port.to_string(),
+            "-cert",
+            cert.to_str().unwrap(),
+            "-key",
+            key.to_str().unwrap(),
+            "-CAfile",
+            pki.ca_file().to_str().unwrap(),
+            "-Verify",
+            "1",
+            "-verify_return_error",
+            "-tls1_3",
+            "-rev",
+            "-naccept",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stranger = other.client_cert(&client_id());
+    let (c, k) = other.write_cert("stranger", &stranger);
+    let client = ClientTls::builder()
+        .identity_files(c, k)
+        .server_roots_file(pki.ca_file())
+        .build()
+        .unwrap();
+    let mut outcome = None;
+    for _ in 0..100 {
+        if let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            outcome = Some(match client.connector().connect("localhost", tcp).await {
+                Ok((tls, _)) => common::exchange(tls).await,
+                Err(e) => Err(e.to_string()),
+            });
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = s_server.kill();
+    let _ = s_server.wait();
+    let err = outcome.expect("s_server never listened").unwrap_err();
+    assert!(err.contains("UnknownCA"), "{err}");
+}
