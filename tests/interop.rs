@@ -320,3 +320,52 @@ async fn meshtls_client_refused_by_openssl_s_server_sees_the_alert() {
     let err = outcome.expect("s_server never listened").unwrap_err();
     assert!(err.contains("UnknownCA"), "{err}");
 }
+
+#[tokio::test]
+async fn curl_calls_an_axum_service() {
+    use axum::routing::get;
+    let pki = Pki::new();
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_id(&client_id()))
+        .build()
+        .unwrap();
+    let listener = meshtls::axum::MtlsListener::bind("127.0.0.1:0", &server)
+        .await
+        .unwrap();
+    let port = axum::serve::Listener::local_addr(&listener).unwrap().port();
+    let app = axum::Router::new().route(
+        "/whoami",
+        get(|peer: meshtls::PeerIdentity| async move { peer.to_string() }),
+    );
+    tokio::spawn(async move { meshtls::axum::serve(listener, app).await });
+
+    let (cert, key) = pki.write_cert("curl-client", &pki.client_cert(&client_id()));
+    let url = format!("https://localhost:{port}/whoami");
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let common = |with_cert: bool| {
+        let mut args = vec![
+            "--silent".to_owned(),
+            "--show-error".to_owned(),
+            "--tlsv1.3".to_owned(),
+            "--resolve".to_owned(),
+            resolve.clone(),
+            "--cacert".to_owned(),
+            pki.ca_file().display().to_string(),
+        ];
+        if with_cert {
+            args.extend([
+                "--cert".to_owned(),
+                cert.display().to_string(),
+                "--key".to_owned(),
+                key.display().to_string(),
+            ]);
+        }
+        args.push(url.clone());
+        args
+    };
+    let (ok, out) = peer("curl", common(true), "").await;
+    assert!(ok && out.trim() == client_id(), "{out}");
+    let (ok, out) = peer("curl", common(false), "").await;
+    assert!(!ok && out.contains("alert"), "{out}");
+}
