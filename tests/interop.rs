@@ -117,38 +117,76 @@ async fn openssl_s_client_is_admitted_and_refused_with_the_right_alerts() {
     );
 }
 
+/// An `openssl s_server` that requires a client certificate from `pki`'s CA,
+/// serves one connection and echoes each line reversed (`-rev`).
+struct SServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl SServer {
+    fn start(pki: &Pki) -> Self {
+        let (cert, key) = pki.write_cert("openssl-server", &pki.server_cert());
+        let port = {
+            let probe = StdListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let child = Command::new("openssl")
+            .args([
+                "s_server",
+                "-accept",
+                &port.to_string(),
+                "-cert",
+                cert.to_str().unwrap(),
+                "-key",
+                key.to_str().unwrap(),
+                "-CAfile",
+                pki.ca_file().to_str().unwrap(),
+                "-Verify",
+                "1",
+                "-verify_return_error",
+                "-tls1_3",
+                "-rev",
+                "-naccept",
+                "1",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { child, port }
+    }
+
+    /// Connects `client` once s_server listens; the handshake's outcome and
+    /// the reply to "ping".
+    async fn call(&self, client: &ClientTls) -> Result<(meshtls::PeerIdentity, String), String> {
+        for _ in 0..100 {
+            if let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
+                let (tls, server) = client
+                    .connector()
+                    .connect("localhost", tcp)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return common::exchange(tls).await.map(|reply| (server, reply));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("s_server never listened");
+    }
+}
+
+impl Drop for SServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test]
 async fn meshtls_client_against_openssl_s_server() {
     let pki = Pki::new();
-    let (cert, key) = pki.write_cert("openssl-server", &pki.server_cert());
-    let port = {
-        let probe = StdListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let mut s_server = Command::new("openssl")
-        .args([
-            "s_server",
-            "-accept",
-            &port.to_string(),
-            "-cert",
-            cert.to_str().unwrap(),
-            "-key",
-            key.to_str().unwrap(),
-            "-CAfile",
-            pki.ca_file().to_str().unwrap(),
-            "-Verify",
-            "1",
-            "-verify_return_error",
-            "-tls1_3",
-            "-rev",
-            "-naccept",
-            "1",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let s_server = SServer::start(&pki);
     let client = pki
         .client(&client_id())
         .expect_server(Allow::spiffe_id(&format!(
@@ -156,21 +194,8 @@ async fn meshtls_client_against_openssl_s_server() {
         )))
         .build()
         .unwrap();
-    let mut reply = None;
-    for _ in 0..100 {
-        if let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            let (tls, server) = client.connector().connect("localhost", tcp).await.unwrap();
-            assert_eq!(server.spiffe_id().unwrap().path(), "/ns/billing/sa/api");
-            reply = Some(common::exchange(tls).await);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = s_server.kill();
-    let out = s_server.wait_with_output().unwrap();
-    let reply = reply
-        .expect("s_server never listened")
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let (server, reply) = s_server.call(&client).await.unwrap();
+    assert_eq!(server.spiffe_id().unwrap().path(), "/ns/billing/sa/api");
     // `-rev` echoes each line reversed; it only answers a verified client.
     assert_eq!(reply, "gnip");
 }
@@ -265,59 +290,17 @@ async fn java_client_is_admitted() {
 
 #[tokio::test]
 async fn meshtls_client_refused_by_openssl_s_server_sees_the_alert() {
-    // A client whose certificate s_server's CA did not sign.
     let pki = Pki::new();
+    let s_server = SServer::start(&pki);
+    // A client whose certificate s_server's CA did not sign.
     let other = Pki::named("other root");
-    let (cert, key) = pki.write_cert("openssl-server2", &pki.server_cert());
-    let port = {
-        let probe = StdListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let mut s_server = Command::new("openssl")
-        .args([
-            "s_server",
-            "-accept",
-            &port.to_string(),
-            "-cert",
-            cert.to_str().unwrap(),
-            "-key",
-            key.to_str().unwrap(),
-            "-CAfile",
-            pki.ca_file().to_str().unwrap(),
-            "-Verify",
-            "1",
-            "-verify_return_error",
-            "-tls1_3",
-            "-rev",
-            "-naccept",
-            "1",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stranger = other.client_cert(&client_id());
-    let (c, k) = other.write_cert("stranger", &stranger);
+    let (c, k) = other.write_cert("stranger", &other.client_cert(&client_id()));
     let client = ClientTls::builder()
         .identity_files(c, k)
         .server_roots_file(pki.ca_file())
         .build()
         .unwrap();
-    let mut outcome = None;
-    for _ in 0..100 {
-        if let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            outcome = Some(match client.connector().connect("localhost", tcp).await {
-                Ok((tls, _)) => common::exchange(tls).await,
-                Err(e) => Err(e.to_string()),
-            });
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = s_server.kill();
-    let _ = s_server.wait();
-    let err = outcome.expect("s_server never listened").unwrap_err();
+    let err = s_server.call(&client).await.unwrap_err();
     assert!(err.contains("UnknownCA"), "{err}");
 }
 
