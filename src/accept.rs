@@ -1,23 +1,8 @@
-//! The acceptor: the TLS handshake under a timeout, the peer's identity
-//! re-checked against the current policy, and the failure classified.
-//!
-//! rustls does not run the client verifier on a resumed TLS 1.3 session.
-//! Session keys belong to a policy epoch, so a session from before a policy
-//! change does not resume at all; the acceptor adds two checks for the
-//! moments in between:
-//!
-//! - every resumed peer is re-checked cheaply: allow-list and validity
-//!   window, no signatures;
-//! - when the generation's policy epoch changed *during* the handshake, the
-//!   peer gets the full check (chain, revocation, allow-list) under the new
-//!   one.
-//!
-//! And for one handshake timeout after a policy change no session state is
-//! created at all (no ticket sealed, nothing cached), since a handshake that
-//! straddles the change may have had its peer judged by the old policy.
-//!
-//! A framework that uses the bare `ServerConfig` gets the epoch-scoped session
-//! keys and the settling time, but not the two re-checks.
+//! The acceptor: the TLS handshake under a timeout, the peer admitted by
+//! the judgment of the current policy epoch (a remembered verdict, or the
+//! full judgment for a peer judged under an earlier epoch, a resumed one
+//! whose verdict has run out, ...), and a failure classified with its
+//! specifics.
 
 use std::io;
 use std::net::SocketAddr;
@@ -28,17 +13,17 @@ use std::time::Duration;
 
 use rustls::server::ServerConfig;
 use rustls::{CommonState, HandshakeKind};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::server::TlsStream;
 
-use crate::error::HandshakeError;
+use crate::error::{HandshakeError, RejectReason};
 use crate::identity::PeerIdentity;
-use crate::live::{Live, Sessions};
-use crate::observe::{RejectReason, classify_tls, recall_refusal};
-use crate::server::ServerSessions;
+use crate::judge::{classify_tls, take_refusal};
+use crate::live::Live;
+use crate::session::{ServerSessions, Sessions};
 
 /// Accepts mutual-TLS connections; cheap to clone, one per listener or task.
 ///
@@ -84,9 +69,8 @@ impl Acceptor {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let epoch = self.live.current().epoch;
         let stream = handshake(&self.live, self.timeout, self.inner.accept(io)).await?;
-        let peer = admit(&self.live, epoch, stream.get_ref().1, None)?;
+        let peer = admit(&self.live, stream.get_ref().1, None)?;
         Ok((stream, peer))
     }
 }
@@ -106,19 +90,31 @@ impl Acceptor {
         &self,
         conn: &rustls::ServerConnection,
     ) -> Result<PeerIdentity, HandshakeError> {
-        admit(&self.live, self.live.current().epoch, conn, None)
+        admit(&self.live, conn, None)
     }
 }
 
 /// Runs a tokio-rustls handshake under `timeout`, classifying a failure.
+///
+/// A verifier that refuses notes its specifics for us on this thread; the
+/// handshake fails in the very poll that ran it. The note is cleared around
+/// every poll, so a refusal noted elsewhere on this thread (by a bare config,
+/// say) can never be taken for this handshake's.
 pub(crate) async fn handshake<S: Sessions, T>(
     live: &Live<S>,
     timeout: Duration,
     handshake: impl Future<Output = io::Result<T>>,
 ) -> Result<T, HandshakeError> {
-    match tokio::time::timeout(timeout, handshake).await {
+    let mut handshake = std::pin::pin!(handshake);
+    let polled = std::future::poll_fn(|cx| {
+        take_refusal();
+        let poll = handshake.as_mut().poll(cx);
+        let noted = take_refusal();
+        poll.map(|result| result.map_err(|e| (e, noted)))
+    });
+    match tokio::time::timeout(timeout, polled).await {
         Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(e)) => Err(failed(live, e)),
+        Ok(Err((e, noted))) => Err(failed(live, e, noted)),
         Err(_) => {
             let detail = format!("no handshake within {timeout:?}");
             live.observer
@@ -129,18 +125,23 @@ pub(crate) async fn handshake<S: Sessions, T>(
 }
 
 /// Classifies a handshake that failed inside rustls or on the socket.
-/// Refusals our verifiers made were reported there, with more detail.
-pub(crate) fn failed<S: Sessions>(live: &Live<S>, e: io::Error) -> HandshakeError {
+/// `noted` is what our verifier noted in the poll that failed, if it
+/// refused: it reported the refusal already, with more detail.
+fn failed<S: Sessions>(
+    live: &Live<S>,
+    e: io::Error,
+    noted: Option<(rustls::CertificateError, RejectReason, String)>,
+) -> HandshakeError {
     let tls = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         .cloned();
     match tls {
         Some(tls) => {
-            if let rustls::Error::InvalidCertificate(c) = &tls
-                && let Some((reason, detail)) = recall_refusal(c)
+            if let (rustls::Error::InvalidCertificate(c), Some((alert, reason, detail))) =
+                (&tls, noted)
+                && *c == alert
             {
-                // Our verifier refused, and reported it already.
                 return HandshakeError::new(reason, detail, Some(e));
             }
             let reason = classify_tls(&tls);
@@ -156,55 +157,40 @@ pub(crate) fn failed<S: Sessions>(live: &Live<S>, e: io::Error) -> HandshakeErro
     }
 }
 
-/// After a completed handshake: who the peer is, re-checked where rustls did
-/// not check (resumption) or checked under an older policy (a swap landed
-/// during the handshake).
+/// After a completed handshake, full or resumed: who the peer is, admitted
+/// by the current epoch now (for a full handshake judged in this epoch, a
+/// lookup).
 pub(crate) fn admit<S: Sessions>(
     live: &Live<S>,
-    epoch_before: u64,
     conn: &CommonState,
     server_name: Option<&ServerName<'_>>,
 ) -> Result<PeerIdentity, HandshakeError> {
-    let refuse = |reason: RejectReason, detail: String| {
-        live.observer.rejected(reason, detail.clone());
-        HandshakeError::new(reason, detail, None)
-    };
     let Some((leaf, intermediates)) = conn
         .peer_certificates()
         .and_then(<[CertificateDer<'_>]>::split_first)
     else {
-        return Err(refuse(
+        let detail = "the peer presented no certificate".to_owned();
+        live.observer
+            .rejected(RejectReason::NoClientCertificate, detail.clone());
+        return Err(HandshakeError::new(
             RejectReason::NoClientCertificate,
-            "the peer presented no certificate".into(),
+            detail,
+            None,
         ));
     };
-    let generation = live.current();
-    let checked = if generation.epoch != epoch_before {
-        live.judge(
-            &generation,
-            leaf,
-            intermediates,
-            server_name,
-            UnixTime::now(),
-        )
-    } else if conn.handshake_kind() == Some(HandshakeKind::Resumed) {
-        live.recheck(&generation, leaf, server_name)
-    } else {
-        // A full handshake judged by this same epoch's verifier.
-        return match live.identity(leaf) {
-            Ok(peer) => {
-                live.observer.admitted();
-                Ok(peer)
-            }
-            Err(e) => Err(refuse(RejectReason::NotAWorkloadCertificate, e.to_string())),
-        };
-    };
-    match checked {
-        Ok(peer) => {
+    match live.admit(&live.current(), leaf, intermediates, server_name) {
+        Ok(admitted) => {
             live.observer.admitted();
-            Ok(peer)
+            Ok(admitted.peer)
         }
-        Err(rejection) => Err(refuse(rejection.reason, rejection.detail)),
+        Err(refusal) => {
+            let detail = match conn.handshake_kind() {
+                Some(HandshakeKind::Resumed) => format!("resumed session: {}", refusal.detail),
+                _ => refusal.detail,
+            };
+            live.observer.rejected(refusal.reason, detail.clone());
+            Err(HandshakeError::new(refusal.reason, detail, None))
+        }
     }
 }
 

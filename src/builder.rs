@@ -16,10 +16,12 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::hardening::Hardening;
-use crate::live::{Fixed, NameCheck, Sessions};
+use crate::judge::NameCheck;
+use crate::live::Fixed;
 use crate::material::{RevocationScope, Role, Sources};
 use crate::policy::{Allow, Policy};
 use crate::reload::WatchSettings;
+use crate::session::Resumption;
 use crate::source::Source;
 
 /// The longest debounce or poll period taken; longer ones are cut to it.
@@ -42,22 +44,6 @@ pub struct Ready {
     cert: Source,
     key: Source,
     roots: Source,
-}
-
-/// How TLS 1.3 sessions may be resumed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Resumption {
-    /// Stateless tickets (server) / a ticket store (client). The default.
-    /// Ticket keys belong to the policy generation: a change of roots, CRLs or
-    /// allow-list makes earlier tickets useless.
-    #[default]
-    Tickets,
-    /// A server-side session cache instead of tickets (server only; a client
-    /// treats it as `Tickets`). Also dropped on a policy change.
-    Stateful,
-    /// No resumption: every handshake is a full one.
-    Disabled,
 }
 
 /// Everything a builder collects beyond the required inputs.
@@ -103,12 +89,10 @@ impl Settings {
         if self.rules.is_empty() {
             return Ok(None);
         }
-        let rules = self.rules.iter().cloned();
-        Ok(Some(if self.legacy_cn {
-            Policy::with_legacy_cn(rules)?
-        } else {
-            Policy::new(rules)?
-        }))
+        Ok(Some(Policy::compile(
+            self.rules.iter().cloned(),
+            self.legacy_cn,
+        )?))
     }
 }
 
@@ -202,21 +186,16 @@ impl<Side> Builder<Side, Ready> {
     }
 
     /// What a live state keeps of this builder for its whole life.
-    pub(crate) fn fixed<S: Sessions<Choice = Resumption>>(
-        &self,
-        role: Role,
-        name_check: NameCheck,
-    ) -> Fixed<S> {
+    pub(crate) fn fixed(&self, role: Role, name_check: NameCheck) -> Fixed {
         Fixed {
             role,
             sources: self.sources(),
             provider: self.settings.hardening.provider(),
             scope: self.settings.scope,
-            sessions: self.settings.resumption,
+            resumption: self.settings.resumption,
             name_check,
             legacy_cn: self.settings.legacy_cn,
             expiry_warning: self.settings.expiry_warning,
-            settle: self.settings.handshake_timeout,
         }
     }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{
-    ClientConfig, ClientSessionMemoryCache, ClientSessionStore, ResolvesClientCert,
-    Tls12ClientSessionValue, Tls13ClientSessionValue,
+    ClientConfig, ClientSessionStore, ResolvesClientCert, Tls12ClientSessionValue,
+    Tls13ClientSessionValue,
 };
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
@@ -20,34 +20,20 @@ use tokio::sync::broadcast;
 use tokio_rustls::client::TlsStream;
 
 use crate::accept::{admit, handshake};
-use crate::builder::{Builder, NeedsIdentity, NeedsRoots, Ready, Resumption};
-use crate::error::{Error, HandshakeError};
+use crate::builder::{Builder, NeedsIdentity, NeedsRoots, Ready};
+use crate::error::{Error, HandshakeError, RejectReason};
 use crate::hardening::{self, VERSIONS};
 use crate::identity::PeerIdentity;
-use crate::live::{Live, NameCheck, ReloadOutcome, Sessions};
-use crate::material::{CertFacts, Role};
-use crate::observe::{Event, Observer, RejectReason, Stats};
+use crate::judge::{NameCheck, note_refusal};
+use crate::live::{Live, ReloadOutcome};
+use crate::material::Role;
+use crate::observe::{CertFacts, Event, Observer, Stats};
 use crate::policy::{Allow, Policy};
+use crate::session::{ClientSessions, Resumption};
 use crate::source::Source;
 
 /// The builder of a [`ClientTls`].
 pub type ClientTlsBuilder<State = NeedsIdentity> = Builder<ClientTls, State>;
-
-/// The client's resumption store of one policy epoch (`None`: disabled).
-pub(crate) struct ClientSessions(Option<Arc<ClientSessionMemoryCache>>);
-
-impl Sessions for ClientSessions {
-    type Choice = Resumption;
-
-    fn fresh(choice: Resumption) -> Result<Self, Error> {
-        Ok(Self(match choice {
-            Resumption::Disabled => None,
-            Resumption::Tickets | Resumption::Stateful => {
-                Some(Arc::new(ClientSessionMemoryCache::new(256)))
-            }
-        }))
-    }
-}
 
 type ClientLive = Live<ClientSessions>;
 
@@ -294,14 +280,13 @@ impl Connector {
                 None,
             )
         })?;
-        let epoch = self.live.current().epoch;
         let stream = handshake(
             &self.live,
             self.timeout,
             self.inner.connect(name.clone(), io),
         )
         .await?;
-        let peer = admit(&self.live, epoch, stream.get_ref().1, Some(&name))?;
+        let peer = admit(&self.live, stream.get_ref().1, Some(&name))?;
         Ok((stream, peer))
     }
 }
@@ -323,7 +308,7 @@ impl Connector {
         let name = ServerName::try_from(server_name).map_err(|e| {
             HandshakeError::new(RejectReason::Other, format!("{server_name:?}: {e}"), None)
         })?;
-        admit(&self.live, self.live.current().epoch, conn, Some(&name))
+        admit(&self.live, conn, Some(&name))
     }
 }
 
@@ -357,8 +342,17 @@ impl ServerCertVerifier for LiveServerVerifier {
             Some(server_name),
             now,
         ) {
-            Ok(_) => Ok(ServerCertVerified::assertion()),
-            Err(rejection) => Err(rejection.into_tls(&self.live.observer)),
+            Ok(admitted) => {
+                // Tickets for this name may be stored in this epoch, until
+                // the verdict runs out.
+                generation.sessions.verified(server_name, admitted.until);
+                Ok(ServerCertVerified::assertion())
+            }
+            Err(refusal) => {
+                note_refusal(&refusal);
+                self.live.observer.rejected(refusal.reason, refusal.detail);
+                Err(TlsError::InvalidCertificate(refusal.alert))
+            }
         }
     }
 
@@ -421,19 +415,13 @@ impl fmt::Debug for LiveClientSessions {
     }
 }
 
-impl LiveClientSessions {
-    fn with<T>(&self, f: impl FnOnce(&ClientSessionMemoryCache) -> T) -> Option<T> {
-        self.live.current().sessions.0.as_deref().map(f)
-    }
-}
-
 impl ClientSessionStore for LiveClientSessions {
     fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
-        self.with(|c| c.set_kx_hint(server_name, group));
+        self.live.current().sessions.set_kx_hint(server_name, group);
     }
 
     fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
-        self.with(|c| c.kx_hint(server_name)).flatten()
+        self.live.current().sessions.kx_hint(server_name)
     }
 
     fn set_tls12_session(
@@ -455,13 +443,13 @@ impl ClientSessionStore for LiveClientSessions {
         server_name: ServerName<'static>,
         value: Tls13ClientSessionValue,
     ) {
-        self.with(|c| c.insert_tls13_ticket(server_name, value));
+        self.live.current().sessions.insert(server_name, value);
     }
 
     fn take_tls13_ticket(
         &self,
         server_name: &ServerName<'static>,
     ) -> Option<Tls13ClientSessionValue> {
-        self.with(|c| c.take_tls13_ticket(server_name)).flatten()
+        self.live.current().sessions.take(server_name)
     }
 }

@@ -81,6 +81,20 @@ fn random_serial() -> Result<SerialNumber, DevError> {
     Ok(SerialNumber::from_slice(&bytes))
 }
 
+/// A CRL number that grows with `this_update`: its milliseconds since 1970,
+/// as a minimal positive DER integer.
+fn crl_number(this_update: SystemTime) -> SerialNumber {
+    let millis = this_update
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis().clamp(1, u128::from(u64::MAX >> 1)));
+    let bytes = u64::try_from(millis).unwrap_or(1).to_be_bytes();
+    let mut first = bytes.iter().position(|b| *b != 0).unwrap_or(7);
+    if bytes[first] & 0x80 != 0 {
+        first -= 1; // a leading zero keeps it positive; `millis` < 2^63 leaves room
+    }
+    SerialNumber::from_slice(&bytes[first..])
+}
+
 fn hex_serial(serial: &SerialNumber) -> String {
     crate::identity::hex_colon(&serial.to_bytes())
 }
@@ -261,7 +275,8 @@ impl DevCa {
         let crl = CertificateRevocationListParams {
             this_update: this_update.into(),
             next_update: next_update.into(),
-            crl_number: random_serial()?,
+            // Newer CRLs get larger numbers, as a real CA's do.
+            crl_number: crl_number(this_update),
             issuing_distribution_point: None,
             revoked_certs,
             key_identifier_method: KeyIdMethod::Sha256,

@@ -3,9 +3,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use crate::policy::RuleError;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Where a piece of TLS material came from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -284,6 +282,40 @@ pub enum Error {
         /// Why.
         detail: String,
     },
+    /// A certificate in a trust bundle that is not a CA certificate: most
+    /// often a service's own certificate given where its CA was meant.
+    #[error(
+        "certificate #{index} in {origin} (subject {subject}) is not a CA certificate ({why}), so it cannot be a trust root; a trust bundle holds the CA certificates that sign your peers: did you mean the certificate of its issuer, {issuer}?"
+    )]
+    NotACa {
+        /// The file.
+        origin: Origin,
+        /// Position in the file, from 0.
+        index: usize,
+        /// The certificate's subject.
+        subject: String,
+        /// The certificate's issuer: probably the CA that was meant.
+        issuer: String,
+        /// What marks it as a leaf.
+        why: &'static str,
+    },
+    /// A CRL that none of the trusted CAs signed.
+    #[error(
+        "the CRL #{index} in {origin} (issuer {issuer}) is not signed by any CA in {roots}{}; its revocations could never apply. Use the CRL of the CA that signs your peers, or add that CA to the trust roots",
+        if *same_name { " (a CA of that name is there, but with another key: is the CRL from before a CA key rotation?)" } else { "" }
+    )]
+    CrlIssuerUnknown {
+        /// The CRL file.
+        origin: Origin,
+        /// Position in the file, from 0.
+        index: usize,
+        /// The CRL's issuer.
+        issuer: String,
+        /// The trust roots file.
+        roots: Origin,
+        /// A trusted CA has the issuer's name, but another key.
+        same_name: bool,
+    },
     /// A CRL that does not parse or that webpki does not support.
     #[error("the CRL #{index} in {origin} cannot be used: {detail}")]
     BadCrl {
@@ -404,7 +436,7 @@ pub enum Error {
 #[derive(Debug, thiserror::Error)]
 #[error("TLS handshake refused ({reason}): {detail}")]
 pub struct HandshakeError {
-    reason: crate::observe::RejectReason,
+    reason: RejectReason,
     detail: String,
     #[source]
     source: Option<std::io::Error>,
@@ -412,7 +444,7 @@ pub struct HandshakeError {
 
 impl HandshakeError {
     pub(crate) fn new(
-        reason: crate::observe::RejectReason,
+        reason: RejectReason,
         detail: impl Into<String>,
         source: Option<std::io::Error>,
     ) -> Self {
@@ -424,7 +456,7 @@ impl HandshakeError {
     }
 
     /// Why, as a class.
-    pub fn reason(&self) -> crate::observe::RejectReason {
+    pub fn reason(&self) -> RejectReason {
         self.reason
     }
 
@@ -432,6 +464,272 @@ impl HandshakeError {
     pub fn detail(&self) -> &str {
         &self.detail
     }
+}
+
+/// Why a string is not a SPIFFE ID (or trust domain).
+///
+/// Each variant is one rule of the [SPIFFE ID specification][spec].
+///
+/// [spec]: https://github.com/spiffe/spiffe/blob/main/standards/SPIFFE-ID.md
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpiffeIdError {
+    /// The string is empty.
+    #[error("a SPIFFE ID cannot be empty")]
+    Empty,
+    /// Longer than the 2048 bytes the specification allows.
+    #[error("a SPIFFE ID is at most 2048 bytes, this one is {len}")]
+    TooLong {
+        /// The length seen, in bytes.
+        len: usize,
+    },
+    /// The scheme is not `spiffe://` (lowercase).
+    #[error("a SPIFFE ID starts with `spiffe://`")]
+    WrongScheme,
+    /// Nothing between `spiffe://` and the path.
+    #[error("the trust domain is empty")]
+    EmptyTrustDomain,
+    /// Longer than the 255 bytes the specification allows.
+    #[error("a trust domain is at most 255 bytes, this one is {len}")]
+    TrustDomainTooLong {
+        /// The length seen, in bytes.
+        len: usize,
+    },
+    /// A trust domain holds only lowercase letters, digits, `.`, `-` and `_`.
+    #[error(
+        "the trust domain has {ch:?}; it may hold only lowercase letters, digits, `.`, `-` and `_`"
+    )]
+    BadTrustDomainChar {
+        /// The offending character.
+        ch: char,
+    },
+    /// A port (`:8443`) in the trust domain.
+    #[error("a SPIFFE ID has no port")]
+    Port,
+    /// User info (`user@`) in the trust domain.
+    #[error("a SPIFFE ID has no user info (`user@`)")]
+    UserInfo,
+    /// An empty path segment (`//`) or a trailing `/`.
+    #[error("the path has an empty segment (`//` or a trailing `/`)")]
+    EmptySegment,
+    /// A `.` or `..` path segment.
+    #[error("the path has a `.` or `..` segment")]
+    DotSegment,
+    /// A path holds only letters, digits, `.`, `-` and `_` between slashes.
+    #[error(
+        "the path has {ch:?}; a segment may hold only letters, digits, `.`, `-` and `_` (no percent-encoding)"
+    )]
+    BadPathChar {
+        /// The offending character.
+        ch: char,
+    },
+    /// A `?query`.
+    #[error("a SPIFFE ID has no query (`?`)")]
+    Query,
+    /// A `#fragment`.
+    #[error("a SPIFFE ID has no fragment (`#`)")]
+    Fragment,
+}
+
+/// Why a rule could not be read or used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuleError {
+    /// The rule text is empty.
+    #[error("an allow rule cannot be empty")]
+    Empty,
+    /// Not one of the rule forms.
+    #[error(
+        "{rule:?} is not an allow rule; write `spiffe://TD/PATH`, `spiffe://TD/**`, `dns:NAME`, `dns:*.SUFFIX` or `cn:NAME`"
+    )]
+    UnknownForm {
+        /// The rule as written.
+        rule: String,
+    },
+    /// A SPIFFE rule whose ID or trust domain breaks the SPIFFE rules.
+    #[error("{rule:?} is not a valid SPIFFE rule: {reason}")]
+    Spiffe {
+        /// The rule as written.
+        rule: String,
+        /// What is wrong with the ID.
+        reason: SpiffeIdError,
+    },
+    /// A misplaced `*` or `**` in a SPIFFE path pattern.
+    #[error(
+        "{rule:?} is not a valid SPIFFE pattern: `*` must be a whole segment and `**` may only be the last one"
+    )]
+    Pattern {
+        /// The rule as written.
+        rule: String,
+    },
+    /// A DNS rule that is not a valid name or single-label wildcard.
+    #[error(
+        "{rule:?} is not a valid DNS rule: {reason} (write `dns:api.example.com` or `dns:*.svc.cluster.local`)"
+    )]
+    Dns {
+        /// The rule as written.
+        rule: String,
+        /// What is wrong with the name.
+        reason: &'static str,
+    },
+    /// A CN rule on a policy that did not opt in to legacy CN matching.
+    #[error(
+        "{rule:?} matches the subject CN, which any CA may put in any certificate; CN rules are off unless you call `allow_legacy_cn()` on the builder (better: give the certificate a SAN)"
+    )]
+    CnNotEnabled {
+        /// The rule as written.
+        rule: String,
+    },
+}
+
+/// Why a handshake was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The client presented no certificate.
+    NoClientCertificate,
+    /// The peer's chain does not lead to a trusted root.
+    UnknownIssuer,
+    /// The peer's certificate (or one in its chain) has expired.
+    Expired,
+    /// The peer's certificate is not valid yet.
+    NotYetValid,
+    /// The peer's certificate is revoked by a configured CRL.
+    Revoked,
+    /// A CRL is configured but none covers the certificate (or it is stale).
+    RevocationUnknown,
+    /// The certificate's extendedKeyUsage does not allow this use.
+    WrongUsage,
+    /// The certificate is malformed or its signature does not verify.
+    BadCertificate,
+    /// The certificate is a CA, may sign certificates, or is a malformed SVID.
+    NotAWorkloadCertificate,
+    /// The peer's identity is not on the allow-list (or not the expected server).
+    NotAllowed,
+    /// The peer does not speak TLS 1.3.
+    ProtocolVersion,
+    /// No cipher suite, key-exchange group or signature scheme in common.
+    NoCommonParameters,
+    /// The peer refused our certificate (it sent a fatal alert).
+    RefusedByPeer,
+    /// The handshake did not finish in time.
+    Timeout,
+    /// The connection failed (reset, closed early, not TLS).
+    Io,
+    /// Anything else.
+    Other,
+}
+
+impl RejectReason {
+    pub(crate) const ALL: [Self; 16] = [
+        Self::NoClientCertificate,
+        Self::UnknownIssuer,
+        Self::Expired,
+        Self::NotYetValid,
+        Self::Revoked,
+        Self::RevocationUnknown,
+        Self::WrongUsage,
+        Self::BadCertificate,
+        Self::NotAWorkloadCertificate,
+        Self::NotAllowed,
+        Self::ProtocolVersion,
+        Self::NoCommonParameters,
+        Self::RefusedByPeer,
+        Self::Timeout,
+        Self::Io,
+        Self::Other,
+    ];
+
+    pub(crate) fn index(self) -> usize {
+        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+
+    /// A short stable name, for metrics labels (`no_client_certificate`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoClientCertificate => "no_client_certificate",
+            Self::UnknownIssuer => "unknown_issuer",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::Revoked => "revoked",
+            Self::RevocationUnknown => "revocation_unknown",
+            Self::WrongUsage => "wrong_usage",
+            Self::BadCertificate => "bad_certificate",
+            Self::NotAWorkloadCertificate => "not_a_workload_certificate",
+            Self::NotAllowed => "not_allowed",
+            Self::ProtocolVersion => "protocol_version",
+            Self::NoCommonParameters => "no_common_parameters",
+            Self::RefusedByPeer => "refused_by_peer",
+            Self::Timeout => "timeout",
+            Self::Io => "io",
+            Self::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NoClientCertificate => "no client certificate",
+            Self::UnknownIssuer => "certificate not signed by a trusted CA",
+            Self::Expired => "certificate expired",
+            Self::NotYetValid => "certificate not yet valid",
+            Self::Revoked => "certificate revoked",
+            Self::RevocationUnknown => "revocation status unknown",
+            Self::WrongUsage => "certificate not valid for this use (extendedKeyUsage)",
+            Self::BadCertificate => "bad certificate",
+            Self::NotAWorkloadCertificate => "not a workload certificate",
+            Self::NotAllowed => "identity not allowed",
+            Self::ProtocolVersion => "protocol version not supported (TLS 1.3 only)",
+            Self::NoCommonParameters => "no common cipher suite, group or signature scheme",
+            Self::RefusedByPeer => "refused by the peer",
+            Self::Timeout => "handshake timed out",
+            Self::Io => "connection failed",
+            Self::Other => "handshake failed",
+        })
+    }
+}
+
+/// webpki's verdict in words.
+pub(crate) fn describe_webpki(e: &webpki::Error) -> String {
+    use webpki::Error as W;
+    match e {
+        W::UnknownIssuer => "no chain to a trusted root (unknown CA, or a missing intermediate)".into(),
+        W::CertExpired { not_after, .. } => format!(
+            "a certificate in the chain expired at {}",
+            fmt_time(SystemTime::UNIX_EPOCH + Duration::from_secs(not_after.as_secs()))
+        ),
+        W::CertNotValidYet { not_before, .. } => format!(
+            "a certificate in the chain is not valid before {}",
+            fmt_time(SystemTime::UNIX_EPOCH + Duration::from_secs(not_before.as_secs()))
+        ),
+        W::CertRevoked => "the certificate is revoked by a configured CRL".into(),
+        W::UnknownRevocationStatus => "no configured CRL covers a certificate in the chain (each certificate needs a CRL from its issuer; see RevocationScope)".into(),
+        W::CrlExpired { .. } => "a configured CRL is past its nextUpdate".into(),
+        W::RequiredEkuNotFoundContext(_) => "the certificate's extendedKeyUsage does not allow this use".into(),
+        W::CaUsedAsEndEntity => "a CA certificate was presented as the leaf".into(),
+        W::InvalidSignatureForPublicKey => "a signature in the chain does not verify (a CA with the same name but another key?)".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Text taken from a certificate that may not have been verified, made safe
+/// for a log line: control characters escaped, and cut after 128 characters.
+pub(crate) fn untrusted(text: &str) -> String {
+    const MAX_CHARS: usize = 128;
+    let mut out = String::with_capacity(text.len().min(MAX_CHARS + 16));
+    for (i, ch) in text.chars().enumerate() {
+        if i == MAX_CHARS {
+            out.push_str(&format!("...({} bytes)", text.len()));
+            break;
+        }
+        if ch.is_control() {
+            out.extend(ch.escape_default());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
 }
 
 fn found_note(found: &[String]) -> String {
@@ -477,6 +775,16 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn untrusted_text_is_escaped_and_bounded() {
+        assert_eq!(untrusted("api.example"), "api.example");
+        assert_eq!(untrusted("a\nb\u{1b}[0m"), "a\\nb\\u{1b}[0m");
+        let long = "x".repeat(10_000);
+        let shown = untrusted(&long);
+        assert!(shown.len() < 160, "{shown}");
+        assert!(shown.ends_with("...(10000 bytes)"), "{shown}");
+    }
 
     #[test]
     fn times_format_as_rfc3339() {

@@ -7,6 +7,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::error::SpiffeIdError;
+use crate::observe::CertFacts;
 use x509_parser::certificate::{X509Certificate, X509CertificateParser};
 use x509_parser::extensions::GeneralName;
 use x509_parser::nom::Parser;
@@ -17,71 +19,6 @@ const MAX_SPIFFE_ID_LEN: usize = 2048;
 /// The longest trust domain name the specification allows, in bytes.
 const MAX_TRUST_DOMAIN_LEN: usize = 255;
 const SCHEME: &str = "spiffe://";
-
-/// Why a string is not a SPIFFE ID (or trust domain).
-///
-/// Each variant is one rule of the [SPIFFE ID specification][spec].
-///
-/// [spec]: https://github.com/spiffe/spiffe/blob/main/standards/SPIFFE-ID.md
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SpiffeIdError {
-    /// The string is empty.
-    #[error("a SPIFFE ID cannot be empty")]
-    Empty,
-    /// Longer than the 2048 bytes the specification allows.
-    #[error("a SPIFFE ID is at most 2048 bytes, this one is {len}")]
-    TooLong {
-        /// The length seen, in bytes.
-        len: usize,
-    },
-    /// The scheme is not `spiffe://` (lowercase).
-    #[error("a SPIFFE ID starts with `spiffe://`")]
-    WrongScheme,
-    /// Nothing between `spiffe://` and the path.
-    #[error("the trust domain is empty")]
-    EmptyTrustDomain,
-    /// Longer than the 255 bytes the specification allows.
-    #[error("a trust domain is at most 255 bytes, this one is {len}")]
-    TrustDomainTooLong {
-        /// The length seen, in bytes.
-        len: usize,
-    },
-    /// A trust domain holds only lowercase letters, digits, `.`, `-` and `_`.
-    #[error(
-        "the trust domain has {ch:?}; it may hold only lowercase letters, digits, `.`, `-` and `_`"
-    )]
-    BadTrustDomainChar {
-        /// The offending character.
-        ch: char,
-    },
-    /// A port (`:8443`) in the trust domain.
-    #[error("a SPIFFE ID has no port")]
-    Port,
-    /// User info (`user@`) in the trust domain.
-    #[error("a SPIFFE ID has no user info (`user@`)")]
-    UserInfo,
-    /// An empty path segment (`//`) or a trailing `/`.
-    #[error("the path has an empty segment (`//` or a trailing `/`)")]
-    EmptySegment,
-    /// A `.` or `..` path segment.
-    #[error("the path has a `.` or `..` segment")]
-    DotSegment,
-    /// A path holds only letters, digits, `.`, `-` and `_` between slashes.
-    #[error(
-        "the path has {ch:?}; a segment may hold only letters, digits, `.`, `-` and `_` (no percent-encoding)"
-    )]
-    BadPathChar {
-        /// The offending character.
-        ch: char,
-    },
-    /// A `?query`.
-    #[error("a SPIFFE ID has no query (`?`)")]
-    Query,
-    /// A `#fragment`.
-    #[error("a SPIFFE ID has no fragment (`#`)")]
-    Fragment,
-}
 
 /// A SPIFFE trust domain such as `prod.example`.
 ///
@@ -263,12 +200,21 @@ pub enum IdentityError {
         count: usize,
     },
     /// A `spiffe://` URI SAN that breaks the SPIFFE ID rules.
-    #[error("the URI SAN {uri:?} is not a valid SPIFFE ID: {reason}")]
+    #[error("the URI SAN \"{uri}\" is not a valid SPIFFE ID: {reason}")]
     InvalidSpiffeId {
-        /// The URI as found.
+        /// The URI as found (escaped, and cut short when long).
         uri: String,
         /// The rule it breaks.
         reason: SpiffeIdError,
+    },
+    /// A leaf whose SPIFFE ID has no path names a trust domain, not a
+    /// workload (X509-SVID section 5.2).
+    #[error(
+        "the SPIFFE ID {id} has no path: it names a trust domain, and a workload certificate must name a workload (spiffe://TD/PATH)"
+    )]
+    NoPath {
+        /// The SPIFFE ID.
+        id: String,
     },
 }
 
@@ -283,7 +229,15 @@ pub(crate) struct LeafInfo {
     pub(crate) dns_names: Vec<String>,
     pub(crate) uris: Vec<String>,
     pub(crate) has_ip_san: bool,
+    /// Any subjectAltName entry at all (email, directory name, ... included).
+    pub(crate) any_san: bool,
+    /// `basicConstraints` cA, or `None` when the extension is absent.
+    pub(crate) basic_ca: Option<bool>,
     pub(crate) is_ca: bool,
+    /// The issuer, formatted like `subject` (empty when that is not formatted).
+    pub(crate) issuer: String,
+    /// Subject and issuer are the same name (a root, or a self-signed leaf).
+    pub(crate) self_issued: bool,
     pub(crate) signs_certificates: bool,
     /// `None` when the certificate has no EKU extension (any use).
     pub(crate) eku: Option<Eku>,
@@ -296,12 +250,18 @@ pub(crate) struct Eku {
     pub(crate) client_auth: bool,
 }
 
+/// Seconds since 1970 as a `SystemTime`. A certificate may name any year
+/// from 0 to 9999, which some platforms cannot represent (Windows starts in
+/// 1601): such times are clamped to the Unix epoch, which keeps every
+/// "before" a "before" and every "after" in the past an "after" in the past.
 pub(crate) fn unix_to_system(secs: i64) -> SystemTime {
-    if secs >= 0 {
-        UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
+    let span = Duration::from_secs(secs.unsigned_abs());
+    let t = if secs >= 0 {
+        UNIX_EPOCH.checked_add(span)
     } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
-    }
+        UNIX_EPOCH.checked_sub(span)
+    };
+    t.unwrap_or(UNIX_EPOCH)
 }
 
 impl LeafInfo {
@@ -332,6 +292,12 @@ impl LeafInfo {
             } else {
                 String::new()
             },
+            issuer: if with_subject {
+                cert.issuer().to_string()
+            } else {
+                String::new()
+            },
+            self_issued: cert.subject().as_raw() == cert.issuer().as_raw(),
             common_name: cert
                 .subject()
                 .iter_common_name()
@@ -344,6 +310,8 @@ impl LeafInfo {
             dns_names: Vec::new(),
             uris: Vec::new(),
             has_ip_san: false,
+            any_san: false,
+            basic_ca: None,
             is_ca: false,
             signs_certificates: false,
             eku: None,
@@ -366,6 +334,7 @@ impl LeafInfo {
                     let (_, bc) = BasicConstraints::from_der(ext.value)
                         .map_err(|e| bad("basicConstraints", e.to_string()))?;
                     info.is_ca = bc.ca;
+                    info.basic_ca = Some(bc.ca);
                 }
                 1 => {
                     let (_, ku) = KeyUsage::from_der(ext.value)
@@ -383,6 +352,7 @@ impl LeafInfo {
                 _ => {
                     let (_, san) = SubjectAlternativeName::from_der(ext.value)
                         .map_err(|e| bad("subjectAltName", e.to_string()))?;
+                    info.any_san = !san.general_names.is_empty();
                     for name in &san.general_names {
                         match name {
                             GeneralName::DNSName(n) => info.dns_names.push((*n).to_owned()),
@@ -399,6 +369,16 @@ impl LeafInfo {
 
     pub(crate) fn serial_hex(&self) -> String {
         hex_colon(&self.serial)
+    }
+
+    /// What reloads and expiry events report about this certificate.
+    pub(crate) fn facts(&self) -> CertFacts {
+        CertFacts {
+            subject: self.subject.clone(),
+            serial: self.serial_hex(),
+            not_before: self.not_before,
+            not_after: self.not_after,
+        }
     }
 
     pub(crate) fn has_san(&self) -> bool {
@@ -426,12 +406,19 @@ impl LeafInfo {
                 count: self.uris.len(),
             });
         }
-        uri.parse()
-            .map(Some)
+        let id: SpiffeId = uri
+            .parse()
             .map_err(|reason| IdentityError::InvalidSpiffeId {
-                uri: uri.clone(),
+                uri: crate::error::untrusted(uri),
                 reason,
-            })
+            })?;
+        if id.path().is_empty() {
+            // X509-SVID 5.2: a leaf names a workload, never a trust domain.
+            return Err(IdentityError::NoPath {
+                id: id.as_str().to_owned(),
+            });
+        }
+        Ok(Some(id))
     }
 }
 
@@ -467,6 +454,8 @@ pub struct PeerIdentity(Arc<PeerInner>);
 
 struct PeerInner {
     spiffe_id: Option<SpiffeId>,
+    /// Any subjectAltName entry: a CN rule then never applies.
+    any_san: bool,
     dns_names: Vec<String>,
     common_name: Option<String>,
     /// Formatted on first use.
@@ -494,6 +483,7 @@ impl PeerIdentity {
         let serial = info.serial_hex();
         Ok(Self(Arc::new(PeerInner {
             spiffe_id,
+            any_san: info.any_san,
             dns_names: info.dns_names,
             common_name: info.common_name,
             subject: std::sync::OnceLock::new(),
@@ -569,53 +559,10 @@ impl PeerIdentity {
         }
     }
 
-    /// Whether `at` is inside the certificate's validity window.
-    pub(crate) fn is_valid_at(&self, at: SystemTime) -> bool {
-        self.0.not_before <= at && at <= self.0.not_after
-    }
-}
-
-/// Parsed identities of recently seen leaves, so that a handshake parses its
-/// peer's leaf once (the verifier and the acceptor share the result) and a
-/// resumed peer is not parsed again at all. Entries are pure functions of the
-/// certificate bytes: no policy lives here, nothing to invalidate.
-pub(crate) struct IdentityCache {
-    entries: std::sync::Mutex<std::collections::HashMap<u64, PeerIdentity>>,
-}
-
-/// How many identities a cache keeps (about 2 KiB each).
-const IDENTITY_CACHE_SIZE: usize = 1024;
-
-impl IdentityCache {
-    pub(crate) fn new() -> Self {
-        Self {
-            entries: std::sync::Mutex::new(std::collections::HashMap::new()),
-        }
-    }
-
-    /// The identity of `der`, parsed at most once while it stays cached.
-    pub(crate) fn get(&self, der: &[u8]) -> Result<PeerIdentity, IdentityError> {
-        use std::hash::{Hash, Hasher};
-        // The signature at the end tells certificates apart; the full bytes
-        // are compared on a hit.
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        der[der.len().saturating_sub(64)..].hash(&mut hasher);
-        der.len().hash(&mut hasher);
-        let key = hasher.finish();
-        let lock = || self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let cached = lock().get(&key).cloned();
-        if let Some(peer) = cached.filter(|p| p.leaf_der() == der) {
-            return Ok(peer);
-        }
-        let peer = PeerIdentity::from_leaf_der(der)?;
-        let mut entries = lock();
-        if entries.len() >= IDENTITY_CACHE_SIZE
-            && let Some(evict) = entries.keys().next().copied()
-        {
-            entries.remove(&evict);
-        }
-        entries.insert(key, peer.clone());
-        Ok(peer)
+    /// Whether the certificate has any subjectAltName entry. A `cn:` rule
+    /// applies only to certificates with none (RFC 6125 practice).
+    pub(crate) fn has_sans(&self) -> bool {
+        self.0.any_san
     }
 }
 
@@ -747,31 +694,6 @@ mod tests {
 
     #[cfg(feature = "dev")]
     #[test]
-    fn identity_cache_parses_once_and_stays_bounded() {
-        let ca = crate::dev::DevCa::new("cache test").unwrap();
-        let a = ca.leaf().spiffe("spiffe://td/a").client().issue().unwrap();
-        let b = ca.leaf().spiffe("spiffe://td/b").client().issue().unwrap();
-        let cache = IdentityCache::new();
-        let first = cache.get(a.der()).unwrap();
-        let again = cache.get(a.der()).unwrap();
-        assert!(
-            Arc::ptr_eq(&first.0, &again.0),
-            "a hit returns the parsed identity"
-        );
-        assert_eq!(
-            cache.get(b.der()).unwrap().spiffe_id().unwrap().as_str(),
-            "spiffe://td/b"
-        );
-        for _ in 0..IDENTITY_CACHE_SIZE + 10 {
-            let leaf = ca.leaf().dns("x.example").client().issue().unwrap();
-            cache.get(leaf.der()).unwrap();
-        }
-        assert!(cache.entries.lock().unwrap().len() <= IDENTITY_CACHE_SIZE);
-        assert!(cache.get(b"not a certificate").is_err());
-    }
-
-    #[cfg(feature = "dev")]
-    #[test]
     fn duplicate_extensions_are_refused() {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["a.example".to_owned()]).unwrap();
@@ -788,6 +710,15 @@ mod tests {
         let cert = params.self_signed(&key).unwrap();
         let err = PeerIdentity::from_leaf_der(cert.der()).unwrap_err();
         assert!(err.to_string().contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn times_far_outside_the_platform_range_do_not_panic() {
+        // x509-parser accepts year 0 (and GeneralizedTime up to 9999); the
+        // platform's SystemTime may not reach that far.
+        for secs in [i64::MIN, -62_167_219_200, 0, 253_402_300_799, i64::MAX] {
+            let _ = unix_to_system(secs);
+        }
     }
 
     #[test]

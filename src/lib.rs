@@ -83,6 +83,7 @@ pub mod dev;
 mod error;
 mod hardening;
 mod identity;
+mod judge;
 mod live;
 mod material;
 mod observe;
@@ -90,21 +91,26 @@ mod observe;
 mod pkcs12;
 mod policy;
 pub mod reload;
+mod revocation;
 mod server;
+mod session;
 mod source;
 #[cfg(feature = "tonic")]
 pub mod tonic;
 
 pub use accept::{Acceptor, Incoming, MtlsStream, PeerInfo};
-pub use builder::{Builder, NeedsIdentity, NeedsRoots, Ready, Resumption};
+pub use builder::{Builder, NeedsIdentity, NeedsRoots, Ready};
 pub use client::{ClientTls, ClientTlsBuilder, Connector};
-pub use error::{Error, HandshakeError, MaterialKind, Origin, Usage};
-pub use identity::{IdentityError, PeerIdentity, SpiffeId, SpiffeIdError, TrustDomain};
+pub use error::{
+    Error, HandshakeError, MaterialKind, Origin, RejectReason, RuleError, SpiffeIdError, Usage,
+};
+pub use identity::{IdentityError, PeerIdentity, SpiffeId, TrustDomain};
 pub use live::ReloadOutcome;
-pub use material::{CertFacts, RevocationScope};
-pub use observe::{Event, RejectReason, Stats};
-pub use policy::{Allow, NotAllowed, Policy, RuleError};
+pub use material::RevocationScope;
+pub use observe::{CertFacts, Event, Stats};
+pub use policy::{Allow, NotAllowed, Policy};
 pub use server::{ServerTls, ServerTlsBuilder};
+pub use session::Resumption;
 pub use source::{MAX_FILE_SIZE, Source};
 
 /// The rustls this crate was built with, so you name the same version.

@@ -10,14 +10,16 @@ use std::time::SystemTime;
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 use rustls::{Error as TlsError, InconsistentKeys};
-use rustls_pki_types::{CertificateDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime};
+use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use webpki::{
-    CertRevocationList, EndEntityCert, ExpirationPolicy, KeyUsage, OwnedCertRevocationList,
-    RevocationCheckDepth, RevocationOptionsBuilder, UnknownStatusPolicy,
+    EndEntityCert, ExpirationPolicy, KeyUsage, RevocationCheckDepth, RevocationOptionsBuilder,
+    UnknownStatusPolicy,
 };
 
-use crate::error::{Error, MaterialKind, Origin, Usage};
-use crate::identity::{LeafInfo, unix_to_system};
+use crate::error::{Error, MaterialKind, Origin, Usage, describe_webpki};
+use crate::identity::LeafInfo;
+use crate::observe::CertFacts;
+use crate::revocation::{Algorithms, CrlInput, Crls};
 use crate::source::Source;
 
 /// Which side of the connection a service's own certificate serves.
@@ -93,40 +95,6 @@ impl Inputs {
     }
 }
 
-/// Facts about one certificate, as reloads and expiry events report them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct CertFacts {
-    /// The subject, e.g. `CN=billing`.
-    pub subject: String,
-    /// The serial number, colon-separated hex.
-    pub serial: String,
-    /// Start of validity.
-    pub not_before: SystemTime,
-    /// End of validity.
-    pub not_after: SystemTime,
-}
-
-impl CertFacts {
-    fn from_info(info: &LeafInfo) -> Self {
-        Self {
-            subject: info.subject.clone(),
-            serial: info.serial_hex(),
-            not_before: info.not_before,
-            not_after: info.not_after,
-        }
-    }
-
-    /// The moment after which less than `fraction` of the lifetime is left.
-    pub(crate) fn warn_at(&self, fraction: f64) -> SystemTime {
-        let life = self
-            .not_after
-            .duration_since(self.not_before)
-            .unwrap_or_default();
-        self.not_after - life.mul_f64(fraction.clamp(0.0, 1.0))
-    }
-}
-
 /// How peers' certificates are checked for revocation when CRLs are given.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -143,7 +111,7 @@ pub enum RevocationScope {
 /// The trust side of a generation: who may sign peers, and what is revoked.
 pub(crate) struct Trust {
     anchors: Vec<TrustAnchor<'static>>,
-    crls: Vec<CertRevocationList<'static>>,
+    crls: Crls,
     scope: RevocationScope,
     pub(crate) roots: Vec<CertFacts>,
 }
@@ -153,14 +121,18 @@ impl Trust {
     /// Names are not checked here.
     pub(crate) fn verify(
         &self,
-        algs: &[&dyn SignatureVerificationAlgorithm],
+        algs: Algorithms,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
         usage: KeyUsage,
     ) -> Result<(), webpki::Error> {
         let cert = EndEntityCert::try_from(end_entity)?;
-        let crl_refs: Vec<&CertRevocationList<'_>> = self.crls.iter().collect();
+        let crl_refs = if self.crls.is_empty() {
+            Vec::new()
+        } else {
+            self.crls.for_chain(end_entity, intermediates, algs)
+        };
         let revocation = match RevocationOptionsBuilder::new(&crl_refs) {
             Ok(builder) => Some(
                 builder
@@ -186,13 +158,18 @@ impl Trust {
         )
         .map(|_| ())
     }
+
+    /// The earliest moment after `now` at which a CRL goes stale.
+    pub(crate) fn crl_deadline(&self, now: UnixTime) -> Option<u64> {
+        self.crls.deadline(now)
+    }
 }
 
 /// A validated set: all of it checked, ready to serve.
 pub(crate) struct Material {
     pub(crate) key: Arc<CertifiedKey>,
     pub(crate) leaf: CertFacts,
-    pub(crate) trust: Trust,
+    pub(crate) trust: Arc<Trust>,
     pub(crate) inputs: Inputs,
 }
 
@@ -212,7 +189,8 @@ impl Material {
             .certificates(&inputs.cert, MaterialKind::CertificateChain)?;
         let leaf = check_leaf(&cert_origin, &chain[0], role, now)?;
         let key = load_key(sources, &inputs, chain.clone(), provider, &leaf)?;
-        let trust = load_trust(sources, &inputs, scope, now)?;
+        let algs = provider.signature_verification_algorithms.all;
+        let trust = load_trust(sources, &inputs, &chain[1..], scope, algs, now)?;
 
         // Our own chain should build to our roots when the same CA signs both
         // sides; if it does not, peers will likely refuse it too. A different CA
@@ -222,7 +200,7 @@ impl Material {
             Role::Client => KeyUsage::client_auth(),
         };
         match trust.verify(
-            provider.signature_verification_algorithms.all,
+            algs,
             &chain[0],
             &chain[1..],
             UnixTime::since_unix_epoch(
@@ -238,15 +216,15 @@ impl Material {
                     origin: cert_origin,
                     subject: leaf.subject.clone(),
                     roots: sources.roots.origin(),
-                    detail: crate::observe::describe_webpki(&e),
+                    detail: describe_webpki(&e),
                 });
             }
         }
 
         Ok(Self {
             key: Arc::new(key),
-            leaf: CertFacts::from_info(&leaf),
-            trust,
+            leaf: leaf.facts(),
+            trust: Arc::new(trust),
             inputs,
         })
     }
@@ -378,7 +356,9 @@ fn signs_for_certificate(certified: &CertifiedKey, provider: &CryptoProvider) ->
 fn load_trust(
     sources: &Sources,
     inputs: &Inputs,
+    own_intermediates: &[CertificateDer<'static>],
     scope: RevocationScope,
+    algs: Algorithms,
     now: SystemTime,
 ) -> Result<Trust, Error> {
     let roots_origin = sources.roots.origin();
@@ -393,9 +373,25 @@ fn load_trust(
             index,
             detail,
         };
-        let anchor = webpki::anchor_from_trusted_cert(der)
-            .map_err(|e| bad(crate::observe::describe_webpki(&e)))?;
+        let anchor = webpki::anchor_from_trusted_cert(der).map_err(|e| bad(describe_webpki(&e)))?;
         let info = LeafInfo::parse(der).map_err(|e| bad(e.to_string()))?;
+        // webpki would take any certificate as an anchor, a leaf included.
+        // A self-issued certificate without basicConstraints is an old
+        // (X.509 v1) root and stays allowed.
+        let why = match info.basic_ca {
+            Some(false) => Some("basicConstraints cA=false"),
+            None if !info.self_issued => Some("no basicConstraints, and issued by another CA"),
+            _ => None,
+        };
+        if let Some(why) = why {
+            return Err(Error::NotACa {
+                origin: roots_origin.clone(),
+                index,
+                subject: info.subject,
+                issuer: info.issuer,
+                why,
+            });
+        }
         if now > info.not_after {
             tracing::warn!(
                 roots = %roots_origin,
@@ -403,35 +399,24 @@ fn load_trust(
                 "a trust root has expired; chains to it will be refused"
             );
         }
-        roots.push(CertFacts::from_info(&info));
+        roots.push(info.facts());
         anchors.push(anchor.to_owned());
     }
 
-    let mut crls = Vec::new();
+    let mut read = Vec::with_capacity(sources.crls.len());
     for (src, bytes) in sources.crls.iter().zip(&inputs.crls) {
-        let origin = src.origin();
-        for (index, der) in src.crls(bytes)?.iter().enumerate() {
-            let bad = |detail: String| Error::BadCrl {
-                origin: origin.clone(),
-                index,
-                detail,
-            };
-            let crl = OwnedCertRevocationList::from_der(der)
-                .map_err(|e| bad(crate::observe::describe_webpki(&e)))?;
-            let (_, parsed) = x509_parser::parse_x509_crl(der).map_err(|e| bad(e.to_string()))?;
-            if let Some(next) = parsed.next_update() {
-                let next_update = unix_to_system(next.timestamp());
-                if now > next_update {
-                    return Err(Error::CrlExpired {
-                        origin: origin.clone(),
-                        issuer: parsed.issuer().to_string(),
-                        next_update,
-                    });
-                }
-            }
-            crls.push(CertRevocationList::Owned(crl));
-        }
+        read.push((src.origin(), src.crls(bytes)?));
     }
+    let inputs = read.iter().flat_map(|(origin, ders)| {
+        ders.iter()
+            .enumerate()
+            .map(move |(index, der)| CrlInput { origin, index, der })
+    });
+    // A CRL may come from a root, or from an intermediate CA that the
+    // service's own chain carries (the same PKI signs both sides).
+    let issuers: Vec<CertificateDer<'_>> =
+        roots_der.iter().chain(own_intermediates).cloned().collect();
+    let crls = Crls::load(&issuers, inputs, &roots_origin, algs, now)?;
     Ok(Trust {
         anchors,
         crls,

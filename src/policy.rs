@@ -14,58 +14,8 @@ use std::sync::Arc;
 
 use rustls_pki_types::DnsName;
 
-use crate::identity::{PeerIdentity, SpiffeId, SpiffeIdError, TrustDomain};
-
-/// Why a rule could not be read or used.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum RuleError {
-    /// The rule text is empty.
-    #[error("an allow rule cannot be empty")]
-    Empty,
-    /// Not one of the rule forms.
-    #[error(
-        "{rule:?} is not an allow rule; write `spiffe://TD/PATH`, `spiffe://TD/**`, `dns:NAME`, `dns:*.SUFFIX` or `cn:NAME`"
-    )]
-    UnknownForm {
-        /// The rule as written.
-        rule: String,
-    },
-    /// A SPIFFE rule whose ID or trust domain breaks the SPIFFE rules.
-    #[error("{rule:?} is not a valid SPIFFE rule: {reason}")]
-    Spiffe {
-        /// The rule as written.
-        rule: String,
-        /// What is wrong with the ID.
-        reason: SpiffeIdError,
-    },
-    /// A misplaced `*` or `**` in a SPIFFE path pattern.
-    #[error(
-        "{rule:?} is not a valid SPIFFE pattern: `*` must be a whole segment and `**` may only be the last one"
-    )]
-    Pattern {
-        /// The rule as written.
-        rule: String,
-    },
-    /// A DNS rule that is not a valid name or single-label wildcard.
-    #[error(
-        "{rule:?} is not a valid DNS rule: {reason} (write `dns:api.example.com` or `dns:*.svc.cluster.local`)"
-    )]
-    Dns {
-        /// The rule as written.
-        rule: String,
-        /// What is wrong with the name.
-        reason: &'static str,
-    },
-    /// A CN rule on a policy that did not opt in to legacy CN matching.
-    #[error(
-        "{rule:?} matches the subject CN, which any CA may put in any certificate; CN rules are off unless you call `allow_legacy_cn()` on the builder (better: give the certificate a SAN)"
-    )]
-    CnNotEnabled {
-        /// The rule as written.
-        rule: String,
-    },
-}
+use crate::error::{RuleError, SpiffeIdError, untrusted};
+use crate::identity::{PeerIdentity, SpiffeId, TrustDomain};
 
 type CustomFn = dyn Fn(&PeerIdentity) -> bool + Send + Sync;
 
@@ -233,7 +183,7 @@ impl Allow {
             Rule::DnsWildcard(suffix) => {
                 peer_dns_names(peer).any(|n| wildcard_parent(&n) == Some(suffix.as_str()))
             }
-            Rule::Cn(want) => peer.common_name() == Some(want.as_str()),
+            Rule::Cn(want) => legacy_cn(peer) == Some(want.as_str()),
             Rule::Custom { check, .. } => check(peer),
             Rule::Invalid(_) => false,
         }
@@ -247,13 +197,25 @@ impl Allow {
     }
 }
 
-/// A peer's DNS SANs, normalized (lowercase, no trailing dot), without the
-/// ones that are themselves wildcards.
+/// A peer's DNS SANs that a rule may match, lowercased. Left out: wildcards
+/// (one certificate would stand for many names) and names with a trailing
+/// dot, which are not RFC 5280 preferred name syntax.
 fn peer_dns_names(peer: &PeerIdentity) -> impl Iterator<Item = String> + '_ {
     peer.dns_names()
         .iter()
-        .filter(|n| !n.contains('*'))
-        .map(|n| n.strip_suffix('.').unwrap_or(n).to_ascii_lowercase())
+        .filter(|n| !n.contains('*') && !n.ends_with('.'))
+        .map(|n| n.to_ascii_lowercase())
+}
+
+/// The CN a `cn:` rule may match: only a certificate with no subjectAltName
+/// at all is named by its CN. CN is never a fallback for one whose SANs
+/// matched nothing.
+fn legacy_cn(peer: &PeerIdentity) -> Option<&str> {
+    if peer.has_sans() {
+        None
+    } else {
+        peer.common_name()
+    }
 }
 
 /// `a.svc.local` -> `svc.local`; `None` when there is no parent.
@@ -514,7 +476,12 @@ impl Policy {
         }
     }
 
-    fn compile(rules: impl IntoIterator<Item = Allow>, legacy_cn: bool) -> Result<Self, RuleError> {
+    /// Compiles rules; CN rules only when `legacy_cn`. The one place rules
+    /// become a policy (the builder and `set_allow_list` both come here).
+    pub(crate) fn compile(
+        rules: impl IntoIterator<Item = Allow>,
+        legacy_cn: bool,
+    ) -> Result<Self, RuleError> {
         let mut p = Self::empty();
         for rule in rules {
             if let Some(e) = rule.error() {
@@ -610,7 +577,7 @@ impl Policy {
                 }
             }
         }
-        if peer.common_name().is_some_and(|cn| self.cns.contains(cn)) {
+        if legacy_cn(peer).is_some_and(|cn| self.cns.contains(cn)) {
             return true;
         }
         self.custom.iter().any(|check| check(peer))
@@ -644,22 +611,31 @@ impl fmt::Debug for Policy {
     }
 }
 
-/// All of a peer's names, for a rejection message.
+/// A peer's names, for a rejection message. The certificate may not have
+/// verified, so every name is escaped and cut short, and at most a few DNS
+/// names are listed: a peer cannot forge log lines or flood the log.
 pub(crate) fn describe(peer: &PeerIdentity) -> String {
+    const MAX_DNS: usize = 4;
     let mut parts = Vec::new();
     if let Some(id) = peer.spiffe_id() {
-        parts.push(id.to_string());
+        parts.push(untrusted(id.as_str()));
     }
-    if !peer.dns_names().is_empty() {
-        parts.push(format!("dns:{}", peer.dns_names().join(",")));
+    let dns = peer.dns_names();
+    if !dns.is_empty() {
+        let shown: Vec<String> = dns.iter().take(MAX_DNS).map(|n| untrusted(n)).collect();
+        let more = match dns.len().saturating_sub(MAX_DNS) {
+            0 => String::new(),
+            n => format!(" (+{n} more)"),
+        };
+        parts.push(format!("dns:{}{more}", shown.join(",")));
     }
     if let Some(cn) = peer.common_name() {
-        parts.push(format!("cn:{cn}"));
+        parts.push(format!("cn:{}", untrusted(cn)));
     }
     if parts.is_empty() {
-        parts.push(format!("subject {:?}", peer.subject()));
+        parts.push(format!("subject \"{}\"", untrusted(peer.subject())));
     }
-    format!("{} (serial {})", parts.join(" "), peer.serial())
+    format!("{} (serial {})", parts.join(" "), untrusted(peer.serial()))
 }
 
 #[cfg(test)]

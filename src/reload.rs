@@ -25,14 +25,14 @@
 //! - **Open connections** are never touched: they keep the keys they
 //!   negotiated. Handshakes in flight finish with the generation they
 //!   started with.
-//! - **Resumption.** Session keys belong to the policy (roots, CRLs,
-//!   allow-list): when those change, earlier sessions no longer resume and
-//!   peers go through a full handshake under the new policy. When only the
-//!   service's own certificate changes, resumption survives (a resumed peer
-//!   keeps seeing the certificate stored with its session). For one handshake
-//!   timeout after a policy change no new tickets or cache entries are made,
-//!   so that no session judged by the old policy can be sealed with the new
-//!   one's keys; peers do full handshakes meanwhile.
+//! - **Resumption.** Verdicts and session keys belong to the policy (roots,
+//!   CRLs, allow-list): when those change, earlier sessions no longer resume
+//!   and peers go through a full handshake under the new policy. When only
+//!   the service's own certificate changes, resumption survives (a resumed
+//!   peer keeps seeing the certificate stored with its session). Whatever
+//!   the path, a resumed peer is admitted only if a full handshake with its
+//!   chain would be admitted now; the table below says where each path
+//!   stands.
 //! - **Revoking a connected peer.** A CRL update refuses the peer's *new*
 //!   connections, full or resumed. Its open connections stay open: closing
 //!   them is the application's decision (it holds the streams and the
@@ -53,7 +53,8 @@ use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::error::Error;
-use crate::live::{Live, Sessions};
+use crate::live::Live;
+use crate::session::Sessions;
 
 /// How often the certificate's expiry is re-checked.
 const EXPIRY_TICK: Duration = Duration::from_secs(60);
@@ -192,8 +193,7 @@ pub(crate) fn start<S: Sessions>(
             path: PathBuf::from("."),
             detail: format!("cannot start the watcher thread: {e}"),
         })?;
-    // `start` runs once per live state, right after it is built.
-    let _ = live.watcher.set(WatchGuard { tx });
+    live.hold(WatchGuard { tx });
     Ok(())
 }
 

@@ -13,40 +13,24 @@ use rustls::server::{
 };
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme};
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::UnixTime;
 use tokio::sync::broadcast;
 
 use crate::accept::Acceptor;
-use crate::builder::{Builder, NeedsIdentity, NeedsRoots, Ready, Resumption};
+use crate::builder::{Builder, NeedsIdentity, NeedsRoots, Ready};
 use crate::error::Error;
 use crate::hardening::{self, VERSIONS};
-use crate::live::{Live, NameCheck, ReloadOutcome, Sessions};
-use crate::material::{CertFacts, Role};
-use crate::observe::{Event, Observer, Stats};
+use crate::judge::{NameCheck, note_refusal};
+use crate::live::{Generation, Live, ReloadOutcome};
+use crate::material::Role;
+use crate::observe::{CertFacts, Event, Observer, Stats};
 use crate::policy::Allow;
+use crate::session::{Resumption, ServerSessions, client_chain};
 use crate::source::Source;
 
 /// The builder of a [`ServerTls`].
 pub type ServerTlsBuilder<State = NeedsIdentity> = Builder<ServerTls, State>;
-
-/// Session state of one policy epoch on the server.
-pub(crate) enum ServerSessions {
-    Tickets(Arc<dyn ProducesTickets>),
-    Stateful(Arc<ServerSessionMemoryCache>),
-    Disabled,
-}
-
-impl Sessions for ServerSessions {
-    type Choice = Resumption;
-
-    fn fresh(choice: Resumption) -> Result<Self, Error> {
-        Ok(match choice {
-            Resumption::Tickets => Self::Tickets(hardening::ticketer()?),
-            Resumption::Stateful => Self::Stateful(ServerSessionMemoryCache::new(4096)),
-            Resumption::Disabled => Self::Disabled,
-        })
-    }
-}
 
 type ServerLive = Live<ServerSessions>;
 
@@ -95,7 +79,7 @@ impl fmt::Debug for ServerTls {
         f.debug_struct("ServerTls")
             .field("generation", &generation.number)
             .field("serial", &generation.material.leaf.serial)
-            .field("allow", &generation.policy)
+            .field("allow", &generation.epoch.policy)
             .finish_non_exhaustive()
     }
 }
@@ -110,10 +94,13 @@ impl ServerTls {
     /// tonic, hyper-rustls). The same `Arc` for the life of the server; what
     /// it serves follows reloads.
     ///
-    /// Prefer [`ServerTls::acceptor`] where you can: a framework that uses
-    /// the bare config skips the acceptor's re-check of resumed sessions, so a
-    /// resumption that races a policy change by a few milliseconds may be
-    /// admitted under the policy it started with.
+    /// The bare config judges every peer on every path meshtls can reach
+    /// inside rustls: full handshakes, and sessions both when a ticket is
+    /// sealed and when it is opened. One thing only the [`acceptor`](Self::acceptor)
+    /// adds: a handshake whose client certificate was judged just before a
+    /// policy change and whose last message arrives after it completes (the
+    /// connection is then like one opened before the change), though no
+    /// session is sealed for it. See the [`reload`](crate::reload) module.
     pub fn config(&self) -> Arc<ServerConfig> {
         self.config.clone()
     }
@@ -340,7 +327,11 @@ impl ClientCertVerifier for LiveClientVerifier {
             .judge(&generation, end_entity, intermediates, None, now)
         {
             Ok(_) => Ok(ClientCertVerified::assertion()),
-            Err(rejection) => Err(rejection.into_tls(&self.live.observer)),
+            Err(refusal) => {
+                note_refusal(&refusal);
+                self.live.observer.rejected(refusal.reason, refusal.detail);
+                Err(TlsError::InvalidCertificate(refusal.alert))
+            }
         }
     }
 
@@ -390,21 +381,42 @@ impl ProducesTickets for LiveTicketer {
         TICKET_LIFETIME_SECS
     }
 
+    /// Seals a session only for a client the current epoch admits now: a
+    /// client judged under an earlier policy (its Finished arrived after a
+    /// change) gets no ticket.
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
         let generation = self.live.current();
-        if !generation.may_store_sessions(self.live.fixed.settle) {
+        let ServerSessions::Tickets(keys) = &*generation.sessions else {
             return None;
-        }
-        match &*generation.sessions {
-            ServerSessions::Tickets(t) => t.encrypt(plain),
-            _ => None,
-        }
+        };
+        admits(&self.live, &generation, plain).then(|| keys.encrypt(plain))?
     }
 
+    /// Opens a session only for a client the current epoch admits now;
+    /// otherwise rustls falls back to a full handshake, which the verifier
+    /// judges (and refuses with the proper alert).
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
-        match &*self.live.current().sessions {
-            ServerSessions::Tickets(t) => t.decrypt(cipher),
-            _ => None,
+        let generation = self.live.current();
+        let ServerSessions::Tickets(keys) = &*generation.sessions else {
+            return None;
+        };
+        let plain = keys.decrypt(cipher)?;
+        admits(&self.live, &generation, &plain).then_some(plain)
+    }
+}
+
+/// Whether the client whose chain a session value carries is admitted now
+/// under `generation`'s epoch. No chain found: not admitted.
+fn admits(live: &ServerLive, generation: &Generation<ServerSessions>, plain: &[u8]) -> bool {
+    let Some((leaf, intermediates)) = client_chain(plain) else {
+        tracing::warn!("meshtls found no client chain in a session value; resumption refused");
+        return false;
+    };
+    match live.admit(generation, &leaf, &intermediates, None) {
+        Ok(_) => true,
+        Err(refusal) => {
+            tracing::debug!(reason = refusal.reason.as_str(), detail = %refusal.detail, "session not resumed");
+            false
         }
     }
 }
@@ -421,32 +433,36 @@ impl fmt::Debug for LiveSessionCache {
 }
 
 impl LiveSessionCache {
-    fn with<T>(&self, f: impl FnOnce(&ServerSessionMemoryCache) -> T) -> Option<T> {
-        match &*self.live.current().sessions {
-            ServerSessions::Stateful(cache) => Some(f(cache)),
-            _ => None,
-        }
+    /// Runs `f` on the current epoch's cache; a value that comes out is
+    /// handed over only if its client is admitted now.
+    fn with(
+        &self,
+        f: impl FnOnce(&ServerSessionMemoryCache) -> Option<Vec<u8>>,
+    ) -> Option<Vec<u8>> {
+        let generation = self.live.current();
+        let ServerSessions::Stateful(cache) = &*generation.sessions else {
+            return None;
+        };
+        let value = f(cache)?;
+        admits(&self.live, &generation, &value).then_some(value)
     }
 }
 
 impl StoresServerSessions for LiveSessionCache {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        if !self
-            .live
-            .current()
-            .may_store_sessions(self.live.fixed.settle)
-        {
+        let generation = self.live.current();
+        let ServerSessions::Stateful(cache) = &*generation.sessions else {
             return false;
-        }
-        self.with(|c| c.put(key, value)).unwrap_or(false)
+        };
+        admits(&self.live, &generation, &value) && cache.put(key, value)
     }
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.with(|c| c.get(key)).flatten()
+        self.with(|c| c.get(key))
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.with(|c| c.take(key)).flatten()
+        self.with(|c| c.take(key))
     }
 
     fn can_cache(&self) -> bool {

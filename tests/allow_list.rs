@@ -23,8 +23,8 @@ fn dns_wildcard_matches_exactly_one_label() {
         "case-insensitive"
     );
     assert!(
-        p.check(&with_dns("billing.svc.cluster.local.")).is_ok(),
-        "trailing dot"
+        p.check(&with_dns("billing.svc.cluster.local.")).is_err(),
+        "a SAN with a trailing dot is not preferred name syntax (RFC 5280)"
     );
     assert!(
         p.check(&with_dns("a.b.svc.cluster.local")).is_err(),
@@ -311,4 +311,104 @@ async fn allow_list_replaced_at_runtime() {
         server.set_allow_list([]),
         Err(meshtls::Error::NoAllowList)
     ));
+}
+
+#[test]
+fn a_dns_san_with_a_trailing_dot_matches_no_rule() {
+    let pki = Pki::new();
+    let dotted = identity_of(
+        &pki.ca
+            .leaf()
+            .dns("api.example.test.")
+            .client()
+            .issue()
+            .unwrap(),
+    );
+    for rule in [
+        "dns:api.example.test",
+        "dns:api.example.test.",
+        "dns:*.example.test",
+    ] {
+        assert!(policy(&[rule]).check(&dotted).is_err(), "{rule}");
+        assert!(!rule.parse::<Allow>().unwrap().matches(&dotted), "{rule}");
+    }
+}
+
+#[test]
+fn a_leaf_named_after_a_bare_trust_domain_is_not_a_workload() {
+    // X509-SVID 5.2: a leaf's SPIFFE ID has a path.
+    let pki = Pki::new();
+    let leaf = pki
+        .ca
+        .leaf()
+        .uri(&format!("spiffe://{TD}"))
+        .client()
+        .issue()
+        .unwrap();
+    let admitted_by = |rule: &str| {
+        meshtls::PeerIdentity::from_leaf_der(leaf.der())
+            .map(|peer| policy(&[rule]).check(&peer).is_ok())
+            .unwrap_or(false)
+    };
+    assert!(!admitted_by(&format!("spiffe://{TD}/**")));
+    let by_trust_domain = meshtls::PeerIdentity::from_leaf_der(leaf.der())
+        .map(|peer| {
+            Policy::new([Allow::spiffe_trust_domain(TD)])
+                .unwrap()
+                .check(&peer)
+                .is_ok()
+        })
+        .unwrap_or(false);
+    assert!(!by_trust_domain);
+}
+
+#[tokio::test]
+async fn a_bare_trust_domain_client_is_refused_over_the_wire() {
+    let pki = Pki::new();
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_trust_domain(TD))
+        .build()
+        .unwrap();
+    let mut running = serve(&server).await;
+    let leaf = pki
+        .ca
+        .leaf()
+        .uri(&format!("spiffe://{TD}"))
+        .client()
+        .issue()
+        .unwrap();
+    let seen = call(
+        &pki.client_with(&leaf).build().unwrap(),
+        running.addr,
+        "localhost",
+    )
+    .await;
+    assert!(seen.refused().contains("AccessDenied"), "{seen:?}");
+    let err = running.next().await.unwrap_err();
+    assert_eq!(err.reason(), RejectReason::NotAWorkloadCertificate, "{err}");
+    assert!(err.detail().contains("path"), "{err}");
+}
+
+#[test]
+fn a_cn_rule_never_matches_a_certificate_with_sans() {
+    // CN is never a fallback: it names only certificates with no SAN at all.
+    let pki = Pki::new();
+    let legacy = Policy::with_legacy_cn([Allow::cn("billing")]).unwrap();
+    for leaf in [
+        pki.ca.leaf().cn("billing").dns("other.example").client(),
+        pki.ca
+            .leaf()
+            .cn("billing")
+            .spiffe(&format!("spiffe://{TD}/x"))
+            .client(),
+        pki.ca.leaf().cn("billing").dns("10.0.0.1").client(),
+    ] {
+        let peer = identity_of(&leaf.issue().unwrap());
+        assert!(legacy.check(&peer).is_err(), "{peer:?}");
+        assert!(!Allow::cn("billing").matches(&peer), "{peer:?}");
+    }
+    let cn_only = identity_of(&pki.ca.leaf().cn("billing").client().issue().unwrap());
+    assert!(legacy.check(&cn_only).is_ok());
+    assert!(Allow::cn("billing").matches(&cn_only));
 }

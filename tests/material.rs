@@ -457,3 +457,58 @@ fn pkcs1_and_sec1_keys_from_openssl_load() {
         assert!(server.is_ok(), "{name}: {:?}", server.err());
     }
 }
+
+#[test]
+fn leaf_certificate_given_as_trust_roots() {
+    // A common slip: the server's own certificate where the CA was meant.
+    let pki = Pki::new();
+    let client = pki.client_cert("spiffe://prod.example/ns/a/sa/b");
+    let (cert, key) = good_server_files(&pki);
+    let (wrong_roots, _) = pki.write_cert("client", &client);
+    let err = ServerTls::builder()
+        .identity_files(cert, key)
+        .client_roots_file(wrong_roots.clone())
+        .allow_any_authenticated()
+        .build()
+        .expect_err("a leaf certificate was accepted as a trust root");
+    assert_names(&err, &wrong_roots);
+    let text = err.to_string();
+    assert!(text.contains("not a CA"), "{text}");
+    assert!(
+        text.contains("meshtls test root"),
+        "does not say which CA was probably meant: {text}"
+    );
+}
+
+#[test]
+fn crl_signed_by_a_ca_that_is_not_trusted() {
+    let pki = Pki::new();
+    let other = Pki::named("some other root");
+    let crl = pki.write(
+        "other.crl",
+        other.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
+    );
+    let err = pki
+        .server()
+        .crl_file(crl.clone())
+        .allow_any_authenticated()
+        .build()
+        .expect_err("a CRL from an untrusted CA was accepted");
+    assert_names(&err, &crl);
+    let text = err.to_string();
+    assert!(text.contains("some other root"), "{text}");
+
+    // Same name, other key: not signed by the trusted CA either.
+    let impostor = Pki::named("meshtls test root");
+    let crl = pki.write(
+        "impostor.crl",
+        impostor.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
+    );
+    let err = pki
+        .server()
+        .crl_file(crl.clone())
+        .allow_any_authenticated()
+        .build()
+        .expect_err("a CRL signed by another key was accepted");
+    assert_names(&err, &crl);
+}

@@ -754,16 +754,14 @@ async fn resumed(client: &ClientTls, addr: std::net::SocketAddr) -> bool {
 }
 
 #[tokio::test]
-async fn no_session_state_is_made_while_a_policy_change_settles() {
+async fn a_policy_change_ends_old_sessions_and_new_ones_resume_at_once() {
     let pki = Pki::new();
     let a = caller();
     let b = format!("spiffe://{TD}/ns/billing/sa/batch");
-    let settle = Duration::from_secs(1);
     let server = pki
         .server()
         .allow(Allow::spiffe_id(&a))
         .allow(Allow::spiffe_id(&b))
-        .handshake_timeout(settle)
         .build()
         .unwrap();
     let running = serve(&server).await;
@@ -775,14 +773,13 @@ async fn no_session_state_is_made_while_a_policy_change_settles() {
     );
 
     server.set_allow_list([Allow::spiffe_id(&a)]).unwrap();
-    // The old ticket does not resume; and no new one is issued yet.
-    assert!(!resumed(&client, running.addr).await);
-    assert!(!resumed(&client, running.addr).await);
-    tokio::time::sleep(settle + Duration::from_millis(100)).await;
+    // The ticket from before the change does not resume; the full handshake
+    // that follows is judged by the new list and its ticket works at once
+    // (every session is judged again when it is used, so no settling time).
     assert!(!resumed(&client, running.addr).await);
     assert!(
         resumed(&client, running.addr).await,
-        "tickets again once the change settled"
+        "a session made under the new policy resumes"
     );
 }
 

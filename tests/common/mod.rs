@@ -305,3 +305,95 @@ pub fn openssl(dir: &Path, args: &[&str]) -> String {
 pub fn identity_of(cert: &DevCert) -> PeerIdentity {
     PeerIdentity::from_leaf_der(cert.der()).unwrap()
 }
+
+/// The TLS records in `bytes` (5-byte header and payload each), in order.
+pub fn records(bytes: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 5 {
+        let len = 5 + usize::from(u16::from_be_bytes([rest[3], rest[4]]));
+        let (record, tail) = rest.split_at(len.min(rest.len()));
+        out.push(record);
+        rest = tail;
+    }
+    out
+}
+
+/// A client and a server connection joined in memory, driven by hand so a
+/// test can hold back, reorder or delay any record.
+pub struct Wire {
+    pub client: rustls::ClientConnection,
+    pub server: rustls::ServerConnection,
+}
+
+impl Wire {
+    pub fn new(server: Arc<rustls::ServerConfig>, client: Arc<rustls::ClientConfig>) -> Self {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        Self {
+            client: rustls::ClientConnection::new(client, name).unwrap(),
+            server: rustls::ServerConnection::new(server).unwrap(),
+        }
+    }
+
+    /// What the client has to send.
+    pub fn client_out(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        while self.client.wants_write() {
+            self.client.write_tls(&mut out).unwrap();
+        }
+        out
+    }
+
+    /// What the server has to send.
+    pub fn server_out(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        while self.server.wants_write() {
+            self.server.write_tls(&mut out).unwrap();
+        }
+        out
+    }
+
+    /// Feeds `bytes` to the server.
+    pub fn feed_server(&mut self, mut bytes: &[u8]) -> Result<(), rustls::Error> {
+        while !bytes.is_empty() {
+            self.server.read_tls(&mut bytes).unwrap();
+            self.server.process_new_packets()?;
+        }
+        Ok(())
+    }
+
+    /// Feeds `bytes` to the client.
+    pub fn feed_client(&mut self, mut bytes: &[u8]) -> Result<(), rustls::Error> {
+        while !bytes.is_empty() {
+            self.client.read_tls(&mut bytes).unwrap();
+            self.client.process_new_packets()?;
+        }
+        Ok(())
+    }
+
+    /// Runs the handshake to its end (tickets delivered): the first error
+    /// either side saw, as "server: ..." or "client: ...".
+    pub fn complete(&mut self) -> Result<(), String> {
+        for _ in 0..20 {
+            let out = self.client_out();
+            self.feed_server(&out)
+                .map_err(|e| format!("server: {e:?}"))?;
+            let out = self.server_out();
+            self.feed_client(&out)
+                .map_err(|e| format!("client: {e:?}"))?;
+            if !self.client.is_handshaking()
+                && !self.server.is_handshaking()
+                && !self.client.wants_write()
+                && !self.server.wants_write()
+            {
+                return Ok(());
+            }
+        }
+        Err("the handshake did not finish".into())
+    }
+
+    /// Whether the server resumed a session.
+    pub fn resumed(&self) -> bool {
+        self.server.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+}

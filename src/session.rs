@@ -1,0 +1,286 @@
+//! Session state of one policy epoch, on each side, and what the judgment
+//! can see of it.
+//!
+//! rustls hands its session hooks opaque bytes with no connection context,
+//! and does not run the verifiers on a resumed TLS 1.3 session. What meshtls
+//! can see:
+//!
+//! - **Server.** The ticket plaintext (and the stateful cache's value) is
+//!   rustls's encoding of the session, which carries the client's chain
+//!   verbatim. [`client_chain`] finds it, so the server judges the client
+//!   when a ticket is sealed and again when it is opened. This leans on
+//!   rustls 0.23's encoding; a test pins it, and a chain that cannot be found
+//!   is treated as a refusal (no ticket, no resumption).
+//! - **Client.** A stored ticket does not say which server it came from
+//!   (rustls keeps that crate-private). [`ClientSessions`] therefore stores a
+//!   ticket only for a server name that passed the full judgment in this
+//!   epoch, and drops it once that verdict's time is up.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use rustls::NamedGroup;
+use rustls::client::Tls13ClientSessionValue;
+use rustls::server::{ProducesTickets, ServerSessionMemoryCache};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::error::Error;
+use crate::hardening;
+
+/// How TLS 1.3 sessions may be resumed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Resumption {
+    /// Stateless tickets (server) / a ticket store (client). The default.
+    /// Ticket keys belong to the policy epoch: a change of roots, CRLs or
+    /// allow-list makes earlier tickets useless, and every ticket is judged
+    /// again when it is used.
+    #[default]
+    Tickets,
+    /// A server-side session cache instead of tickets (server only; a client
+    /// treats it as `Tickets`). Also dropped on a policy change.
+    Stateful,
+    /// No resumption: every handshake is a full one.
+    Disabled,
+}
+
+/// Per-epoch session state of one side.
+pub(crate) trait Sessions: Send + Sync + Sized + 'static {
+    fn fresh(choice: Resumption) -> Result<Self, Error>;
+}
+
+/// Session state of one policy epoch on the server.
+pub(crate) enum ServerSessions {
+    Tickets(Arc<dyn ProducesTickets>),
+    Stateful(Arc<ServerSessionMemoryCache>),
+    Disabled,
+}
+
+impl Sessions for ServerSessions {
+    fn fresh(choice: Resumption) -> Result<Self, Error> {
+        Ok(match choice {
+            Resumption::Tickets => Self::Tickets(hardening::ticketer()?),
+            Resumption::Stateful => Self::Stateful(ServerSessionMemoryCache::new(4096)),
+            Resumption::Disabled => Self::Disabled,
+        })
+    }
+}
+
+/// The client's chain (leaf, intermediates) in a session value rustls 0.23
+/// made: an SNI flag (and the name), version, cipher suite, the secret, the
+/// extended-master-secret flag, then a flag and the chain as a u24 list of
+/// u24-length certificates, then ALPN, application data, the creation time
+/// and the age offset, and nothing after. Any other layout is `None`.
+pub(crate) fn client_chain(plain: &[u8]) -> Option<(CertificateDer<'_>, Vec<CertificateDer<'_>>)> {
+    let mut r = Reader(plain);
+    if r.flag()? {
+        let len = r.u8()?;
+        r.take(usize::from(len))?;
+    }
+    r.take(2 + 2)?; // version, cipher suite
+    let secret = r.u8()?;
+    r.take(usize::from(secret))?;
+    r.flag()?; // extended master secret
+    if !r.flag()? {
+        return None;
+    }
+    let list_len = r.u24()?;
+    let mut list = Reader(r.take(list_len)?);
+    let mut certs = Vec::new();
+    while !list.0.is_empty() {
+        let len = list.u24()?;
+        certs.push(CertificateDer::from(list.take(len)?));
+    }
+    if r.flag()? {
+        let alpn = r.u8()?;
+        r.take(usize::from(alpn))?;
+    }
+    let app_data = r.u16()?;
+    r.take(app_data)?;
+    r.take(8 + 4)?; // creation time, age offset
+    if !r.0.is_empty() {
+        return None;
+    }
+    let mut certs = certs.into_iter();
+    let leaf = certs.next()?;
+    Some((leaf, certs.collect()))
+}
+
+/// Reads rustls's encoding: big-endian lengths, nothing read past the end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    /// A presence flag: 0 or 1, nothing else.
+    fn flag(&mut self) -> Option<bool> {
+        match self.u8()? {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        }
+    }
+
+    fn u16(&mut self) -> Option<usize> {
+        self.take(2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    }
+
+    fn u24(&mut self) -> Option<usize> {
+        self.take(3)
+            .map(|b| usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]))
+    }
+}
+
+/// How many server names a client remembers tickets for, and how many
+/// tickets per name (as rustls's own store).
+const CLIENT_NAMES: usize = 32;
+const TICKETS_PER_NAME: usize = 8;
+
+/// The client's session store of one policy epoch (`None`: disabled).
+pub(crate) struct ClientSessions(Option<Mutex<ClientStore>>);
+
+#[derive(Default)]
+pub(crate) struct ClientStore {
+    names: HashMap<ServerName<'static>, Named>,
+    /// Names in the order first stored, for eviction.
+    order: VecDeque<ServerName<'static>>,
+}
+
+#[derive(Default)]
+struct Named {
+    kx_hint: Option<NamedGroup>,
+    /// A server of this name passed the full judgment in this epoch; the
+    /// verdict holds until then (Unix seconds).
+    verified_until: Option<u64>,
+    /// Oldest first, each with the moment its verdict runs out.
+    tickets: VecDeque<(Tls13ClientSessionValue, u64)>,
+}
+
+impl Sessions for ClientSessions {
+    fn fresh(choice: Resumption) -> Result<Self, Error> {
+        Ok(Self(match choice {
+            Resumption::Disabled => None,
+            Resumption::Tickets | Resumption::Stateful => Some(Mutex::default()),
+        }))
+    }
+}
+
+impl ClientSessions {
+    fn with<T>(&self, f: impl FnOnce(&mut ClientStore) -> T) -> Option<T> {
+        let store = self.0.as_ref()?;
+        Some(f(&mut store.lock().unwrap_or_else(|p| p.into_inner())))
+    }
+
+    /// A server of `name` passed the full judgment; its verdict holds until
+    /// `until` (Unix seconds).
+    pub(crate) fn verified(&self, name: &ServerName<'_>, until: u64) {
+        self.with(|s| s.named(name).verified_until = Some(until));
+    }
+
+    pub(crate) fn set_kx_hint(&self, name: ServerName<'static>, group: NamedGroup) {
+        self.with(|s| s.named(&name).kx_hint = Some(group));
+    }
+
+    pub(crate) fn kx_hint(&self, name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.with(|s| s.names.get(name).and_then(|n| n.kx_hint))
+            .flatten()
+    }
+
+    /// Keeps a ticket only for a name that passed the full judgment in this
+    /// epoch, while that verdict holds.
+    pub(crate) fn insert(&self, name: ServerName<'static>, value: Tls13ClientSessionValue) {
+        let now = UnixTime::now().as_secs();
+        self.with(|s| {
+            let Some(named) = s.names.get_mut(&name) else {
+                return;
+            };
+            match named.verified_until {
+                Some(until) if now < until => {
+                    if named.tickets.len() >= TICKETS_PER_NAME {
+                        named.tickets.pop_front();
+                    }
+                    named.tickets.push_back((value, until));
+                }
+                _ => tracing::debug!(
+                    server = ?name,
+                    "ticket dropped: no server of this name passed the current policy"
+                ),
+            }
+        });
+    }
+
+    /// The newest ticket whose verdict still holds.
+    pub(crate) fn take(&self, name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
+        let now = UnixTime::now().as_secs();
+        self.with(|s| {
+            let named = s.names.get_mut(name)?;
+            while let Some((value, until)) = named.tickets.pop_back() {
+                if now < until {
+                    return Some(value);
+                }
+            }
+            None
+        })
+        .flatten()
+    }
+}
+
+impl ClientStore {
+    fn named(&mut self, name: &ServerName<'_>) -> &mut Named {
+        if !self.names.contains_key(name) {
+            if self.names.len() >= CLIENT_NAMES
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.names.remove(&oldest);
+            }
+            self.order.push_back(name.to_owned());
+        }
+        self.names.entry(name.to_owned()).or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_session_values_hold_no_chain() {
+        assert!(client_chain(&[]).is_none());
+        assert!(client_chain(&[2]).is_none());
+        // No SNI, version, suite, empty secret, no EMS, no client chain.
+        let no_chain = [0, 3, 4, 19, 2, 0, 0, 0];
+        assert!(client_chain(&no_chain).is_none());
+        // A chain whose length runs past the end.
+        let mut long = vec![0, 3, 4, 19, 2, 0, 0, 1, 0xff, 0xff, 0xff];
+        long.extend([0; 10]);
+        assert!(client_chain(&long).is_none());
+    }
+
+    #[test]
+    fn a_well_formed_value_yields_its_chain() {
+        let mut v = vec![1, 3, b'a', b'.', b'b']; // SNI "a.b"
+        v.extend([3, 4, 19, 2]); // TLS 1.3, suite
+        v.extend([2, 9, 9]); // secret
+        v.push(0); // no EMS
+        v.push(1); // a client chain: two certificates
+        v.extend([0, 0, 11, 0, 0, 3, 1, 2, 3, 0, 0, 2, 4, 5]);
+        v.push(0); // no ALPN
+        v.extend([0, 1, 7]); // application data
+        v.extend([0; 12]);
+        let (leaf, rest) = client_chain(&v).unwrap();
+        assert_eq!(leaf.as_ref(), [1, 2, 3]);
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].as_ref(), [4, 5]);
+        v.push(0);
+        assert!(client_chain(&v).is_none(), "trailing bytes");
+    }
+}
