@@ -92,6 +92,13 @@ impl ClientTls {
 
     /// The rustls config, for any client that takes one (reqwest,
     /// hyper-rustls, tonic). The same `Arc` for the life of the client.
+    ///
+    /// Every full handshake is judged by the current policy, and a session
+    /// ticket is kept only for a server name that passed it. What only the
+    /// [`connector`](Self::connector) closes: with several servers behind one
+    /// name, a ticket that a server revoked since sends late is kept once
+    /// another server of that name has passed, and resumes to it. See the
+    /// [`reload`](crate::reload) module.
     pub fn config(&self) -> Arc<ClientConfig> {
         self.config.clone()
     }

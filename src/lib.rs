@@ -13,7 +13,8 @@
 //! resolver, verifier and session state read the current *generation*, a
 //! validated set of material swapped in whole. Hand the config to any
 //! framework that takes a rustls config, or use the [`Acceptor`] /
-//! [`Connector`], which add a timeout, a re-check of resumed sessions and the
+//! [`Connector`], which add a timeout, a judgment of every peer after its
+//! handshake (closing the few windows a bare config leaves) and the
 //! peer's [`PeerIdentity`].
 //!
 //! # A tour

@@ -23,8 +23,8 @@
 //!   previous generation keeps serving; it is retried on the next event and
 //!   on every poll.
 //! - **Open connections** are never touched: they keep the keys they
-//!   negotiated. Handshakes in flight finish with the generation they
-//!   started with.
+//!   negotiated. A handshake in flight is judged again when it completes if
+//!   the policy changed meanwhile (see the table).
 //! - **Resumption.** Verdicts and session keys belong to the policy (roots,
 //!   CRLs, allow-list): when those change, earlier sessions no longer resume
 //!   and peers go through a full handshake under the new policy. When only
@@ -41,6 +41,26 @@
 //!   independent of the tokio runtime (any flavour works). It stops when the
 //!   last `ServerTls`/`ClientTls` handle *and* the last clone of its rustls
 //!   config are dropped.
+//!
+//! # What each path guarantees
+//!
+//! A *policy change* is a reload that changes roots or CRLs, or a new
+//! allow-list: it starts a new policy epoch. *Time* is a CRL passing its
+//! nextUpdate or a peer certificate passing its notAfter, with no new files.
+//! Open connections are outside this table: they are never closed.
+//!
+//! | path | revocation, CA removal, allow-list change | CRL past nextUpdate, peer past notAfter |
+//! |---|---|---|
+//! | [`Acceptor`](crate::Acceptor) / [`Connector`](crate::Connector), and the axum and tonic integrations | every handshake, full or resumed, is admitted only by the current epoch's judgment; one that straddles the change (peer judged before it, finished after) is judged again under the new policy | enforced at that moment, on full and resumed handshakes |
+//! | bare server config ([`ServerTls::config`](crate::ServerTls::config): axum-server, tonic's own TLS, hyper-rustls) | full handshakes judged; every session judged when its ticket (or cache entry) is sealed and again when it is opened. **Window:** a handshake whose client certificate was judged before the change and whose Finished arrives after completes (like a connection opened before the change), but no session is sealed for it | enforced at that moment: no ticket is opened after the verdict runs out |
+//! | bare client config ([`ClientTls::config`](crate::ClientTls::config): reqwest, hyper-rustls) | full handshakes judged; a ticket is stored only for a server name that passed the full judgment in the current epoch. **Window:** when several servers answer to one name, a ticket that one of them sends late (after a change that refuses it, once another server of that name has passed) is stored and can resume to it, until used, until the next policy change, or until the passing server's verdict runs out | a stored ticket is dropped when the verdict of the server of its name that passed last runs out |
+//!
+//! The windows come from rustls: a session hook sees no connection, the
+//! server cannot take back a handshake the client has finished, and a
+//! client's stored ticket does not say which server sent it. The
+//! [`Connector`](crate::Connector) re-judges the chain of every resumed
+//! server, so it has no window; use it (or `Resumption::Disabled`) where
+//! several servers share a name and revocation must bite at once.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -105,8 +105,9 @@ impl ServerTls {
         self.config.clone()
     }
 
-    /// A tokio acceptor: handshake under a timeout, the identity re-checked
-    /// against the current policy (resumed sessions too), a [`PeerIdentity`](crate::PeerIdentity) out.
+    /// A tokio acceptor: handshake under a timeout, every peer (full or
+    /// resumed, or straddling a reload) admitted by the current policy, a
+    /// [`PeerIdentity`](crate::PeerIdentity) out.
     pub fn acceptor(&self) -> Acceptor {
         Acceptor::new(
             self.config.clone(),

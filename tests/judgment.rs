@@ -77,6 +77,10 @@ fn a_handshake_that_straddles_a_revocation_is_judged_by_the_new_policy() {
     let tickets = wire.server_out();
     wire.feed_client(&tickets).unwrap();
 
+    // The bare config completes this one handshake (its client was judged
+    // before the change, like a connection opened before it): the window the
+    // reload docs state. The acceptor judges it again and refuses it.
+    assert!(!wire.server.is_handshaking());
     let err = acceptor
         .identify(&wire.server)
         .expect_err("a client revoked before its Finished was admitted");
@@ -507,4 +511,57 @@ fn wrong_key_client(
             chain, key,
         )))));
     Arc::new(config)
+}
+
+/// The window a bare `ClientConfig` (as reqwest uses it) keeps, exactly as
+/// the reload docs state it: a late ticket is kept only when another server
+/// of the same name has passed the new policy. The connector closes it.
+#[test]
+fn the_bare_client_window_is_exactly_the_documented_one() {
+    let pki = Pki::new();
+    let serving = |cert: &meshtls::dev::DevCert| {
+        let (c, k) = pki.write_cert(&format!("server-{}", cert.serial().replace(':', "")), cert);
+        meshtls::ServerTls::builder()
+            .identity_files(c, k)
+            .client_roots_file(pki.ca_file())
+            .allow(Allow::spiffe_id(&caller()))
+            .build()
+            .unwrap()
+    };
+    // Two servers answer to one name.
+    let (cert_one, cert_two) = (pki.server_cert(), pki.server_cert());
+    let (one, two) = (serving(&cert_one), serving(&cert_two));
+    let crl = pki.write("client.crl", pki.ca.crl(&[], HOUR).unwrap());
+    let client = pki
+        .client(&caller())
+        .crl_file(&crl)
+        .expect_server(Allow::spiffe_id(&api()))
+        .build()
+        .unwrap();
+
+    let mut first = Wire::new(one.config(), client.config());
+    let hello = first.client_out();
+    first.feed_server(&hello).unwrap();
+    let flight = first.server_out();
+    first.feed_client(&flight).unwrap();
+    let finished = first.client_out();
+    first.feed_server(&finished).unwrap();
+    let held = first.server_out();
+
+    replace(&crl, pki.ca.crl(&[&cert_one], HOUR).unwrap());
+    client.reload().unwrap();
+    Wire::new(two.config(), client.config()).complete().unwrap();
+    first.feed_client(&held).unwrap();
+
+    let mut again = Wire::new(one.config(), client.config());
+    again.complete().unwrap();
+    assert!(
+        again.resumed(),
+        "the bare config resumes: the documented window"
+    );
+    let err = client
+        .connector()
+        .identify(&again.client, "localhost")
+        .expect_err("the connector admitted a revoked server");
+    assert_eq!(err.reason(), RejectReason::Revoked, "{err}");
 }
