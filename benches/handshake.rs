@@ -5,8 +5,8 @@
 //! The two setups run interleaved in rounds (bare, meshtls, meshtls, bare,
 //! ...) and the ratio is taken per round, so drift on a shared machine hits
 //! both alike. meshtls's time includes the acceptor's / connector's
-//! post-handshake identity check (`identify`), i.e. the resumed-session
-//! re-check.
+//! post-handshake judgment (`identify`) and, on the server, the judgment of
+//! the client inside each ticket sealed and opened.
 //!
 //! ```sh
 //! cargo bench --bench handshake
@@ -51,56 +51,61 @@ impl Setup {
     }
 }
 
-/// Full handshakes from many distinct clients (more than the identity cache
-/// holds), so every meshtls handshake parses its peer's leaf.
-fn distinct_clients() {
-    const CLIENTS: usize = 1500;
+/// Handshakes from many distinct clients, server side. Full: more clients
+/// than an epoch remembers verdicts for, so every meshtls handshake parses
+/// and judges its client. Resumed: likewise, so nearly every resumption
+/// finds no remembered verdict (an arbitrary entry makes room when the memo
+/// is full) and pays the full judgment when its ticket is opened.
+fn distinct_clients(kind: HandshakeKind, clients: usize) {
     let case = Case::BASE;
+    let resume = kind == HandshakeKind::Resumed;
     let m = Material::new(case);
     let server = support::meshtls_server(&m, true);
     let bare_server = support::bare_server(&m, true);
     let acceptor = server.acceptor();
-    let mut clients = Material::new(case);
-    let pool: Vec<_> = (0..CLIENTS)
+    let mut material = Material::new(case);
+    let pool: Vec<_> = (0..clients)
         .map(|_| {
             // Same CA and server; a new client certificate each.
             let (chain, key) = m.with_new_client();
-            clients.client_chain = chain;
-            clients.client_key = key;
-            clients.ca_pem = m.ca_pem.clone();
+            material.client_chain = chain;
+            material.client_key = key;
+            material.ca_pem = m.ca_pem.clone();
             (
-                support::bare_client(&clients, true, false),
-                support::meshtls_client(&clients, true, false).config(),
+                support::bare_client(&material, true, resume),
+                support::meshtls_client(&material, true, resume).config(),
             )
         })
         .collect();
+    let none = Checks {
+        server: None,
+        client: None,
+    };
+    let with_acceptor = Checks {
+        server: Some(&acceptor),
+        client: None,
+    };
+    if resume {
+        // Every client holds a ticket before the rounds start.
+        for (bare_client, mesh_client) in &pool {
+            handshake(&bare_server, bare_client, &none);
+            handshake(&server.config(), mesh_client, &with_acceptor);
+        }
+    }
     let (mut sb, mut sm, mut sr) = (vec![], vec![], vec![]);
     let mut next = 0;
     for round in 0..ROUNDS {
         let mut run = |mesh: bool| {
             let mut total = Duration::ZERO;
             for _ in 0..PER_ROUND {
-                let (bare_client, mesh_client) = &pool[next % CLIENTS];
+                let (bare_client, mesh_client) = &pool[next % clients];
                 next += 1;
-                let (t, _) = if mesh {
-                    handshake(
-                        &server.config(),
-                        mesh_client,
-                        &Checks {
-                            server: Some(&acceptor),
-                            client: None,
-                        },
-                    )
+                let (t, got) = if mesh {
+                    handshake(&server.config(), mesh_client, &with_acceptor)
                 } else {
-                    handshake(
-                        &bare_server,
-                        bare_client,
-                        &Checks {
-                            server: None,
-                            client: None,
-                        },
-                    )
+                    handshake(&bare_server, bare_client, &none)
                 };
+                assert_eq!(got, kind, "expected a {kind:?} handshake");
                 total += t.server;
             }
             total
@@ -117,7 +122,7 @@ fn distinct_clients() {
         sr.push(b.as_secs_f64() / x.as_secs_f64());
     }
     println!(
-        "| {}, {CLIENTS} distinct clients (identity cache misses) | Full | {} | {} | {:.2}x | | | |",
+        "| {}, {clients} distinct clients (verdicts not remembered) | {kind:?} | {} | {} | {:.2}x | | | |",
         case.name(),
         us(median(sb)),
         us(median(sm)),
@@ -188,5 +193,6 @@ fn main() {
             );
         }
     }
-    distinct_clients();
+    distinct_clients(HandshakeKind::Full, 1500);
+    distinct_clients(HandshakeKind::Resumed, 3000);
 }

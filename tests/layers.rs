@@ -91,3 +91,15 @@ fn no_module_imports_itself_through_others() {
     }
     assert!(graph.len() > 10, "read only {} modules", graph.len());
 }
+
+#[test]
+fn architecture_md_lists_every_file() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    for module in imports().keys().map(String::as_str).chain(["lib"]) {
+        assert!(
+            doc.contains(&format!("| `{module}.rs` |")),
+            "ARCHITECTURE.md does not list src/{module}.rs"
+        );
+    }
+}
