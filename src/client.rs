@@ -21,7 +21,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::accept::{admit, handshake};
 use crate::builder::{Builder, NeedsIdentity, NeedsRoots, Ready};
-use crate::error::{Error, HandshakeError, RejectReason};
+use crate::error::{ConfigError, Error, HandshakeError, RejectReason};
 use crate::hardening::{self, VERSIONS};
 use crate::identity::PeerIdentity;
 use crate::judge::{NameCheck, note_refusal};
@@ -128,7 +128,7 @@ impl ClientTls {
     /// # Errors
     ///
     /// Why the new material was refused; the previous generation keeps serving.
-    pub fn reload(&self) -> Result<ReloadOutcome, Arc<Error>> {
+    pub fn reload(&self) -> Result<ReloadOutcome, Error> {
         self.live.reload()
     }
 
@@ -143,9 +143,7 @@ impl ClientTls {
         rules: impl IntoIterator<Item = Allow>,
     ) -> Result<ReloadOutcome, Error> {
         if self.live.fixed.name_check != NameCheck::AllowList {
-            return Err(Error::Misuse {
-                detail: "this client verifies the dialled name; build it with expect_server() to use identity rules".into(),
-            });
+            return Err(ConfigError::NotBuiltWithRules.into());
         }
         self.live.set_rules(rules.into_iter().collect())
     }
@@ -224,9 +222,7 @@ impl Builder<ClientTls, Ready> {
         });
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(VERSIONS)
-            .map_err(|e| Error::Rustls {
-                detail: e.to_string(),
-            })?
+            .map_err(Error::Rustls)?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_client_cert_resolver(Arc::new(LiveClientCert { live: live.clone() }));

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Where a piece of TLS material came from.
@@ -89,9 +90,68 @@ impl fmt::Display for Usage {
 }
 
 /// Everything that can go wrong building or reloading a meshtls config.
-#[derive(Debug, thiserror::Error)]
+///
+/// The reason is nested, as rustls nests its errors: match on the outer
+/// variant for the class, on the inner enum for the specifics. Every message
+/// names the file and says how to fix it. `Clone`, so one error can go to the
+/// caller and to the events alike.
+///
+/// ```
+/// # fn check(e: &meshtls::Error) {
+/// use meshtls::{Error, MaterialError};
+/// match e {
+///     Error::Material(MaterialError::Expired { origin, .. }) => eprintln!("renew {origin}"),
+///     Error::Config(c) => eprintln!("fix the code: {c}"),
+///     other => eprintln!("{other}"),
+/// }
+/// # }
+/// ```
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A file or in-memory source holds something meshtls cannot serve.
+    #[error(transparent)]
+    Material(#[from] MaterialError),
+    /// A PKCS#12 keystore or truststore that cannot be used.
+    #[cfg(feature = "pkcs12")]
+    #[error(transparent)]
+    Pkcs12(#[from] Pkcs12Error),
+    /// A configuration the builder refuses (the code, not the files).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// rustls refused the configuration (should not happen; please report).
+    #[error("rustls refused the configuration: {0}")]
+    Rustls(#[source] rustls::Error),
+    /// The file watcher could not start.
+    #[error("cannot watch {}: {source}", path.display())]
+    Watch {
+        /// The directory (or `.` for the watcher thread).
+        path: PathBuf,
+        /// What failed (shared, so the error can be cloned).
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// Material did not become valid in time (see `wait_for_files`).
+    #[error("the TLS files were not ready after {waited:?}; last problem: {last}")]
+    NotReady {
+        /// How long meshtls waited.
+        waited: Duration,
+        /// The last error seen.
+        last: Box<Self>,
+    },
+}
+
+impl From<RuleError> for Error {
+    fn from(e: RuleError) -> Self {
+        Self::Config(ConfigError::Rule(e))
+    }
+}
+
+/// What is wrong with a piece of TLS material: the file, the certificate,
+/// and the fix.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MaterialError {
     /// A file could not be read.
     #[error("cannot read {origin} ({kind}): {source}")]
     Read {
@@ -99,9 +159,9 @@ pub enum Error {
         origin: Origin,
         /// What it should hold.
         kind: MaterialKind,
-        /// The I/O error.
+        /// The I/O error (shared, so the error can be cloned).
         #[source]
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
     /// A file larger than any TLS material should be; refused before parsing.
     #[error(
@@ -165,12 +225,13 @@ pub enum Error {
         origin: Origin,
     },
     /// A private key that the crypto provider cannot load.
-    #[error("the private key in {origin} cannot be used: {detail}")]
+    #[error("the private key in {origin} cannot be used: {source}")]
     UnusableKey {
         /// The file.
         origin: Origin,
-        /// The provider's message.
-        detail: String,
+        /// What rustls said.
+        #[source]
+        source: rustls::Error,
     },
     /// The key does not belong to the certificate.
     #[error(
@@ -339,15 +400,22 @@ pub enum Error {
         /// When it went stale.
         next_update: SystemTime,
     },
+}
+
+/// What is wrong with a PKCS#12 keystore or truststore.
+#[cfg(feature = "pkcs12")]
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Pkcs12Error {
     /// The PKCS#12 password is wrong (or the file is corrupt).
     #[error("cannot open the PKCS#12 file {origin}: wrong password (or a corrupt file)")]
-    Pkcs12WrongPassword {
+    WrongPassword {
         /// The file.
         origin: Origin,
     },
     /// A PKCS#12 file that cannot be decoded.
     #[error("cannot read the PKCS#12 file {origin}: {detail}")]
-    Pkcs12Malformed {
+    Malformed {
         /// The file.
         origin: Origin,
         /// What went wrong.
@@ -357,7 +425,7 @@ pub enum Error {
     #[error(
         "the PKCS#12 file {origin} holds no private key entry; is it a truststore? (a keystore is made with `openssl pkcs12 -export -in tls.crt -inkey tls.key`)"
     )]
-    Pkcs12NoKey {
+    NoKey {
         /// The file.
         origin: Origin,
     },
@@ -366,7 +434,7 @@ pub enum Error {
         "the PKCS#12 file {origin} holds several key entries ({}); pick one with `Source::pkcs12_file(..).alias(\"NAME\")`",
         aliases.join(", ")
     )]
-    Pkcs12SeveralKeys {
+    SeveralKeys {
         /// The file.
         origin: Origin,
         /// The entries' aliases (friendly names).
@@ -374,7 +442,7 @@ pub enum Error {
     },
     /// The chosen alias is not in the keystore.
     #[error("the PKCS#12 file {origin} has no key entry {alias:?}; it has: {}", aliases.join(", "))]
-    Pkcs12NoSuchAlias {
+    NoSuchAlias {
         /// The file.
         origin: Origin,
         /// The alias asked for.
@@ -384,48 +452,32 @@ pub enum Error {
     },
     /// A key entry without its certificate, or a truststore without certificates.
     #[error("the PKCS#12 file {origin} holds no {kind}")]
-    Pkcs12NoCertificate {
+    NoCertificate {
         /// The file.
         origin: Origin,
         /// What was looked for.
         kind: MaterialKind,
     },
+}
+
+/// A configuration the builder refuses: something to change in the code
+/// that builds meshtls, not in the files.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
     /// No allow-list and no explicit opt-out.
     #[error(
-        "no allow-list: call `.allow(Allow::...)` with the peer identities that may connect, or `.allow_any_authenticated()` to admit any peer your CA signed"
+        "no allow-list: call `.allow(Allow::...)` with the peer identities that may connect, or `.dangerous().allow_any_authenticated()` to admit any peer your CA signed"
     )]
     NoAllowList,
     /// A malformed or refused allow rule.
     #[error(transparent)]
     Rule(#[from] RuleError),
-    /// rustls refused the configuration (should not happen; please report).
-    #[error("rustls refused the configuration: {detail}")]
-    Rustls {
-        /// rustls's message.
-        detail: String,
-    },
-    /// A call this value does not support, with what to do instead.
-    #[error("{detail}")]
-    Misuse {
-        /// What to do instead.
-        detail: String,
-    },
-    /// The file watcher could not start.
-    #[error("cannot watch {}: {detail}", path.display())]
-    Watch {
-        /// The directory.
-        path: PathBuf,
-        /// The watcher's message.
-        detail: String,
-    },
-    /// Material did not become valid in time (see `wait_for_files`).
-    #[error("the TLS files were not ready after {waited:?}; last problem: {last}")]
-    NotReady {
-        /// How long meshtls waited.
-        waited: std::time::Duration,
-        /// The last error seen.
-        last: Box<Self>,
-    },
+    /// Expected servers set on a client built to check the dialled name.
+    #[error(
+        "this client verifies the dialled name; build it with `expect_server()` to use identity rules"
+    )]
+    NotBuiltWithRules,
 }
 
 /// A refused or failed handshake, from the acceptor or the connector.

@@ -99,9 +99,7 @@ pub(crate) fn verify_tls13(
 
 /// A fresh ticket key set (rotating every 6 hours), one per policy generation.
 pub(crate) fn ticketer() -> Result<Arc<dyn ProducesTickets>, Error> {
-    imp::Ticketer::new().map_err(|e| Error::Rustls {
-        detail: e.to_string(),
-    })
+    imp::Ticketer::new().map_err(Error::Rustls)
 }
 
 /// Fills `buf` from the provider's secure random source.

@@ -102,8 +102,11 @@ pub mod tonic;
 pub use accept::{Acceptor, Incoming, MtlsStream, PeerInfo};
 pub use builder::{Builder, NeedsIdentity, NeedsRoots, Ready};
 pub use client::{ClientTls, ClientTlsBuilder, Connector};
+#[cfg(feature = "pkcs12")]
+pub use error::Pkcs12Error;
 pub use error::{
-    Error, HandshakeError, MaterialKind, Origin, RejectReason, RuleError, SpiffeIdError, Usage,
+    ConfigError, Error, HandshakeError, MaterialError, MaterialKind, Origin, RejectReason,
+    RuleError, SpiffeIdError, Usage,
 };
 pub use identity::{IdentityError, PeerIdentity, SpiffeId, TrustDomain};
 pub use live::ReloadOutcome;

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::error::Error;
+use crate::error::{ConfigError, Error};
 use crate::judge::{Admitted, Epoch, NameCheck, Options, Refusal};
 use crate::material::{Material, RevocationScope, Role, Sources, peer_key_usage};
 use crate::observe::Observer;
@@ -182,7 +182,7 @@ impl<S: Sessions> Live<S> {
 
     /// Reads the sources again and swaps in a new generation if they changed
     /// and are valid. A failure is reported and leaves the serving one alone.
-    pub(crate) fn reload(&self) -> Result<ReloadOutcome, Arc<Error>> {
+    pub(crate) fn reload(&self) -> Result<ReloadOutcome, Error> {
         let result = self.try_reload();
         if let Err(e) = &result {
             self.observer.reload_failed(e.clone());
@@ -193,16 +193,16 @@ impl<S: Sessions> Live<S> {
 
     /// Like [`Self::reload`], but without reporting a failure: for the
     /// watcher's first attempt inside a debounce window.
-    pub(crate) fn try_reload(&self) -> Result<ReloadOutcome, Arc<Error>> {
+    pub(crate) fn try_reload(&self) -> Result<ReloadOutcome, Error> {
         let _guard = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
-        let inputs = self.fixed.sources.read().map_err(Arc::new)?;
+        let inputs = self.fixed.sources.read()?;
         if inputs == old.material.inputs {
             return Ok(ReloadOutcome::Unchanged {
                 generation: old.number,
             });
         }
-        let material = Arc::new(self.fixed.validate(inputs).map_err(Arc::new)?);
+        let material = Arc::new(self.fixed.validate(inputs)?);
         let epoch = if material.inputs.same_trust(&old.material.inputs) {
             None
         } else {
@@ -212,14 +212,14 @@ impl<S: Sessions> Live<S> {
                 old.epoch.policy.clone(),
             ))
         };
-        self.install(&old, material, epoch).map_err(Arc::new)
+        self.install(&old, material, epoch)
     }
 
     /// Compiles and installs a new rule list (CN rules only if the builder
     /// opted in); an empty list is refused.
     pub(crate) fn set_rules(&self, rules: Vec<Allow>) -> Result<ReloadOutcome, Error> {
         if rules.is_empty() {
-            return Err(Error::NoAllowList);
+            return Err(ConfigError::NoAllowList.into());
         }
         let policy = Policy::compile(rules, self.fixed.legacy_cn)?;
         let _guard = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());

@@ -16,7 +16,7 @@ use webpki::{
     UnknownStatusPolicy,
 };
 
-use crate::error::{Error, MaterialKind, Origin, Usage, describe_webpki};
+use crate::error::{Error, MaterialError, MaterialKind, Origin, Usage, describe_webpki};
 use crate::identity::LeafInfo;
 use crate::observe::CertFacts;
 use crate::revocation::{Algorithms, CrlInput, Crls};
@@ -212,12 +212,13 @@ impl Material {
             Ok(()) | Err(webpki::Error::UnknownIssuer | webpki::Error::UnknownRevocationStatus) => {
             }
             Err(e) => {
-                return Err(Error::ChainInvalid {
+                return Err(MaterialError::ChainInvalid {
                     origin: cert_origin,
                     subject: leaf.subject.clone(),
                     roots: sources.roots.origin(),
                     detail: describe_webpki(&e),
-                });
+                }
+                .into());
             }
         }
 
@@ -236,32 +237,35 @@ fn check_leaf(
     role: Role,
     now: SystemTime,
 ) -> Result<LeafInfo, Error> {
-    let leaf = LeafInfo::parse(der).map_err(|e| Error::BadCertificate {
+    let leaf = LeafInfo::parse(der).map_err(|e| MaterialError::BadCertificate {
         origin: origin.clone(),
         index: 0,
         detail: e.to_string(),
     })?;
     if leaf.is_ca || leaf.signs_certificates {
-        return Err(Error::LeafIsCa {
+        return Err(MaterialError::LeafIsCa {
             origin: origin.clone(),
             subject: leaf.subject,
-        });
+        }
+        .into());
     }
     if now < leaf.not_before {
-        return Err(Error::NotYetValid {
+        return Err(MaterialError::NotYetValid {
             origin: origin.clone(),
             serial: leaf.serial_hex(),
             subject: leaf.subject,
             not_before: leaf.not_before,
-        });
+        }
+        .into());
     }
     if now > leaf.not_after {
-        return Err(Error::Expired {
+        return Err(MaterialError::Expired {
             origin: origin.clone(),
             serial: leaf.serial_hex(),
             subject: leaf.subject,
             not_after: leaf.not_after,
-        });
+        }
+        .into());
     }
     if role == Role::Server && !leaf.has_san() {
         let suggestion = match &leaf.common_name {
@@ -269,11 +273,12 @@ fn check_leaf(
             Some(cn) if !cn.contains(' ') => format!("DNS:{cn}"),
             _ => "DNS:your.service.name".to_owned(),
         };
-        return Err(Error::NoSubjectAltName {
+        return Err(MaterialError::NoSubjectAltName {
             origin: origin.clone(),
             subject: leaf.subject,
             suggestion,
-        });
+        }
+        .into());
     }
     if let Some(eku) = leaf.eku {
         let ok = match role {
@@ -281,11 +286,12 @@ fn check_leaf(
             Role::Client => eku.client_auth,
         };
         if !ok {
-            return Err(Error::WrongUsage {
+            return Err(MaterialError::WrongUsage {
                 origin: origin.clone(),
                 subject: leaf.subject,
                 usage: role.own_usage(),
-            });
+            }
+            .into());
         }
     }
     Ok(leaf)
@@ -303,31 +309,32 @@ fn load_key(
     let signing_key = provider
         .key_provider
         .load_private_key(key_der)
-        .map_err(|e| Error::UnusableKey {
+        .map_err(|source| MaterialError::UnusableKey {
             origin: key_origin.clone(),
-            detail: e.to_string(),
+            source,
         })?;
     let certified = CertifiedKey::new(chain, signing_key);
-    let mismatch = || Error::KeyMismatch {
+    let mismatch = || MaterialError::KeyMismatch {
         cert: sources.cert.origin(),
         key: key_origin.clone(),
         subject: leaf.subject.clone(),
     };
     match certified.keys_match() {
         Ok(()) => Ok(certified),
-        Err(TlsError::InconsistentKeys(InconsistentKeys::KeyMismatch)) => Err(mismatch()),
+        Err(TlsError::InconsistentKeys(InconsistentKeys::KeyMismatch)) => Err(mismatch().into()),
         // The key cannot tell its public half: prove possession instead.
         Err(TlsError::InconsistentKeys(InconsistentKeys::Unknown)) => {
             if signs_for_certificate(&certified, provider) {
                 Ok(certified)
             } else {
-                Err(mismatch())
+                Err(mismatch().into())
             }
         }
-        Err(e) => Err(Error::UnusableKey {
+        Err(source) => Err(MaterialError::UnusableKey {
             origin: key_origin,
-            detail: e.to_string(),
-        }),
+            source,
+        }
+        .into()),
     }
 }
 
@@ -368,7 +375,7 @@ fn load_trust(
     let mut anchors = Vec::with_capacity(roots_der.len());
     let mut roots = Vec::with_capacity(roots_der.len());
     for (index, der) in roots_der.iter().enumerate() {
-        let bad = |detail: String| Error::BadTrustRoot {
+        let bad = |detail: String| MaterialError::BadTrustRoot {
             origin: roots_origin.clone(),
             index,
             detail,
@@ -384,13 +391,14 @@ fn load_trust(
             _ => None,
         };
         if let Some(why) = why {
-            return Err(Error::NotACa {
+            return Err(MaterialError::NotACa {
                 origin: roots_origin.clone(),
                 index,
                 subject: info.subject,
                 issuer: info.issuer,
                 why,
-            });
+            }
+            .into());
         }
         if now > info.not_after {
             tracing::warn!(

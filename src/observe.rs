@@ -2,7 +2,6 @@
 //! and the same facts on `tracing`.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -54,7 +53,7 @@ pub enum Event {
     /// A new set of material was refused; the previous generation keeps serving.
     ReloadFailed {
         /// Why.
-        error: Arc<Error>,
+        error: Error,
         /// The generation still serving.
         serving: u64,
     },
@@ -234,7 +233,7 @@ impl Observer {
         self.send(event);
     }
 
-    pub(crate) fn reload_failed(&self, error: Arc<Error>) {
+    pub(crate) fn reload_failed(&self, error: Error) {
         self.reloads_failed.fetch_add(1, Ordering::Relaxed);
         let serving = self.generation.load(Ordering::Relaxed);
         tracing::error!(side = self.side, serving, %error, "meshtls reload refused; the previous generation keeps serving");

@@ -7,7 +7,7 @@ use p12_keystore::error::Error as P12Error;
 use p12_keystore::{CertificateBag, Pkcs12Archive, PrivateKeyBag};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::error::{Error, MaterialKind, Origin};
+use crate::error::{Error, MaterialError, MaterialKind, Origin, Pkcs12Error};
 
 /// How to open one PKCS#12 file.
 #[derive(Clone, PartialEq, Eq)]
@@ -47,35 +47,37 @@ impl Keystore {
         kind: MaterialKind,
     ) -> Result<Pkcs12Archive, Error> {
         if bytes.is_empty() {
-            return Err(Error::Empty {
+            return Err(MaterialError::Empty {
                 origin: origin.clone(),
                 kind,
-            });
+            }
+            .into());
         }
         if bytes.starts_with(b"-----BEGIN") {
-            return Err(Error::Pkcs12Malformed {
+            return Err(Pkcs12Error::Malformed {
                 origin: origin.clone(),
                 detail: "it holds PEM, not PKCS#12: use a PEM source (`identity_files`, `*_roots_file`) for it".into(),
-            });
+            }.into());
         }
         Pkcs12Archive::from_pkcs12(bytes, &self.password).map_err(|e| match e {
             // The MAC is keyed by the password; a MAC-less file decrypts to garbage.
-            P12Error::MacError(_) | P12Error::UnpadError => Error::Pkcs12WrongPassword {
+            P12Error::MacError(_) | P12Error::UnpadError => Pkcs12Error::WrongPassword {
                 origin: origin.clone(),
             },
             P12Error::UnsupportedEncryptionScheme | P12Error::UnsupportedMacAlgorithm => {
-                Error::Pkcs12Malformed {
+                Pkcs12Error::Malformed {
                     origin: origin.clone(),
                     detail: format!(
                         "{e}; re-export it with current algorithms (`openssl pkcs12 -export` defaults: AES-256-CBC, PBKDF2, SHA-256 MAC)"
                     ),
                 }
             }
-            other => Error::Pkcs12Malformed {
+            other => Pkcs12Error::Malformed {
                 origin: origin.clone(),
                 detail: other.to_string(),
             },
         })
+        .map_err(Error::from)
     }
 
     fn key_bag<'a>(
@@ -89,21 +91,26 @@ impl Keystore {
                 .keys
                 .iter()
                 .find(|k| k.friendly_name.as_deref() == Some(alias.as_str()))
-                .ok_or_else(|| Error::Pkcs12NoSuchAlias {
-                    origin: origin.clone(),
-                    alias: alias.clone(),
-                    aliases: aliases(),
+                .ok_or_else(|| {
+                    Pkcs12Error::NoSuchAlias {
+                        origin: origin.clone(),
+                        alias: alias.clone(),
+                        aliases: aliases(),
+                    }
+                    .into()
                 });
         }
         match archive.keys.as_slice() {
-            [] => Err(Error::Pkcs12NoKey {
+            [] => Err(Pkcs12Error::NoKey {
                 origin: origin.clone(),
-            }),
+            }
+            .into()),
             [only] => Ok(only),
-            _ => Err(Error::Pkcs12SeveralKeys {
+            _ => Err(Pkcs12Error::SeveralKeys {
                 origin: origin.clone(),
                 aliases: aliases(),
-            }),
+            }
+            .into()),
         }
     }
 
@@ -122,10 +129,11 @@ impl Keystore {
                 .map(|c| CertificateDer::from(c.cert.as_der().to_vec()))
                 .collect();
             if trusted.is_empty() {
-                return Err(Error::Pkcs12NoCertificate {
+                return Err(Pkcs12Error::NoCertificate {
                     origin: origin.clone(),
                     kind,
-                });
+                }
+                .into());
             }
             return Ok(trusted);
         }
@@ -133,10 +141,10 @@ impl Keystore {
         let Some(leaf) = archive.certs.iter().find(|c| {
             matches!((&c.local_key_id, &key.local_key_id), (Some(a), Some(b)) if a.as_slice() == b.0.as_slice())
         }) else {
-            return Err(Error::Pkcs12NoCertificate {
+            return Err(Pkcs12Error::NoCertificate {
                 origin: origin.clone(),
                 kind,
-            });
+            }.into());
         };
         Ok(chain(leaf, &archive.certs))
     }

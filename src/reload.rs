@@ -129,7 +129,7 @@ pub(crate) fn wait_until_valid<T>(
     loop {
         match attempt() {
             Ok(value) => return Ok(value),
-            Err(e @ (Error::NoAllowList | Error::Rule(_) | Error::Misuse { .. })) => return Err(e),
+            Err(e @ Error::Config(_)) => return Err(e),
             Err(e) => {
                 let waited = start.elapsed();
                 if waited >= wait {
@@ -186,14 +186,14 @@ pub(crate) fn start<S: Sessions>(
     })
     .map_err(|e| Error::Watch {
         path: dirs.iter().next().cloned().unwrap_or_default(),
-        detail: e.to_string(),
+        source: Arc::new(e),
     })?;
     for dir in &dirs {
         watcher
             .watch(dir, RecursiveMode::NonRecursive)
             .map_err(|e| Error::Watch {
                 path: dir.clone(),
-                detail: e.to_string(),
+                source: Arc::new(e),
             })?;
     }
     let mut task = Task {
@@ -211,7 +211,7 @@ pub(crate) fn start<S: Sessions>(
         .spawn(move || task.run())
         .map_err(|e| Error::Watch {
             path: PathBuf::from("."),
-            detail: format!("cannot start the watcher thread: {e}"),
+            source: Arc::new(e),
         })?;
     live.hold(WatchGuard { tx });
     Ok(())

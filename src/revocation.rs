@@ -26,7 +26,7 @@ use x509_parser::certificate::X509CertificateParser;
 use x509_parser::nom::Parser;
 use x509_parser::num_bigint::BigUint;
 
-use crate::error::{Error, Origin, describe_webpki};
+use crate::error::{Error, MaterialError, Origin, describe_webpki};
 use crate::identity::unix_to_system;
 
 /// The signature algorithms a CRL or certificate signature is checked with.
@@ -106,7 +106,7 @@ impl Crls {
             .collect();
         let mut kept: Vec<Kept> = Vec::new();
         for input in crls {
-            let bad = |detail: String| Error::BadCrl {
+            let bad = |detail: String| MaterialError::BadCrl {
                 origin: input.origin.clone(),
                 index: input.index,
                 detail,
@@ -119,11 +119,12 @@ impl Crls {
             if let Some(next_update) = next_update
                 && now > next_update
             {
-                return Err(Error::CrlExpired {
+                return Err(MaterialError::CrlExpired {
                     origin: input.origin.clone(),
                     issuer: parsed.issuer().to_string(),
                     next_update,
-                });
+                }
+                .into());
             }
             let issuer_name = parsed.issuer().as_raw();
             let same_name: Vec<&Issuer> =
@@ -132,13 +133,14 @@ impl Crls {
                 .iter()
                 .find(|i| signed_by(input.der, &i.spki, algs))
             else {
-                return Err(Error::CrlIssuerUnknown {
+                return Err(MaterialError::CrlIssuerUnknown {
                     origin: input.origin.clone(),
                     index: input.index,
                     issuer: parsed.issuer().to_string(),
                     roots: roots.clone(),
                     same_name: !same_name.is_empty(),
-                });
+                }
+                .into());
             };
             let candidate = Kept {
                 crl: CertRevocationList::Owned(owned),

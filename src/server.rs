@@ -19,7 +19,7 @@ use tokio::sync::broadcast;
 
 use crate::accept::Acceptor;
 use crate::builder::{Builder, NeedsIdentity, NeedsRoots, Ready};
-use crate::error::Error;
+use crate::error::{ConfigError, Error};
 use crate::hardening::{self, VERSIONS};
 use crate::judge::{NameCheck, note_refusal};
 use crate::live::{Generation, Live, ReloadOutcome};
@@ -133,7 +133,7 @@ impl ServerTls {
     ///
     /// The reason the new material was refused; the previous generation keeps
     /// serving.
-    pub fn reload(&self) -> Result<ReloadOutcome, Arc<Error>> {
+    pub fn reload(&self) -> Result<ReloadOutcome, Error> {
         self.live.reload()
     }
 
@@ -223,7 +223,7 @@ impl Builder<ServerTls, Ready> {
     }
 
     fn make(&self) -> Result<ServerTls, Error> {
-        let policy = self.settings.policy()?.ok_or(Error::NoAllowList)?;
+        let policy = self.settings.policy()?.ok_or(ConfigError::NoAllowList)?;
         let fixed = self.fixed(Role::Server, NameCheck::AllowList);
         let provider = fixed.provider.clone();
         let live = Live::new(fixed, policy, Observer::new("server"))?;
@@ -248,9 +248,7 @@ fn server_config(
     });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(VERSIONS)
-        .map_err(|e| Error::Rustls {
-            detail: e.to_string(),
-        })?
+        .map_err(Error::Rustls)?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(LiveResolver { live: live.clone() }));
     match settings.resumption {

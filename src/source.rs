@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
-use crate::error::{Error, MaterialKind, Origin};
+use crate::error::{Error, MaterialError, MaterialKind, Origin};
 
 /// Files larger than this are refused before parsing: no certificate chain,
 /// key, bundle or CRL a service uses comes near it, and a mistaken path
@@ -115,10 +115,10 @@ impl Source {
                 Ok(bytes.clone())
             }
             Location::File(path) => {
-                let read_err = |source| Error::Read {
+                let read_err = |source| MaterialError::Read {
                     origin: self.origin(),
                     kind,
-                    source,
+                    source: Arc::new(source),
                 };
                 let file = File::open(path).map_err(read_err)?;
                 let size = file.metadata().map_err(read_err)?.len();
@@ -168,12 +168,13 @@ impl Source {
 
 fn check_size(source: &Source, kind: MaterialKind, size: u64) -> Result<(), Error> {
     if size > MAX_FILE_SIZE {
-        return Err(Error::TooLarge {
+        return Err(MaterialError::TooLarge {
             origin: source.origin(),
             kind,
             size,
             limit: MAX_FILE_SIZE,
-        });
+        }
+        .into());
     }
     Ok(())
 }
@@ -194,17 +195,19 @@ fn pem_labels(bytes: &[u8]) -> Vec<String> {
 /// The checks every PEM input gets before parsing: not empty, not DER, has PEM.
 fn precheck(origin: &Origin, bytes: &[u8], kind: MaterialKind) -> Result<(), Error> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(Error::Empty {
+        return Err(MaterialError::Empty {
             origin: origin.clone(),
             kind,
-        });
+        }
+        .into());
     }
     // A DER SEQUENCE with a long-form length: what every certificate, key and CRL starts with.
     if bytes.len() > 4 && bytes[0] == 0x30 && (bytes[1] == 0x82 || bytes[1] == 0x81) {
-        return Err(Error::DerNotPem {
+        return Err(MaterialError::DerNotPem {
             origin: origin.clone(),
             kind,
-        });
+        }
+        .into());
     }
     Ok(())
 }
@@ -222,11 +225,12 @@ fn malformed(origin: &Origin, kind: MaterialKind, e: pem::Error) -> Error {
         pem::Error::Base64Decode(msg) => format!("the base64 does not decode: {msg}"),
         other => other.to_string(),
     };
-    Error::MalformedPem {
+    MaterialError::MalformedPem {
         origin: origin.clone(),
         kind,
         detail,
     }
+    .into()
 }
 
 /// All `CERTIFICATE` blocks, in order; at least one.
@@ -240,11 +244,12 @@ fn certificates(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| malformed(origin, kind, e))?;
     if certs.is_empty() {
-        return Err(Error::NotFound {
+        return Err(MaterialError::NotFound {
             origin: origin.clone(),
             kind,
             found: pem_labels(bytes),
-        });
+        }
+        .into());
     }
     Ok(certs)
 }
@@ -257,17 +262,19 @@ fn private_key(origin: &Origin, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, 
     let encrypted = labels.iter().any(|l| l.contains("ENCRYPTED"))
         || String::from_utf8_lossy(bytes).contains("Proc-Type: 4,ENCRYPTED");
     if encrypted {
-        return Err(Error::EncryptedKey {
+        return Err(MaterialError::EncryptedKey {
             origin: origin.clone(),
-        });
+        }
+        .into());
     }
     match PrivateKeyDer::from_pem_slice(bytes) {
         Ok(key) => Ok(key),
-        Err(pem::Error::NoItemsFound) => Err(Error::NotFound {
+        Err(pem::Error::NoItemsFound) => Err(MaterialError::NotFound {
             origin: origin.clone(),
             kind,
             found: labels,
-        }),
+        }
+        .into()),
         Err(e) => Err(malformed(origin, kind, e)),
     }
 }
@@ -283,11 +290,12 @@ fn crls(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| malformed(origin, kind, e))?;
     if crls.is_empty() {
-        return Err(Error::NotFound {
+        return Err(MaterialError::NotFound {
             origin: origin.clone(),
             kind,
             found: pem_labels(bytes),
-        });
+        }
+        .into());
     }
     Ok(crls)
 }
@@ -304,7 +312,10 @@ mod tests {
     fn empty_and_whitespace_are_empty() {
         for input in [&b""[..], b"  \n\t\n"] {
             let e = certificates(&origin(), input, MaterialKind::CertificateChain).unwrap_err();
-            assert!(matches!(e, Error::Empty { .. }), "{e}");
+            assert!(
+                matches!(e, Error::Material(MaterialError::Empty { .. })),
+                "{e}"
+            );
         }
     }
 
@@ -324,7 +335,7 @@ mod tests {
         let pem = b"-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n";
         let e = private_key(&origin(), pem).unwrap_err();
         assert!(
-            matches!(&e, Error::NotFound { found, .. } if found == &["PUBLIC KEY"]),
+            matches!(&e, Error::Material(MaterialError::NotFound { found, .. }) if found == &["PUBLIC KEY"]),
             "{e}"
         );
     }
@@ -335,12 +346,12 @@ mod tests {
             b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n";
         assert!(matches!(
             private_key(&origin(), pem),
-            Err(Error::EncryptedKey { .. })
+            Err(Error::Material(MaterialError::EncryptedKey { .. }))
         ));
         let legacy = b"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\nAAAA\n-----END RSA PRIVATE KEY-----\n";
         assert!(matches!(
             private_key(&origin(), legacy),
-            Err(Error::EncryptedKey { .. })
+            Err(Error::Material(MaterialError::EncryptedKey { .. }))
         ));
     }
 
@@ -348,7 +359,10 @@ mod tests {
     fn truncated_pem_is_malformed() {
         let pem = b"-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n";
         let e = certificates(&origin(), pem, MaterialKind::CertificateChain).unwrap_err();
-        assert!(matches!(e, Error::MalformedPem { .. }), "{e}");
+        assert!(
+            matches!(e, Error::Material(MaterialError::MalformedPem { .. })),
+            "{e}"
+        );
     }
 
     #[test]
@@ -356,7 +370,7 @@ mod tests {
         let big = Source::pem("big", vec![b'a'; (MAX_FILE_SIZE + 1) as usize]);
         assert!(matches!(
             big.read(MaterialKind::TrustRoots),
-            Err(Error::TooLarge { .. })
+            Err(Error::Material(MaterialError::TooLarge { .. }))
         ));
     }
 }

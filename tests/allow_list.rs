@@ -155,7 +155,10 @@ async fn cn_rules_are_off_by_default() {
         .build()
         .unwrap_err();
     assert!(
-        matches!(err, meshtls::Error::Rule(RuleError::CnNotEnabled { .. })),
+        matches!(
+            err,
+            meshtls::Error::Config(meshtls::ConfigError::Rule(RuleError::CnNotEnabled { .. }))
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("allow_legacy_cn()"), "{err}");
@@ -309,7 +312,7 @@ async fn allow_list_replaced_at_runtime() {
 
     assert!(matches!(
         server.set_allow_list([]),
-        Err(meshtls::Error::NoAllowList)
+        Err(meshtls::Error::Config(meshtls::ConfigError::NoAllowList))
     ));
 }
 

@@ -315,7 +315,13 @@ async fn same_named_ca_with_another_key_is_refused() {
 async fn server_without_allow_list_does_not_build() {
     let pki = Pki::new();
     let err = pki.server().build().unwrap_err();
-    assert!(matches!(err, meshtls::Error::NoAllowList), "{err}");
+    assert!(
+        matches!(
+            err,
+            meshtls::Error::Config(meshtls::ConfigError::NoAllowList)
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("allow_any_authenticated"), "{err}");
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use common::{Pki, openssl};
-use meshtls::{ClientTls, Error, ServerTls, Usage};
+use meshtls::{ClientTls, Error, MaterialError, ServerTls, Usage};
 
 /// Builds a server from these files; returns the error.
 fn server_err(pki: &Pki, cert: PathBuf, key: PathBuf) -> Error {
@@ -38,7 +38,10 @@ fn empty_certificate_file() {
     let (_, key) = good_server_files(&pki);
     let cert = pki.write("empty.crt", "");
     let err = server_err(&pki, cert.clone(), key);
-    assert!(matches!(err, Error::Empty { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Material(MaterialError::Empty { .. })),
+        "{err}"
+    );
     assert_names(&err, &cert);
 }
 
@@ -48,7 +51,10 @@ fn garbage_instead_of_pem() {
     let (_, key) = good_server_files(&pki);
     let cert = pki.write("garbage.crt", "this is not a certificate\n");
     let err = server_err(&pki, cert.clone(), key);
-    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Material(MaterialError::NotFound { .. })),
+        "{err}"
+    );
     assert!(
         err.to_string().contains("-----BEGIN CERTIFICATE-----"),
         "{err}"
@@ -63,7 +69,10 @@ fn der_where_pem_was_expected() {
     let cert = pki.write("server.der", server.der());
     let key = pki.write("server.key", server.key_pem());
     let err = server_err(&pki, cert.clone(), key);
-    assert!(matches!(err, Error::DerNotPem { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Material(MaterialError::DerNotPem { .. })),
+        "{err}"
+    );
     assert!(
         err.to_string().contains("openssl x509 -inform DER"),
         "{err}"
@@ -79,7 +88,10 @@ fn truncated_pem() {
     let cert = pki.write("truncated.crt", &pem[..pem.len() / 2]);
     let key = pki.write("server.key", server.key_pem());
     let err = server_err(&pki, cert.clone(), key);
-    assert!(matches!(err, Error::MalformedPem { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Material(MaterialError::MalformedPem { .. })),
+        "{err}"
+    );
     assert_names(&err, &cert);
 }
 
@@ -103,7 +115,10 @@ fn encrypted_private_key() {
     );
     let key = pki.path("encrypted.key");
     let err = server_err(&pki, cert, key.clone());
-    assert!(matches!(err, Error::EncryptedKey { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Material(MaterialError::EncryptedKey { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("openssl pkey"), "{err}");
     assert_names(&err, &key);
 }
@@ -115,7 +130,10 @@ fn key_that_does_not_match_the_certificate() {
     let other = pki.server_cert();
     let key = pki.write("other.key", other.key_pem());
     let err = server_err(&pki, cert.clone(), key.clone());
-    assert!(matches!(err, Error::KeyMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Material(MaterialError::KeyMismatch { .. })),
+        "{err}"
+    );
     assert_names(&err, &cert);
     assert_names(&err, &key);
 }
@@ -135,7 +153,10 @@ fn expired_and_not_yet_valid_leaves() {
         .unwrap();
     let (cert, key) = pki.write_cert("expired", &expired);
     let err = server_err(&pki, cert.clone(), key);
-    assert!(matches!(err, Error::Expired { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Material(MaterialError::Expired { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains(expired.serial()), "{err}");
     assert_names(&err, &cert);
 
@@ -149,7 +170,10 @@ fn expired_and_not_yet_valid_leaves() {
         .unwrap();
     let (cert, key) = pki.write_cert("future", &future);
     let err = server_err(&pki, cert, key);
-    assert!(matches!(err, Error::NotYetValid { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Material(MaterialError::NotYetValid { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -158,7 +182,10 @@ fn leaf_that_is_a_ca() {
     let cert = pki.write("ca-as-leaf.crt", pki.ca.cert_pem());
     let key = pki.write("ca-as-leaf.key", pki.ca.key_pem());
     let err = server_err(&pki, cert.clone(), key);
-    assert!(matches!(err, Error::LeafIsCa { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Material(MaterialError::LeafIsCa { .. })),
+        "{err}"
+    );
     assert_names(&err, &cert);
 }
 
@@ -224,7 +251,10 @@ fn classic_openssl_cn_only_server_certificate() {
         .allow_any_authenticated()
         .build()
         .unwrap_err();
-    assert!(matches!(err, Error::NoSubjectAltName { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Material(MaterialError::NoSubjectAltName { .. })),
+        "{err}"
+    );
     assert!(
         err.to_string()
             .contains(r#"-addext "subjectAltName=DNS:billing.internal""#),
@@ -280,10 +310,10 @@ fn client_certificate_whose_eku_excludes_client_auth() {
     assert!(
         matches!(
             err,
-            Error::WrongUsage {
+            Error::Material(MaterialError::WrongUsage {
                 usage: Usage::ClientAuth,
                 ..
-            }
+            })
         ),
         "{err}"
     );
@@ -299,10 +329,10 @@ fn client_certificate_whose_eku_excludes_client_auth() {
     assert!(
         matches!(
             err,
-            Error::WrongUsage {
+            Error::Material(MaterialError::WrongUsage {
                 usage: Usage::ServerAuth,
                 ..
-            }
+            })
         ),
         "{err}"
     );
@@ -314,7 +344,10 @@ fn oversized_file_is_refused_before_parsing() {
     let (_, key) = good_server_files(&pki);
     let big = pki.write("huge.crt", vec![b'A'; 2 * 1024 * 1024]);
     let err = server_err(&pki, big.clone(), key);
-    assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Material(MaterialError::TooLarge { .. })),
+        "{err}"
+    );
     assert_names(&err, &big);
 }
 
@@ -324,7 +357,10 @@ fn missing_file() {
     let (cert, _) = good_server_files(&pki);
     let key = pki.path("nope.key");
     let err = server_err(&pki, cert, key.clone());
-    assert!(matches!(err, Error::Read { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Material(MaterialError::Read { .. })),
+        "{err}"
+    );
     assert_names(&err, &key);
 }
 
@@ -339,7 +375,7 @@ fn private_key_where_roots_were_expected() {
         .build()
         .unwrap_err();
     assert!(
-        matches!(&err, Error::NotFound { found, .. } if found == &["PRIVATE KEY"]),
+        matches!(&err, Error::Material(MaterialError::NotFound { found, .. }) if found == &["PRIVATE KEY"]),
         "{err}"
     );
 }
@@ -364,7 +400,10 @@ fn stale_and_garbage_crls() {
         .allow_any_authenticated()
         .build()
         .unwrap_err();
-    assert!(matches!(err, Error::CrlExpired { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Material(MaterialError::CrlExpired { .. })),
+        "{err}"
+    );
     assert_names(&err, &stale);
 
     let garbage = pki.write(
@@ -377,7 +416,10 @@ fn stale_and_garbage_crls() {
         .allow_any_authenticated()
         .build()
         .unwrap_err();
-    assert!(matches!(err, Error::BadCrl { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Material(MaterialError::BadCrl { .. })),
+        "{err}"
+    );
     assert_names(&err, &garbage);
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{Pki, TD, call, openssl, serve};
-use meshtls::{Allow, Error, ServerTls, Source};
+use meshtls::{Allow, Error, Pkcs12Error, ServerTls, Source};
 
 const PASS: &str = "changeit";
 
@@ -95,7 +95,10 @@ fn wrong_password() {
         .allow_any_authenticated()
         .build()
         .unwrap_err();
-    assert!(matches!(err, Error::Pkcs12WrongPassword { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Pkcs12(Pkcs12Error::WrongPassword { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("server.p12"), "{err}");
 }
 
@@ -108,7 +111,10 @@ fn truststore_as_identity_has_no_key_entry() {
         .allow_any_authenticated()
         .build()
         .unwrap_err();
-    assert!(matches!(err, Error::Pkcs12NoKey { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Pkcs12(Pkcs12Error::NoKey { .. })),
+        "{err}"
+    );
 }
 
 /// A keystore with two key entries, written with p12-keystore.
@@ -148,7 +154,7 @@ fn several_key_entries_need_an_alias() {
     };
     let err = build(Source::pkcs12_file(&path, PASS)).unwrap_err();
     assert!(
-        matches!(&err, Error::Pkcs12SeveralKeys { aliases, .. } if aliases.len() == 2),
+        matches!(&err, Error::Pkcs12(Pkcs12Error::SeveralKeys { aliases, .. }) if aliases.len() == 2),
         "{err}"
     );
     assert!(
@@ -160,7 +166,10 @@ fn several_key_entries_need_an_alias() {
     assert_eq!(server.certificate().serial, second);
 
     let err = build(Source::pkcs12_file(&path, PASS).alias("third")).unwrap_err();
-    assert!(matches!(err, Error::Pkcs12NoSuchAlias { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Pkcs12(Pkcs12Error::NoSuchAlias { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -172,7 +181,10 @@ fn pem_handed_as_pkcs12_says_so() {
         .allow_any_authenticated()
         .build()
         .unwrap_err();
-    assert!(matches!(err, Error::Pkcs12Malformed { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Pkcs12(Pkcs12Error::Malformed { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("holds PEM"), "{err}");
 }
 
@@ -301,5 +313,8 @@ async fn keytool_keystore_and_truststore_serve_mtls() {
         .allow_any_authenticated()
         .build()
         .unwrap_err();
-    assert!(matches!(err, Error::Pkcs12WrongPassword { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Pkcs12(Pkcs12Error::WrongPassword { .. })),
+        "{err}"
+    );
 }
