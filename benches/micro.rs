@@ -196,6 +196,7 @@ fn main() {
     let reloading = meshtls::ServerTls::builder()
         .identity_files(&cert, &key)
         .client_roots_file(&roots)
+        .dangerous()
         .allow_any_authenticated()
         .build()
         .unwrap();

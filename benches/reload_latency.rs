@@ -53,6 +53,7 @@ async fn measure(debounce: Duration) -> Vec<Duration> {
     let server = ServerTls::builder()
         .identity_files(&cert, &key)
         .client_roots_file(&ca_file)
+        .dangerous()
         .allow_any_authenticated()
         .debounce(debounce)
         .poll_interval(None)

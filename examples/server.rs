@@ -54,10 +54,10 @@ async fn run() -> Result<(), String> {
         builder = builder.allow(rule);
     }
     if args.switch("allow-any-authenticated") {
-        builder = builder.allow_any_authenticated();
+        builder = builder.dangerous().allow_any_authenticated();
     }
     if rule_legacy_cn(&args) {
-        builder = builder.allow_legacy_cn();
+        builder = builder.dangerous().allow_legacy_cn();
     }
     let server = builder.watch().map_err(|e| e.to_string())?;
 

@@ -36,7 +36,7 @@ async fn run() -> Result<(), String> {
         builder = builder.allow(rule.parse::<Allow>().map_err(|e| format!("--allow: {e}"))?);
     }
     if args.switch("allow-any-authenticated") {
-        builder = builder.allow_any_authenticated();
+        builder = builder.dangerous().allow_any_authenticated();
     }
     let server = builder.watch().map_err(|e| e.to_string())?;
     let mut events = server.subscribe();

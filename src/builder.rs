@@ -6,6 +6,7 @@
 //! // No trust roots: there is no `build()` to call.
 //! let server = meshtls::ServerTls::builder()
 //!     .identity_files("tls.crt", "tls.key")
+//!     .dangerous()
 //!     .allow_any_authenticated()
 //!     .build();
 //! ```
@@ -93,6 +94,38 @@ impl Settings {
             self.rules.iter().cloned(),
             self.legacy_cn,
         )?))
+    }
+}
+
+/// The options that weaken security, reached through
+/// [`Builder::dangerous`]; each returns the builder.
+#[must_use]
+#[derive(Debug)]
+pub struct Dangerous<Side, State>(pub(crate) Builder<Side, State>);
+
+impl<Side, State> Dangerous<Side, State> {
+    /// Accept `cn:` rules, which match the subject CN of certificates without
+    /// any SAN. Weaker than SAN rules: a CN is free text that no verifier
+    /// constrains (see [`Allow::cn`]).
+    pub fn allow_legacy_cn(mut self) -> Builder<Side, State> {
+        self.0.settings.legacy_cn = true;
+        self.0
+    }
+
+    /// Also offer TLS13_AES_128_GCM_SHA256, after the 256-bit suites.
+    /// (Default: AES-256-GCM and ChaCha20-Poly1305 only.)
+    pub fn allow_aes128_gcm(mut self) -> Builder<Side, State> {
+        self.0.settings.hardening.aes128 = true;
+        self.0
+    }
+
+    /// Offer classical key exchange only (X25519, P-256, P-384), without the
+    /// post-quantum hybrid X25519MLKEM768 that is offered first by default:
+    /// sessions recorded today could then be read by a quantum computer
+    /// later. For peers or middleboxes that choke on the larger key share.
+    pub fn classical_key_exchange_only(mut self) -> Builder<Side, State> {
+        self.0.settings.hardening.classical_kx = true;
+        self.0
     }
 }
 
@@ -224,26 +257,18 @@ impl<Side, State> Builder<Side, State> {
         self
     }
 
-    /// Accept `cn:` rules, which match the subject CN of certificates without
-    /// SANs. Weaker than SAN rules: see [`Allow::cn`].
-    pub fn allow_legacy_cn(mut self) -> Self {
-        self.settings.legacy_cn = true;
-        self
-    }
-
-    /// Also offer TLS13_AES_128_GCM_SHA256, after the 256-bit suites.
-    /// (Default: AES-256-GCM and ChaCha20-Poly1305 only.)
-    pub fn allow_aes128_gcm(mut self) -> Self {
-        self.settings.hardening.aes128 = true;
-        self
-    }
-
-    /// Offer classical key exchange only (X25519, P-256, P-384), without the
-    /// post-quantum hybrid X25519MLKEM768 that is offered first by default.
-    /// For peers or middleboxes that choke on the larger key share.
-    pub fn classical_key_exchange_only(mut self) -> Self {
-        self.settings.hardening.classical_kx = true;
-        self
+    /// Options that weaken what meshtls checks or offers, behind one name a
+    /// reviewer can search for (as rustls's `dangerous()`). Each returns the
+    /// builder.
+    ///
+    /// ```
+    /// # fn f(b: meshtls::ServerTlsBuilder<meshtls::Ready>) {
+    /// let builder = b.dangerous().allow_legacy_cn().allow(meshtls::Allow::cn("batch"));
+    /// # let _ = builder;
+    /// # }
+    /// ```
+    pub fn dangerous(self) -> Dangerous<Side, State> {
+        Dangerous(self)
     }
 
     /// How sessions may be resumed (default: tickets).

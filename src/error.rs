@@ -626,7 +626,7 @@ pub enum RuleError {
     },
     /// A CN rule on a policy that did not opt in to legacy CN matching.
     #[error(
-        "{rule:?} matches the subject CN, which any CA may put in any certificate; CN rules are off unless you call `allow_legacy_cn()` on the builder (better: give the certificate a SAN)"
+        "{rule:?} matches the subject CN, which any CA may put in any certificate; CN rules are off unless you call `.dangerous().allow_legacy_cn()` on the builder (better: give the certificate a SAN)"
     )]
     CnNotEnabled {
         /// The rule as written.

@@ -62,7 +62,8 @@
 //! - Cipher suites AES-256-GCM and ChaCha20-Poly1305 (AES-128-GCM on request);
 //!   key exchange X25519MLKEM768 first, then X25519, P-256, P-384.
 //! - Client certificates required; no allow-list, no build
-//!   ([`Builder::allow_any_authenticated`] opts out on purpose).
+//!   (`.dangerous().allow_any_authenticated()` opts out on purpose; every
+//!   option that weakens a default is behind [`Builder::dangerous`]).
 //! - With CRLs, unknown revocation status is refused and stale CRLs are
 //!   enforced.
 //! - A refused handshake sends the TLS alert (`access_denied` for policy);
@@ -100,7 +101,7 @@ mod source;
 pub mod tonic;
 
 pub use accept::{Acceptor, Incoming, MtlsStream, PeerInfo};
-pub use builder::{Builder, NeedsIdentity, NeedsRoots, Ready};
+pub use builder::{Builder, Dangerous, NeedsIdentity, NeedsRoots, Ready};
 pub use client::{ClientTls, ClientTlsBuilder, Connector};
 #[cfg(feature = "pkcs12")]
 pub use error::Pkcs12Error;

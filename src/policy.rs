@@ -32,7 +32,7 @@ type CustomFn = dyn Fn(&PeerIdentity) -> bool + Send + Sync;
 /// | `spiffe://td/**` | any SPIFFE ID of trust domain `td` |
 /// | `dns:api.example.com` | that DNS SAN (case-insensitive) |
 /// | `dns:*.svc.cluster.local` | a DNS SAN with exactly one label before `.svc.cluster.local` |
-/// | `cn:billing` | subject CN `billing` (legacy; needs `allow_legacy_cn()`) |
+/// | `cn:billing` | subject CN `billing` of a certificate with no SAN (legacy; needs `.dangerous().allow_legacy_cn()`) |
 ///
 /// ```
 /// use meshtls::Allow;
@@ -142,7 +142,8 @@ impl Allow {
     /// Weaker than the other rules: a CN is free text that no verifier
     /// constrains (webpki ignores it, name constraints do not cover it), so a
     /// CA that issues for one team can mint any CN. The builder refuses CN
-    /// rules unless `allow_legacy_cn()` is called.
+    /// rules unless `.dangerous().allow_legacy_cn()` is called, and a CN rule
+    /// never matches a certificate that has any SAN.
     pub fn cn(name: &str) -> Self {
         Self(if name.is_empty() {
             Rule::Invalid(RuleError::Empty)

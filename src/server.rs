@@ -18,7 +18,7 @@ use rustls_pki_types::UnixTime;
 use tokio::sync::broadcast;
 
 use crate::accept::Acceptor;
-use crate::builder::{Builder, NeedsIdentity, NeedsRoots, Ready};
+use crate::builder::{Builder, Dangerous, NeedsIdentity, NeedsRoots, Ready};
 use crate::error::{ConfigError, Error};
 use crate::hardening::{self, VERSIONS};
 use crate::judge::{NameCheck, note_refusal};
@@ -188,12 +188,14 @@ impl<State> Builder<ServerTls, State> {
         self.settings.rules.extend(rules);
         self
     }
+}
 
+impl<State> Dangerous<ServerTls, State> {
     /// Admits every client whose certificate chains to the client roots, with
     /// no identity check. Only for a CA that issues to nobody else.
-    pub fn allow_any_authenticated(mut self) -> Self {
-        self.settings.any_authenticated = true;
-        self
+    pub fn allow_any_authenticated(mut self) -> Builder<ServerTls, State> {
+        self.0.settings.any_authenticated = true;
+        self.0
     }
 }
 

@@ -332,6 +332,7 @@ mod tests {
                 pem("s.key", server_cert.key_pem()),
             )
             .client_roots(pem("ca", root.cert_pem()))
+            .dangerous()
             .allow_any_authenticated()
             .build()
             .unwrap();

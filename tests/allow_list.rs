@@ -166,6 +166,7 @@ async fn cn_rules_are_off_by_default() {
     // Opted in, a CN-only client certificate (no SAN) is admitted by its CN.
     let server = pki
         .server()
+        .dangerous()
         .allow_legacy_cn()
         .allow(Allow::cn("legacy-batch"))
         .build()
@@ -222,7 +223,12 @@ async fn path_prefix_is_not_a_string_prefix_over_the_wire() {
 #[tokio::test]
 async fn certificate_with_two_uri_sans_is_not_an_svid() {
     let pki = Pki::new();
-    let server = pki.server().allow_any_authenticated().build().unwrap();
+    let server = pki
+        .server()
+        .dangerous()
+        .allow_any_authenticated()
+        .build()
+        .unwrap();
     let mut running = serve(&server).await;
     let two = pki
         .ca
@@ -247,7 +253,12 @@ async fn certificate_with_two_uri_sans_is_not_an_svid() {
 #[tokio::test]
 async fn ca_certificate_presented_as_client_leaf_is_refused() {
     let pki = Pki::new();
-    let server = pki.server().allow_any_authenticated().build().unwrap();
+    let server = pki
+        .server()
+        .dangerous()
+        .allow_any_authenticated()
+        .build()
+        .unwrap();
     let mut running = serve(&server).await;
     // The CA's own certificate and key, presented as if they were a client's.
     let config = bare_client_pem(

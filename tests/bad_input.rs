@@ -99,6 +99,7 @@ fn mutated_pem_material_never_panics_and_always_explains() {
             .identity(Source::pem("chain", chain), Source::pem("key", key))
             .client_roots(Source::pem("roots", roots))
             .crl(Source::pem("crl", crl_pem))
+            .dangerous()
             .allow_any_authenticated()
             .build();
         if let Err(e) = built {

@@ -46,7 +46,12 @@ async fn allowed_client_is_accepted_and_told_who_it_is() {
 #[tokio::test]
 async fn client_without_certificate_is_refused() {
     let pki = Pki::new();
-    let server = pki.server().allow_any_authenticated().build().unwrap();
+    let server = pki
+        .server()
+        .dangerous()
+        .allow_any_authenticated()
+        .build()
+        .unwrap();
     let mut running = serve(&server).await;
 
     let config = bare_client(pki.ca.cert_pem(), None, &[&rustls::version::TLS13]);
@@ -70,7 +75,12 @@ async fn client_without_certificate_is_refused() {
 #[tokio::test]
 async fn client_from_another_ca_is_refused() {
     let pki = Pki::new();
-    let server = pki.server().allow_any_authenticated().build().unwrap();
+    let server = pki
+        .server()
+        .dangerous()
+        .allow_any_authenticated()
+        .build()
+        .unwrap();
     let mut events = server.subscribe();
     let mut running = serve(&server).await;
 
@@ -122,7 +132,12 @@ async fn identity_not_on_the_allow_list_is_refused_with_access_denied() {
 #[tokio::test]
 async fn tls12_only_client_is_refused() {
     let pki = Pki::new();
-    let server = pki.server().allow_any_authenticated().build().unwrap();
+    let server = pki
+        .server()
+        .dangerous()
+        .allow_any_authenticated()
+        .build()
+        .unwrap();
     let mut running = serve(&server).await;
 
     let cert = pki.client_cert(&billing());
@@ -137,7 +152,12 @@ async fn tls12_only_client_is_refused() {
 #[tokio::test]
 async fn expired_client_certificate_is_refused() {
     let pki = Pki::new();
-    let server = pki.server().allow_any_authenticated().build().unwrap();
+    let server = pki
+        .server()
+        .dangerous()
+        .allow_any_authenticated()
+        .build()
+        .unwrap();
     let mut running = serve(&server).await;
 
     let now = SystemTime::now();
@@ -178,6 +198,7 @@ async fn revoked_client_is_refused() {
     let server = pki
         .server()
         .crl_file(crl)
+        .dangerous()
         .allow_any_authenticated()
         .build()
         .unwrap();
@@ -208,7 +229,12 @@ async fn revoked_client_is_refused() {
 #[tokio::test]
 async fn client_verifies_server_by_spiffe_id() {
     let pki = Pki::new();
-    let server = pki.server().allow_any_authenticated().build().unwrap();
+    let server = pki
+        .server()
+        .dangerous()
+        .allow_any_authenticated()
+        .build()
+        .unwrap();
     let running = serve(&server).await;
     let api = format!("spiffe://{TD}/ns/billing/sa/api");
 
@@ -254,7 +280,12 @@ async fn client_verifies_server_by_spiffe_id() {
 #[tokio::test]
 async fn client_without_expectations_checks_the_dialled_name() {
     let pki = Pki::new();
-    let server = pki.server().allow_any_authenticated().build().unwrap();
+    let server = pki
+        .server()
+        .dangerous()
+        .allow_any_authenticated()
+        .build()
+        .unwrap();
     let running = serve(&server).await;
     let client = pki.client(&billing()).build().unwrap();
 
@@ -280,7 +311,12 @@ async fn client_without_expectations_checks_the_dialled_name() {
 async fn client_refuses_server_from_unknown_ca() {
     let pki = Pki::new();
     let other = Pki::named("another root");
-    let server = other.server().allow_any_authenticated().build().unwrap();
+    let server = other
+        .server()
+        .dangerous()
+        .allow_any_authenticated()
+        .build()
+        .unwrap();
     let mut running = serve(&server).await;
 
     let client = pki.client(&billing()).build().unwrap();
@@ -300,7 +336,12 @@ async fn client_refuses_server_from_unknown_ca() {
 async fn same_named_ca_with_another_key_is_refused() {
     let pki = Pki::new();
     let impostor = Pki::new(); // same CA name, different key
-    let server = impostor.server().allow_any_authenticated().build().unwrap();
+    let server = impostor
+        .server()
+        .dangerous()
+        .allow_any_authenticated()
+        .build()
+        .unwrap();
     let running = serve(&server).await;
     let client = pki.client(&billing()).build().unwrap();
     let seen = call(&client, running.addr, "localhost").await;
@@ -330,6 +371,7 @@ async fn handshake_timeout_is_reported() {
     let pki = Pki::new();
     let server = pki
         .server()
+        .dangerous()
         .allow_any_authenticated()
         .handshake_timeout(Duration::from_millis(200))
         .build()

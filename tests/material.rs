@@ -14,6 +14,7 @@ fn server_err(pki: &Pki, cert: PathBuf, key: PathBuf) -> Error {
     ServerTls::builder()
         .identity_files(cert, key)
         .client_roots_file(pki.ca_file())
+        .dangerous()
         .allow_any_authenticated()
         .build()
         .unwrap_err()
@@ -248,6 +249,7 @@ fn classic_openssl_cn_only_server_certificate() {
     let err = ServerTls::builder()
         .identity_files(pki.path("tut.crt"), pki.path("tut.key"))
         .client_roots_file(pki.path("tut-ca.crt"))
+        .dangerous()
         .allow_any_authenticated()
         .build()
         .unwrap_err();
@@ -286,6 +288,7 @@ fn classic_openssl_cn_only_server_certificate() {
     let fixed = ServerTls::builder()
         .identity_files(pki.path("tut-san.crt"), pki.path("tut.key"))
         .client_roots_file(pki.path("tut-ca.crt"))
+        .dangerous()
         .allow_any_authenticated()
         .build();
     assert!(fixed.is_ok(), "{:?}", fixed.err());
@@ -371,6 +374,7 @@ fn private_key_where_roots_were_expected() {
     let err = ServerTls::builder()
         .identity_files(cert, key.clone())
         .client_roots_file(key)
+        .dangerous()
         .allow_any_authenticated()
         .build()
         .unwrap_err();
@@ -397,6 +401,7 @@ fn stale_and_garbage_crls() {
     let err = pki
         .server()
         .crl_file(stale.clone())
+        .dangerous()
         .allow_any_authenticated()
         .build()
         .unwrap_err();
@@ -413,6 +418,7 @@ fn stale_and_garbage_crls() {
     let err = pki
         .server()
         .crl_file(garbage.clone())
+        .dangerous()
         .allow_any_authenticated()
         .build()
         .unwrap_err();
@@ -494,6 +500,7 @@ fn pkcs1_and_sec1_keys_from_openssl_load() {
         let server = ServerTls::builder()
             .identity_files(pki.path(&format!("{name}.crt")), pki.path(&key))
             .client_roots_file(ca.clone())
+            .dangerous()
             .allow_any_authenticated()
             .build();
         assert!(server.is_ok(), "{name}: {:?}", server.err());
@@ -510,6 +517,7 @@ fn leaf_certificate_given_as_trust_roots() {
     let err = ServerTls::builder()
         .identity_files(cert, key)
         .client_roots_file(wrong_roots.clone())
+        .dangerous()
         .allow_any_authenticated()
         .build()
         .expect_err("a leaf certificate was accepted as a trust root");
@@ -533,6 +541,7 @@ fn crl_signed_by_a_ca_that_is_not_trusted() {
     let err = pki
         .server()
         .crl_file(crl.clone())
+        .dangerous()
         .allow_any_authenticated()
         .build()
         .expect_err("a CRL from an untrusted CA was accepted");
@@ -549,6 +558,7 @@ fn crl_signed_by_a_ca_that_is_not_trusted() {
     let err = pki
         .server()
         .crl_file(crl.clone())
+        .dangerous()
         .allow_any_authenticated()
         .build()
         .expect_err("a CRL signed by another key was accepted");

@@ -92,6 +92,7 @@ fn wrong_password() {
     let err = ServerTls::builder()
         .identity_pkcs12(&keystore, "not-the-password")
         .client_roots_file(pki.ca_file())
+        .dangerous()
         .allow_any_authenticated()
         .build()
         .unwrap_err();
@@ -108,6 +109,7 @@ fn truststore_as_identity_has_no_key_entry() {
     let err = ServerTls::builder()
         .identity_pkcs12(truststore(&pki), PASS)
         .client_roots_file(pki.ca_file())
+        .dangerous()
         .allow_any_authenticated()
         .build()
         .unwrap_err();
@@ -149,6 +151,7 @@ fn several_key_entries_need_an_alias() {
         ServerTls::builder()
             .identity_keystore(source)
             .client_roots_file(pki.ca_file())
+            .dangerous()
             .allow_any_authenticated()
             .build()
     };
@@ -178,6 +181,7 @@ fn pem_handed_as_pkcs12_says_so() {
     let err = ServerTls::builder()
         .identity_pkcs12(pki.ca_file(), PASS)
         .client_roots_file(pki.ca_file())
+        .dangerous()
         .allow_any_authenticated()
         .build()
         .unwrap_err();
@@ -197,6 +201,7 @@ async fn rotated_keystore_is_reloaded() {
     let server = ServerTls::builder()
         .identity_pkcs12(&live, PASS)
         .client_roots(Source::pkcs12_file(truststore(&pki), PASS))
+        .dangerous()
         .allow_any_authenticated()
         .debounce(Duration::from_millis(20))
         .watch()
@@ -310,6 +315,7 @@ async fn keytool_keystore_and_truststore_serve_mtls() {
     let err = ServerTls::builder()
         .identity_pkcs12(pki.path("java-keystore.p12"), "wrong")
         .client_roots_file(pki.ca_file())
+        .dangerous()
         .allow_any_authenticated()
         .build()
         .unwrap_err();

@@ -305,6 +305,7 @@ async fn ca_bundle_rotation_with_overlap() {
     let server = ServerTls::builder()
         .identity_files(&f.cert, &f.key)
         .client_roots_file(&f.ca)
+        .dangerous()
         .allow_any_authenticated()
         .debounce(Duration::from_millis(50))
         .poll_interval(None)
@@ -557,6 +558,7 @@ async fn waits_for_files_written_after_start() {
         ServerTls::builder()
             .identity_files(&c, &k)
             .client_roots_file(&ca)
+            .dangerous()
             .allow_any_authenticated()
     };
     // Without waiting: fail fast, naming the file.
@@ -574,6 +576,7 @@ async fn waits_for_files_written_after_start() {
     let err = ServerTls::builder()
         .identity_files(dir.join("never.crt"), &k)
         .client_roots_file(&ca)
+        .dangerous()
         .allow_any_authenticated()
         .wait_for_files(Duration::from_millis(300))
         .watch()
@@ -797,6 +800,7 @@ async fn symlinked_file_changed_in_place_is_seen() {
     let server = ServerTls::builder()
         .identity_files(pki.path("conf/tls.crt"), pki.path("conf/tls.key"))
         .client_roots_file(pki.path("conf/ca.crt"))
+        .dangerous()
         .allow_any_authenticated()
         .debounce(Duration::from_millis(50))
         .poll_interval(None)

@@ -42,6 +42,7 @@ fn watcher_lives_as_long_as_the_config_and_works_on_current_thread() {
         let server = ServerTls::builder()
             .identity_files(&cert, &key)
             .client_roots_file(pki.ca_file())
+            .dangerous()
             .allow_any_authenticated()
             .debounce(Duration::from_millis(20))
             .watch()

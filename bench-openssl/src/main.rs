@@ -162,6 +162,7 @@ fn main() {
         )
         .client_roots(Source::pem("ca", ca.cert_pem()))
         .allow(Allow::spiffe_id("spiffe://bench.example/client"))
+        .dangerous()
         .classical_key_exchange_only()
         .build()
         .unwrap();
@@ -178,6 +179,7 @@ fn main() {
             Source::pem("key", client_cert.key_pem()),
         )
         .server_roots(Source::pem("ca", ca.cert_pem()))
+        .dangerous()
         .classical_key_exchange_only()
         .resumption(Resumption::Disabled)
         .build()

@@ -217,7 +217,7 @@ pub fn meshtls_server(m: &Material, post_quantum: bool) -> ServerTls {
         .client_roots(Source::pem("roots", m.ca_pem.clone()))
         .allow(Allow::spiffe_id(CLIENT_ID));
     if !post_quantum {
-        b = b.classical_key_exchange_only();
+        b = b.dangerous().classical_key_exchange_only();
     }
     b.build().unwrap()
 }
@@ -233,7 +233,7 @@ pub fn meshtls_client(m: &Material, post_quantum: bool, resume: bool) -> ClientT
         b = b.resumption(meshtls::Resumption::Disabled);
     }
     if !post_quantum {
-        b = b.classical_key_exchange_only();
+        b = b.dangerous().classical_key_exchange_only();
     }
     b.build().unwrap()
 }
