@@ -21,9 +21,8 @@ use tokio_rustls::server::TlsStream;
 
 use crate::error::{HandshakeError, RejectReason};
 use crate::identity::PeerIdentity;
-use crate::judge::{classify_tls, take_refusal};
+use crate::judge::{Presented, classify_tls, take_refusal};
 use crate::live::Live;
-use crate::session::{ServerSessions, Sessions};
 
 /// Accepts mutual-TLS connections; cheap to clone, one per listener or task.
 ///
@@ -31,7 +30,7 @@ use crate::session::{ServerSessions, Sessions};
 #[derive(Clone)]
 pub struct Acceptor {
     inner: tokio_rustls::TlsAcceptor,
-    live: Arc<Live<ServerSessions>>,
+    live: Arc<Live>,
     timeout: Duration,
 }
 
@@ -44,11 +43,7 @@ impl std::fmt::Debug for Acceptor {
 }
 
 impl Acceptor {
-    pub(crate) fn new(
-        config: Arc<ServerConfig>,
-        live: Arc<Live<ServerSessions>>,
-        timeout: Duration,
-    ) -> Self {
+    pub(crate) fn new(config: Arc<ServerConfig>, live: Arc<Live>, timeout: Duration) -> Self {
         Self {
             inner: tokio_rustls::TlsAcceptor::from(config),
             live,
@@ -100,8 +95,8 @@ impl Acceptor {
 /// handshake fails in the very poll that ran it. The note is cleared around
 /// every poll, so a refusal noted elsewhere on this thread (by a bare config,
 /// say) can never be taken for this handshake's.
-pub(crate) async fn handshake<S: Sessions, T>(
-    live: &Live<S>,
+pub(crate) async fn handshake<T>(
+    live: &Live,
     timeout: Duration,
     handshake: impl Future<Output = io::Result<T>>,
 ) -> Result<T, HandshakeError> {
@@ -127,8 +122,8 @@ pub(crate) async fn handshake<S: Sessions, T>(
 /// Classifies a handshake that failed inside rustls or on the socket.
 /// `noted` is what our verifier noted in the poll that failed, if it
 /// refused: it reported the refusal already, with more detail.
-fn failed<S: Sessions>(
-    live: &Live<S>,
+fn failed(
+    live: &Live,
     e: io::Error,
     noted: Option<(rustls::CertificateError, RejectReason, String)>,
 ) -> HandshakeError {
@@ -160,8 +155,8 @@ fn failed<S: Sessions>(
 /// After a completed handshake, full or resumed: who the peer is, admitted
 /// by the current epoch now (for a full handshake judged in this epoch, a
 /// lookup).
-pub(crate) fn admit<S: Sessions>(
-    live: &Live<S>,
+pub(crate) fn admit(
+    live: &Live,
     conn: &CommonState,
     server_name: Option<&ServerName<'_>>,
 ) -> Result<PeerIdentity, HandshakeError> {
@@ -178,7 +173,12 @@ pub(crate) fn admit<S: Sessions>(
             None,
         ));
     };
-    match live.admit(&live.current(), leaf, intermediates, server_name) {
+    let peer = Presented {
+        end_entity: leaf,
+        intermediates,
+        server_name,
+    };
+    match live.admit(peer) {
         Ok(admitted) => {
             live.observer.admitted();
             Ok(admitted.peer)

@@ -15,14 +15,21 @@ use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+
 use crate::error::Error;
+use crate::handle::Mtls;
 use crate::hardening::Hardening;
 use crate::judge::NameCheck;
-use crate::live::Fixed;
+use crate::live::{Fixed, Live};
 use crate::material::{RevocationScope, Role, Sources};
+use crate::observe::Observer;
 use crate::policy::{Allow, Policy};
-use crate::reload::WatchSettings;
+use crate::reload::{self, WatchSettings};
 use crate::session::Resumption;
+use crate::side::Side;
 use crate::source::Source;
 
 /// The longest debounce or poll period taken; longer ones are cut to it.
@@ -126,6 +133,39 @@ impl<Side, State> Dangerous<Side, State> {
     pub fn classical_key_exchange_only(mut self) -> Builder<Side, State> {
         self.0.settings.hardening.classical_kx = true;
         self.0
+    }
+}
+
+impl<S: Side> Builder<S, Ready> {
+    /// Validates the material, then builds the live state and, around it,
+    /// this side's rustls config with `config`.
+    pub(crate) fn finish(
+        &self,
+        role: Role,
+        name_check: NameCheck,
+        policy: Policy,
+        config: impl FnOnce(&Arc<Live>, Arc<CryptoProvider>, &Settings) -> Result<S::Config, Error>,
+    ) -> Result<Mtls<S>, Error> {
+        let fixed = self.fixed(role, name_check);
+        let provider = fixed.provider.clone();
+        let live = Live::new(fixed, policy, Observer::new(role.name()))?;
+        let config = Arc::new(config(&live, provider, &self.settings)?);
+        Ok(Mtls {
+            config,
+            live,
+            handshake_timeout: self.settings.handshake_timeout,
+        })
+    }
+
+    /// Builds with `make` once the files are valid (waiting as
+    /// `wait_for_files` says), then watches them.
+    pub(crate) fn watching(
+        self,
+        make: impl Fn(&Self) -> Result<Mtls<S>, Error>,
+    ) -> Result<Mtls<S>, Error> {
+        let built = reload::wait_until_valid(&self.settings.watch, || make(&self))?;
+        reload::start(&built.live, &self.settings.watch)?;
+        Ok(built)
     }
 }
 

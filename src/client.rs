@@ -6,39 +6,41 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::client::{
     ClientConfig, ClientSessionStore, ResolvesClientCert, Tls12ClientSessionValue,
     Tls13ClientSessionValue,
 };
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, Error as TlsError, NamedGroup, SignatureScheme};
+use rustls::{Error as TlsError, NamedGroup, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::broadcast;
 use tokio_rustls::client::TlsStream;
 
 use crate::accept::{admit, handshake};
-use crate::builder::{Builder, NeedsIdentity, NeedsRoots, Ready};
+use crate::builder::{Builder, NeedsIdentity, NeedsRoots, Ready, Settings};
 use crate::error::{ConfigError, Error, HandshakeError, RejectReason};
-use crate::hardening::{self, VERSIONS};
+use crate::handle::Mtls;
+use crate::hardening::VERSIONS;
 use crate::identity::PeerIdentity;
-use crate::judge::{NameCheck, note_refusal};
+use crate::judge::{NameCheck, Presented};
 use crate::live::{Live, ReloadOutcome};
 use crate::material::Role;
-use crate::observe::{CertFacts, Event, Observer, Stats};
 use crate::policy::{Allow, Policy};
 use crate::session::{ClientSessions, Resumption};
+use crate::side::Client;
 use crate::source::Source;
+use crate::verify::{Verifying, signature_checks};
 
 /// The builder of a [`ClientTls`].
-pub type ClientTlsBuilder<State = NeedsIdentity> = Builder<ClientTls, State>;
-
-type ClientLive = Live<ClientSessions>;
+pub type ClientTlsBuilder<State = NeedsIdentity> = Builder<Client, State>;
 
 /// A mutual-TLS client: one stable `Arc<rustls::ClientConfig>` that presents
 /// the current certificate and verifies servers against the current roots.
+/// What it shares with the server side ([`config`](Mtls::config),
+/// [`subscribe`](Mtls::subscribe), [`reload`](Mtls::reload), ...) is on
+/// [`Mtls`].
 ///
 /// The server is verified either by the DNS name (or IP) you dial, as a
 /// browser would, or, with [`expect_server`](Builder::expect_server), by its
@@ -67,43 +69,23 @@ type ClientLive = Live<ClientSessions>;
 /// last handshake message, so a server that refuses this client is seen on
 /// the first read (an `access_denied`, `unknown_ca`, `certificate_revoked`
 /// ... alert), not by `connect`.
-#[derive(Clone)]
-pub struct ClientTls {
-    config: Arc<ClientConfig>,
-    live: Arc<ClientLive>,
-    handshake_timeout: Duration,
-}
+///
+/// The bare [`config`](Mtls::config) (reqwest, hyper-rustls) judges every
+/// full handshake by the current policy and keeps a session ticket only for
+/// a server name that passed it. What only the [`connector`](Mtls::connector)
+/// closes: with several servers behind one name, a ticket that a server
+/// revoked since sends late is kept once another server of that name has
+/// passed, and resumes to it. See the [`reload`](crate::reload) module.
+pub type ClientTls = Mtls<Client>;
 
-impl fmt::Debug for ClientTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let generation = self.live.current();
-        f.debug_struct("ClientTls")
-            .field("generation", &generation.number)
-            .field("serial", &generation.material.leaf.serial)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ClientTls {
+impl Mtls<Client> {
     /// Starts a builder: identity, then server roots, then options.
     pub fn builder() -> ClientTlsBuilder<NeedsIdentity> {
         Builder::new()
     }
 
-    /// The rustls config, for any client that takes one (reqwest,
-    /// hyper-rustls, tonic). The same `Arc` for the life of the client.
-    ///
-    /// Every full handshake is judged by the current policy, and a session
-    /// ticket is kept only for a server name that passed it. What only the
-    /// [`connector`](Self::connector) closes: with several servers behind one
-    /// name, a ticket that a server revoked since sends late is kept once
-    /// another server of that name has passed, and resumes to it. See the
-    /// [`reload`](crate::reload) module.
-    pub fn config(&self) -> Arc<ClientConfig> {
-        self.config.clone()
-    }
-
     /// A tokio connector that also returns the server's [`PeerIdentity`].
+    #[must_use]
     pub fn connector(&self) -> Connector {
         Connector {
             inner: tokio_rustls::TlsConnector::from(self.config.clone()),
@@ -112,32 +94,12 @@ impl ClientTls {
         }
     }
 
-    /// Events: reloads, refused reloads, expiry warnings, refused servers.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.live.observer.subscribe()
-    }
-
-    /// Counters: handshakes by outcome, reloads, certificate expiry.
-    pub fn stats(&self) -> Stats {
-        self.live.observer.stats()
-    }
-
-    /// Reads the files again now and swaps in a new generation if they
-    /// changed and are valid.
-    ///
-    /// # Errors
-    ///
-    /// Why the new material was refused; the previous generation keeps serving.
-    pub fn reload(&self) -> Result<ReloadOutcome, Error> {
-        self.live.reload()
-    }
-
     /// Replaces the expected server identities. Stored sessions are dropped.
     ///
     /// # Errors
     ///
-    /// A malformed rule, or an empty list (a client without rules checks the
-    /// dialled name; build it that way instead).
+    /// A malformed rule, an empty list, or a client built without
+    /// `expect_server` (it checks the dialled name; build it with rules).
     pub fn set_expected_servers(
         &self,
         rules: impl IntoIterator<Item = Allow>,
@@ -147,34 +109,21 @@ impl ClientTls {
         }
         self.live.set_rules(rules.into_iter().collect())
     }
-
-    /// The serving generation's number (1 for the first).
-    pub fn generation(&self) -> u64 {
-        self.live.current().number
-    }
-
-    /// The certificate this client presents.
-    pub fn certificate(&self) -> CertFacts {
-        self.live.current().material.leaf.clone()
-    }
 }
 
-impl Builder<ClientTls, NeedsRoots> {
+impl Builder<Client, NeedsRoots> {
     /// The CA bundle (PEM) that server certificates must chain to.
-    pub fn server_roots_file(
-        self,
-        path: impl Into<std::path::PathBuf>,
-    ) -> Builder<ClientTls, Ready> {
+    pub fn server_roots_file(self, path: impl Into<std::path::PathBuf>) -> Builder<Client, Ready> {
         self.roots(Source::file(path))
     }
 
     /// The server CA bundle from any [`Source`].
-    pub fn server_roots(self, roots: Source) -> Builder<ClientTls, Ready> {
+    pub fn server_roots(self, roots: Source) -> Builder<Client, Ready> {
         self.roots(roots)
     }
 }
 
-impl<State> Builder<ClientTls, State> {
+impl<State> Builder<Client, State> {
     /// Verify the server by identity: its chain must lead to the roots and
     /// one of these rules must match (typically a SPIFFE ID). May be called
     /// more than once. Without it, the dialled DNS name or IP is checked.
@@ -184,7 +133,7 @@ impl<State> Builder<ClientTls, State> {
     }
 }
 
-impl Builder<ClientTls, Ready> {
+impl Builder<Client, Ready> {
     /// Builds a client that reads its files once.
     ///
     /// # Errors
@@ -202,9 +151,7 @@ impl Builder<ClientTls, Ready> {
     /// As [`Self::build`]; or the files did not become valid within
     /// `wait_for_files`; or the watcher could not start.
     pub fn watch(self) -> Result<ClientTls, Error> {
-        let client = crate::reload::wait_until_valid(&self.settings.watch, || self.make())?;
-        crate::reload::start(&client.live, &self.settings.watch)?;
-        Ok(client)
+        self.watching(Self::make)
     }
 
     fn make(&self) -> Result<ClientTls, Error> {
@@ -212,33 +159,28 @@ impl Builder<ClientTls, Ready> {
             Some(policy) => (policy, NameCheck::AllowList),
             None => (Policy::any_authenticated(), NameCheck::ServerName),
         };
-        let fixed = self.fixed(Role::Client, name_check);
-        let provider = fixed.provider.clone();
-        let live = Live::new(fixed, policy, Observer::new("client"))?;
-        let verifier = Arc::new(LiveServerVerifier {
-            live: live.clone(),
-            schemes: hardening::verify_schemes(&provider),
-            provider: provider.clone(),
-        });
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(VERSIONS)
-            .map_err(Error::Rustls)?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_client_cert_resolver(Arc::new(LiveClientCert { live: live.clone() }));
-        config.resumption = match self.settings.resumption {
-            Resumption::Disabled => rustls::client::Resumption::disabled(),
-            _ => rustls::client::Resumption::store(Arc::new(LiveClientSessions {
-                live: live.clone(),
-            })),
-        };
-        config.alpn_protocols = self.settings.alpn.clone();
-        Ok(ClientTls {
-            config: Arc::new(config),
-            live,
-            handshake_timeout: self.settings.handshake_timeout,
-        })
+        self.finish(Role::Client, name_check, policy, client_config)
     }
+}
+
+fn client_config(
+    live: &Arc<Live>,
+    provider: Arc<CryptoProvider>,
+    settings: &Settings,
+) -> Result<ClientConfig, Error> {
+    let verifier = Arc::new(LiveServerVerifier(Verifying::new(live, &provider)));
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(VERSIONS)
+        .map_err(Error::Rustls)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(Arc::new(LiveClientCert { live: live.clone() }));
+    config.resumption = match settings.resumption {
+        Resumption::Disabled => rustls::client::Resumption::disabled(),
+        _ => rustls::client::Resumption::store(Arc::new(LiveClientSessions { live: live.clone() })),
+    };
+    config.alpn_protocols = settings.alpn.clone();
+    Ok(config)
 }
 
 /// Connects to mutual-TLS servers; cheap to clone.
@@ -247,7 +189,7 @@ impl Builder<ClientTls, Ready> {
 #[derive(Clone)]
 pub struct Connector {
     inner: tokio_rustls::TlsConnector,
-    live: Arc<ClientLive>,
+    live: Arc<Live>,
     timeout: Duration,
 }
 
@@ -316,17 +258,8 @@ impl Connector {
 }
 
 /// Verifies servers against the current generation.
-struct LiveServerVerifier {
-    live: Arc<ClientLive>,
-    schemes: Vec<SignatureScheme>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl fmt::Debug for LiveServerVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("meshtls::LiveServerVerifier")
-    }
-}
+#[derive(Debug)]
+struct LiveServerVerifier(Verifying);
 
 impl ServerCertVerifier for LiveServerVerifier {
     fn verify_server_cert(
@@ -337,60 +270,27 @@ impl ServerCertVerifier for LiveServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
-        let generation = self.live.current();
-        match self.live.judge(
-            &generation,
+        let peer = Presented {
             end_entity,
             intermediates,
-            Some(server_name),
-            now,
-        ) {
-            Ok(admitted) => {
-                // Tickets for this name may be stored in this epoch, until
-                // the verdict runs out.
-                generation.sessions.verified(server_name, admitted.until);
-                Ok(ServerCertVerified::assertion())
-            }
-            Err(refusal) => {
-                note_refusal(&refusal);
-                self.live.observer.rejected(refusal.reason, refusal.detail);
-                Err(TlsError::InvalidCertificate(refusal.alert))
-            }
+            server_name: Some(server_name),
+        };
+        let (generation, admitted) = self.0.judge(peer, now)?;
+        // Tickets for this name may be stored in this epoch, until the
+        // verdict runs out.
+        if let Some(store) = generation.sessions.client() {
+            store.verified(server_name, admitted.until);
         }
+        Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        Err(hardening::refuse_tls12())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        hardening::verify_tls13(&self.provider, message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.schemes.clone()
-    }
+    signature_checks!();
 }
 
 /// Presents the current generation's certificate.
+#[derive(Debug)]
 struct LiveClientCert {
-    live: Arc<ClientLive>,
-}
-
-impl fmt::Debug for LiveClientCert {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("meshtls::LiveClientCert")
-    }
+    live: Arc<Live>,
 }
 
 impl ResolvesClientCert for LiveClientCert {
@@ -408,23 +308,28 @@ impl ResolvesClientCert for LiveClientCert {
 }
 
 /// The resumption store of the current policy epoch.
+#[derive(Debug)]
 struct LiveClientSessions {
-    live: Arc<ClientLive>,
+    live: Arc<Live>,
 }
 
-impl fmt::Debug for LiveClientSessions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("meshtls::LiveClientSessions")
+impl LiveClientSessions {
+    /// Runs `f` on the current epoch's store.
+    fn with<T>(&self, f: impl FnOnce(&ClientSessions) -> Option<T>) -> Option<T> {
+        self.live.current().sessions.client().and_then(f)
     }
 }
 
 impl ClientSessionStore for LiveClientSessions {
     fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
-        self.live.current().sessions.set_kx_hint(server_name, group);
+        self.with(|s| {
+            s.set_kx_hint(server_name, group);
+            Some(())
+        });
     }
 
     fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
-        self.live.current().sessions.kx_hint(server_name)
+        self.with(|s| s.kx_hint(server_name))
     }
 
     fn set_tls12_session(
@@ -446,13 +351,16 @@ impl ClientSessionStore for LiveClientSessions {
         server_name: ServerName<'static>,
         value: Tls13ClientSessionValue,
     ) {
-        self.live.current().sessions.insert(server_name, value);
+        self.with(|s| {
+            s.insert(server_name, value);
+            Some(())
+        });
     }
 
     fn take_tls13_ticket(
         &self,
         server_name: &ServerName<'static>,
     ) -> Option<Tls13ClientSessionValue> {
-        self.live.current().sessions.take(server_name)
+        self.with(|s| s.take(server_name))
     }
 }

@@ -47,6 +47,26 @@ pub(crate) struct Options {
     pub(crate) name_check: NameCheck,
 }
 
+/// What is judged: a peer's chain as presented (or as stored with its
+/// session), and for a client the name it dialled.
+#[derive(Clone, Copy)]
+pub(crate) struct Presented<'a> {
+    pub(crate) end_entity: &'a CertificateDer<'a>,
+    pub(crate) intermediates: &'a [CertificateDer<'a>],
+    /// Judged only by a client built without expected identities.
+    pub(crate) server_name: Option<&'a ServerName<'a>>,
+}
+
+impl<'a> Presented<'a> {
+    /// The name that takes part in the verdict, if any.
+    fn judged_name(&self, options: &Options) -> Option<&'a ServerName<'a>> {
+        match options.name_check {
+            NameCheck::ServerName => self.server_name,
+            NameCheck::AllowList => None,
+        }
+    }
+}
+
 /// A peer admitted, and until when that verdict holds (Unix seconds).
 #[derive(Clone)]
 pub(crate) struct Admitted {
@@ -88,15 +108,15 @@ impl Epoch {
     pub(crate) fn judge(
         &self,
         options: &Options,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: Option<&ServerName<'_>>,
+        peer: Presented<'_>,
         now: UnixTime,
     ) -> Result<Admitted, Refusal> {
-        let name = match options.name_check {
-            NameCheck::ServerName => server_name,
-            NameCheck::AllowList => None,
-        };
+        let Presented {
+            end_entity,
+            intermediates,
+            ..
+        } = peer;
+        let name = peer.judged_name(options);
         if let Err(e) =
             self.trust
                 .verify(options.algs, end_entity, intermediates, now, options.usage)
@@ -113,7 +133,7 @@ impl Epoch {
                 alert,
             });
         }
-        let peer = PeerIdentity::from_leaf_der(end_entity).map_err(|e| Refusal {
+        let identity = PeerIdentity::from_leaf_der(end_entity).map_err(|e| Refusal {
             reason: RejectReason::NotAWorkloadCertificate,
             detail: format!("peer certificate refused: {e}"),
             alert: CertificateError::ApplicationVerificationFailure,
@@ -126,14 +146,14 @@ impl Epoch {
                     reason: RejectReason::NotAllowed,
                     detail: format!(
                         "server {} is not valid for the name {:?} we dialled: {}",
-                        describe(&peer),
+                        describe(&identity),
                         name.to_str(),
                         describe_webpki(&e)
                     ),
                     alert: CertificateError::NotValidForName,
                 })?;
             }
-            None => self.policy.check(&peer).map_err(|e| Refusal {
+            None => self.policy.check(&identity).map_err(|e| Refusal {
                 reason: RejectReason::NotAllowed,
                 detail: e.to_string(),
                 alert: CertificateError::ApplicationVerificationFailure,
@@ -143,8 +163,11 @@ impl Epoch {
             .iter()
             .filter_map(|der| not_after(der))
             .chain(self.trust.crl_deadline(now))
-            .fold(unix_secs(peer.not_after()), u64::min);
-        let admitted = Admitted { peer, until };
+            .fold(unix_secs(identity.not_after()), u64::min);
+        let admitted = Admitted {
+            peer: identity,
+            until,
+        };
         self.memo.remember(intermediates, name, &admitted);
         Ok(admitted)
     }
@@ -155,18 +178,16 @@ impl Epoch {
     pub(crate) fn admit(
         &self,
         options: &Options,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: Option<&ServerName<'_>>,
+        peer: Presented<'_>,
         now: UnixTime,
     ) -> Result<Admitted, Refusal> {
-        let name = match options.name_check {
-            NameCheck::ServerName => server_name,
-            NameCheck::AllowList => None,
-        };
-        match self.memo.recall(end_entity, intermediates, name, now) {
+        let name = peer.judged_name(options);
+        match self
+            .memo
+            .recall(peer.end_entity, peer.intermediates, name, now)
+        {
             Some(admitted) => Ok(admitted),
-            None => self.judge(options, end_entity, intermediates, server_name, now),
+            None => self.judge(options, peer, now),
         }
     }
 }

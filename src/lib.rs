@@ -83,6 +83,7 @@ mod client;
 #[cfg(feature = "dev")]
 pub mod dev;
 mod error;
+mod handle;
 mod hardening;
 mod identity;
 mod judge;
@@ -96,9 +97,11 @@ pub mod reload;
 mod revocation;
 mod server;
 mod session;
+pub mod side;
 mod source;
 #[cfg(feature = "tonic")]
 pub mod tonic;
+mod verify;
 
 pub use accept::{Acceptor, Incoming, MtlsStream, PeerInfo};
 pub use builder::{Builder, Dangerous, NeedsIdentity, NeedsRoots, Ready};
@@ -109,6 +112,7 @@ pub use error::{
     ConfigError, Error, HandshakeError, MaterialError, MaterialKind, Origin, RejectReason,
     RuleError, SpiffeIdError, Usage,
 };
+pub use handle::Mtls;
 pub use identity::{IdentityError, PeerIdentity, SpiffeId, TrustDomain};
 pub use live::ReloadOutcome;
 pub use material::RevocationScope;

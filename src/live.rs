@@ -14,23 +14,23 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::UnixTime;
 
 use crate::error::{ConfigError, Error};
-use crate::judge::{Admitted, Epoch, NameCheck, Options, Refusal};
+use crate::judge::{Admitted, Epoch, NameCheck, Options, Presented, Refusal};
 use crate::material::{Material, RevocationScope, Role, Sources, peer_key_usage};
 use crate::observe::Observer;
 use crate::policy::{Allow, Policy};
-use crate::session::{Resumption, Sessions};
+use crate::session::{ClientSessions, Resumption, ServerSessions, Sessions};
 
 /// One immutable generation.
-pub(crate) struct Generation<S> {
+pub(crate) struct Generation {
     pub(crate) number: u64,
     pub(crate) material: Arc<Material>,
     /// The policy epoch: what judges peers, and the verdicts reached.
     pub(crate) epoch: Arc<Epoch>,
     /// Session state of the same epoch.
-    pub(crate) sessions: Arc<S>,
+    pub(crate) sessions: Arc<Sessions>,
     /// 0: nothing said; 1: `Expiring` sent; 2: `Expired` sent.
     expiry_state: AtomicU8,
 }
@@ -67,6 +67,14 @@ pub(crate) struct Fixed {
 }
 
 impl Fixed {
+    /// Session state for a new policy epoch.
+    fn fresh_sessions(&self) -> Result<Sessions, Error> {
+        Ok(match self.role {
+            Role::Server => Sessions::Server(ServerSessions::fresh(self.resumption)?),
+            Role::Client => Sessions::Client(ClientSessions::fresh(self.resumption)),
+        })
+    }
+
     /// Validates a set of inputs read from the sources, as of now.
     fn validate(&self, inputs: crate::material::Inputs) -> Result<Material, Error> {
         Material::validate(
@@ -82,10 +90,10 @@ impl Fixed {
 
 /// The live state shared by a config's resolver, verifier, session store,
 /// the acceptor or connector, and the watcher.
-pub(crate) struct Live<S: Sessions> {
-    current: ArcSwap<Generation<S>>,
+pub(crate) struct Live {
+    current: ArcSwap<Generation>,
     pub(crate) fixed: Fixed,
-    options: Options,
+    pub(crate) options: Options,
     pub(crate) observer: Observer,
     /// Serializes rebuilds so generation numbers and epochs stay ordered.
     rebuild: Mutex<()>,
@@ -94,7 +102,16 @@ pub(crate) struct Live<S: Sessions> {
     held: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
-impl<S: Sessions> Live<S> {
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("side", &self.observer.side())
+            .field("generation", &self.current().number)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Live {
     /// Builds the first generation; fails if the material is not valid.
     pub(crate) fn new(
         fixed: Fixed,
@@ -106,7 +123,7 @@ impl<S: Sessions> Live<S> {
             number: 1,
             epoch: Arc::new(Epoch::new(1, material.trust.clone(), Arc::new(policy))),
             material,
-            sessions: Arc::new(S::fresh(fixed.resumption)?),
+            sessions: Arc::new(fixed.fresh_sessions()?),
             expiry_state: AtomicU8::new(0),
         };
         observer.reloaded(1, &first.material.leaf, &first.material.trust.roots, true);
@@ -143,41 +160,21 @@ impl<S: Sessions> Live<S> {
     }
 
     /// The serving generation.
-    pub(crate) fn current(&self) -> arc_swap::Guard<Arc<Generation<S>>> {
+    pub(crate) fn current(&self) -> arc_swap::Guard<Arc<Generation>> {
         self.current.load()
     }
 
-    /// The full judgment of a peer under `generation`'s epoch (the one the
-    /// caller read when it started judging).
-    pub(crate) fn judge(
-        &self,
-        generation: &Generation<S>,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: Option<&ServerName<'_>>,
-        now: UnixTime,
-    ) -> Result<Admitted, Refusal> {
-        generation
-            .epoch
-            .judge(&self.options, end_entity, intermediates, server_name, now)
+    /// The serving generation, as an `Arc` the caller may keep.
+    pub(crate) fn current_full(&self) -> Arc<Generation> {
+        self.current.load_full()
     }
 
-    /// Whether the current epoch admits this chain now: a remembered verdict
-    /// or the full judgment.
-    pub(crate) fn admit(
-        &self,
-        generation: &Generation<S>,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: Option<&ServerName<'_>>,
-    ) -> Result<Admitted, Refusal> {
-        generation.epoch.admit(
-            &self.options,
-            end_entity,
-            intermediates,
-            server_name,
-            UnixTime::now(),
-        )
+    /// Whether the current epoch admits `peer` now: a remembered verdict or
+    /// the full judgment.
+    pub(crate) fn admit(&self, peer: Presented<'_>) -> Result<Admitted, Refusal> {
+        self.current()
+            .epoch
+            .admit(&self.options, peer, UnixTime::now())
     }
 
     /// Reads the sources again and swaps in a new generation if they changed
@@ -241,13 +238,13 @@ impl<S: Sessions> Live<S> {
     /// changed (sessions then start afresh with it).
     fn install(
         &self,
-        old: &Generation<S>,
+        old: &Generation,
         material: Arc<Material>,
         epoch: Option<Epoch>,
     ) -> Result<ReloadOutcome, Error> {
         let policy_changed = epoch.is_some();
         let (epoch, sessions) = match epoch {
-            Some(epoch) => (Arc::new(epoch), Arc::new(S::fresh(self.fixed.resumption)?)),
+            Some(epoch) => (Arc::new(epoch), Arc::new(self.fixed.fresh_sessions()?)),
             None => (old.epoch.clone(), old.sessions.clone()),
         };
         let next = Arc::new(Generation {

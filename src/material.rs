@@ -30,6 +30,14 @@ pub(crate) enum Role {
 }
 
 impl Role {
+    /// "server" or "client", for events and logs.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Server => "server",
+            Self::Client => "client",
+        }
+    }
+
     /// The usage our own certificate needs.
     fn own_usage(self) -> Usage {
         match self {

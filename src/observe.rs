@@ -184,6 +184,11 @@ impl Observer {
         }
     }
 
+    /// "server" or "client".
+    pub(crate) fn side(&self) -> &'static str {
+        self.side
+    }
+
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
     }

@@ -74,7 +74,6 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::error::Error;
 use crate::live::Live;
-use crate::session::Sessions;
 
 /// How often the certificate's expiry is re-checked.
 const EXPIRY_TICK: Duration = Duration::from_secs(60);
@@ -164,10 +163,7 @@ fn is_change(kind: &EventKind) -> bool {
 }
 
 /// Starts watching the files of `live`; a no-op when none are files.
-pub(crate) fn start<S: Sessions>(
-    live: &Arc<Live<S>>,
-    settings: &WatchSettings,
-) -> Result<(), Error> {
+pub(crate) fn start(live: &Arc<Live>, settings: &WatchSettings) -> Result<(), Error> {
     let dirs: BTreeSet<PathBuf> = live.fixed.sources.files().map(watch_dir).collect();
     if dirs.is_empty() {
         return Ok(());
@@ -217,8 +213,8 @@ pub(crate) fn start<S: Sessions>(
     Ok(())
 }
 
-struct Task<S: Sessions> {
-    live: Weak<Live<S>>,
+struct Task {
+    live: Weak<Live>,
     rx: mpsc::Receiver<Msg>,
     watcher: RecommendedWatcher,
     dirs: BTreeSet<PathBuf>,
@@ -233,7 +229,7 @@ struct Pending {
     retried: bool,
 }
 
-impl<S: Sessions> Task<S> {
+impl Task {
     fn run(mut self) {
         let debounce = self.settings.debounce;
         let poll = self.settings.poll;

@@ -1,10 +1,8 @@
 //! The server side: [`ServerTls`], its builder, and the live certificate
 //! resolver, client verifier and session state inside its `ServerConfig`.
 
-use std::fmt;
 use std::sync::Arc;
 
-use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{
@@ -12,31 +10,31 @@ use rustls::server::{
     ServerSessionMemoryCache, StoresServerSessions,
 };
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::UnixTime;
-use tokio::sync::broadcast;
+use rustls::{DistinguishedName, Error as TlsError};
+use rustls_pki_types::{CertificateDer, UnixTime};
 
 use crate::accept::Acceptor;
-use crate::builder::{Builder, Dangerous, NeedsIdentity, NeedsRoots, Ready};
+use crate::builder::{Builder, Dangerous, NeedsIdentity, NeedsRoots, Ready, Settings};
 use crate::error::{ConfigError, Error};
-use crate::hardening::{self, VERSIONS};
-use crate::judge::{NameCheck, note_refusal};
+use crate::handle::Mtls;
+use crate::hardening::VERSIONS;
+use crate::judge::{NameCheck, Presented};
 use crate::live::{Generation, Live, ReloadOutcome};
 use crate::material::Role;
-use crate::observe::{CertFacts, Event, Observer, Stats};
 use crate::policy::Allow;
 use crate::session::{Resumption, ServerSessions, client_chain};
+use crate::side::Server;
 use crate::source::Source;
+use crate::verify::{Verifying, signature_checks};
 
 /// The builder of a [`ServerTls`].
-pub type ServerTlsBuilder<State = NeedsIdentity> = Builder<ServerTls, State>;
-
-type ServerLive = Live<ServerSessions>;
+pub type ServerTlsBuilder<State = NeedsIdentity> = Builder<Server, State>;
 
 /// A mutual-TLS server: one stable `Arc<rustls::ServerConfig>` whose
 /// certificate, trust roots, CRLs, allow-list and session keys live inside
-/// and can change without a restart.
+/// and can change without a restart. What it shares with the client side
+/// ([`config`](Mtls::config), [`subscribe`](Mtls::subscribe),
+/// [`reload`](Mtls::reload), ...) is on [`Mtls`].
 ///
 /// TLS 1.3 only; a client certificate is required, verified against the
 /// client roots (and CRLs), and its identity checked against the allow-list.
@@ -66,75 +64,32 @@ type ServerLive = Live<ServerSessions>;
 /// }
 /// # }
 /// ```
-#[derive(Clone)]
-pub struct ServerTls {
-    config: Arc<ServerConfig>,
-    live: Arc<ServerLive>,
-    handshake_timeout: std::time::Duration,
-}
+///
+/// The bare [`config`](Mtls::config) judges every peer on every path
+/// meshtls can reach inside rustls: full handshakes, and sessions both when
+/// a ticket is sealed and when it is opened. One thing only the
+/// [`acceptor`](Mtls::acceptor) adds: a handshake whose client certificate
+/// was judged just before a policy change and whose last message arrives
+/// after it completes (like a connection opened before the change), though
+/// no session is sealed for it. See the [`reload`](crate::reload) module.
+pub type ServerTls = Mtls<Server>;
 
-impl fmt::Debug for ServerTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let generation = self.live.current();
-        f.debug_struct("ServerTls")
-            .field("generation", &generation.number)
-            .field("serial", &generation.material.leaf.serial)
-            .field("allow", &generation.epoch.policy)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ServerTls {
+impl Mtls<Server> {
     /// Starts a builder: identity, then client roots, then options.
     pub fn builder() -> ServerTlsBuilder<NeedsIdentity> {
         Builder::new()
     }
 
-    /// The rustls config, for any framework that takes one (axum-server,
-    /// tonic, hyper-rustls). The same `Arc` for the life of the server; what
-    /// it serves follows reloads.
-    ///
-    /// The bare config judges every peer on every path meshtls can reach
-    /// inside rustls: full handshakes, and sessions both when a ticket is
-    /// sealed and when it is opened. One thing only the [`acceptor`](Self::acceptor)
-    /// adds: a handshake whose client certificate was judged just before a
-    /// policy change and whose last message arrives after it completes (the
-    /// connection is then like one opened before the change), though no
-    /// session is sealed for it. See the [`reload`](crate::reload) module.
-    pub fn config(&self) -> Arc<ServerConfig> {
-        self.config.clone()
-    }
-
     /// A tokio acceptor: handshake under a timeout, every peer (full or
     /// resumed, or straddling a reload) admitted by the current policy, a
     /// [`PeerIdentity`](crate::PeerIdentity) out.
+    #[must_use]
     pub fn acceptor(&self) -> Acceptor {
         Acceptor::new(
             self.config.clone(),
             self.live.clone(),
             self.handshake_timeout,
         )
-    }
-
-    /// Events: reloads, refused reloads, expiry warnings, refused handshakes.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.live.observer.subscribe()
-    }
-
-    /// Counters: handshakes by outcome, reloads, certificate expiry.
-    pub fn stats(&self) -> Stats {
-        self.live.observer.stats()
-    }
-
-    /// Reads the files again now (for a SIGHUP handler) and swaps in a new
-    /// generation if they changed and are valid.
-    ///
-    /// # Errors
-    ///
-    /// The reason the new material was refused; the previous generation keeps
-    /// serving.
-    pub fn reload(&self) -> Result<ReloadOutcome, Error> {
-        self.live.reload()
     }
 
     /// Replaces the allow-list. Sessions established under the old list can
@@ -149,34 +104,21 @@ impl ServerTls {
     ) -> Result<ReloadOutcome, Error> {
         self.live.set_rules(rules.into_iter().collect())
     }
-
-    /// The serving generation's number (1 for the first).
-    pub fn generation(&self) -> u64 {
-        self.live.current().number
-    }
-
-    /// The certificate being served.
-    pub fn certificate(&self) -> CertFacts {
-        self.live.current().material.leaf.clone()
-    }
 }
 
-impl Builder<ServerTls, NeedsRoots> {
+impl Builder<Server, NeedsRoots> {
     /// The CA bundle (PEM) that client certificates must chain to.
-    pub fn client_roots_file(
-        self,
-        path: impl Into<std::path::PathBuf>,
-    ) -> Builder<ServerTls, Ready> {
+    pub fn client_roots_file(self, path: impl Into<std::path::PathBuf>) -> Builder<Server, Ready> {
         self.roots(Source::file(path))
     }
 
     /// The client CA bundle from any [`Source`].
-    pub fn client_roots(self, roots: Source) -> Builder<ServerTls, Ready> {
+    pub fn client_roots(self, roots: Source) -> Builder<Server, Ready> {
         self.roots(roots)
     }
 }
 
-impl<State> Builder<ServerTls, State> {
+impl<State> Builder<Server, State> {
     /// Admits peers this rule matches. Any matching rule admits.
     pub fn allow(mut self, rule: Allow) -> Self {
         self.settings.rules.push(rule);
@@ -190,18 +132,18 @@ impl<State> Builder<ServerTls, State> {
     }
 }
 
-impl<State> Dangerous<ServerTls, State> {
+impl<State> Dangerous<Server, State> {
     /// Admits every client whose certificate chains to the client roots, with
     /// no identity check. Only for a CA that issues to nobody else.
-    pub fn allow_any_authenticated(mut self) -> Builder<ServerTls, State> {
+    pub fn allow_any_authenticated(mut self) -> Builder<Server, State> {
         self.0.settings.any_authenticated = true;
         self.0
     }
 }
 
-impl Builder<ServerTls, Ready> {
+impl Builder<Server, Ready> {
     /// Builds a server that reads its files once (see `watch()` for reloads;
-    /// [`ServerTls::reload`] still works).
+    /// [`Mtls::reload`] still works).
     ///
     /// # Errors
     ///
@@ -219,35 +161,21 @@ impl Builder<ServerTls, Ready> {
     /// As [`Self::build`]; or the files did not become valid within
     /// `wait_for_files`; or the watcher could not start.
     pub fn watch(self) -> Result<ServerTls, Error> {
-        let server = crate::reload::wait_until_valid(&self.settings.watch, || self.make())?;
-        crate::reload::start(&server.live, &self.settings.watch)?;
-        Ok(server)
+        self.watching(Self::make)
     }
 
     fn make(&self) -> Result<ServerTls, Error> {
         let policy = self.settings.policy()?.ok_or(ConfigError::NoAllowList)?;
-        let fixed = self.fixed(Role::Server, NameCheck::AllowList);
-        let provider = fixed.provider.clone();
-        let live = Live::new(fixed, policy, Observer::new("server"))?;
-        let config = server_config(&live, provider, &self.settings)?;
-        Ok(ServerTls {
-            config,
-            live,
-            handshake_timeout: self.settings.handshake_timeout,
-        })
+        self.finish(Role::Server, NameCheck::AllowList, policy, server_config)
     }
 }
 
 fn server_config(
-    live: &Arc<ServerLive>,
+    live: &Arc<Live>,
     provider: Arc<CryptoProvider>,
-    settings: &crate::builder::Settings,
-) -> Result<Arc<ServerConfig>, Error> {
-    let verifier = Arc::new(LiveClientVerifier {
-        live: live.clone(),
-        schemes: hardening::verify_schemes(&provider),
-        provider: provider.clone(),
-    });
+    settings: &Settings,
+) -> Result<ServerConfig, Error> {
+    let verifier = Arc::new(LiveClientVerifier(Verifying::new(live, &provider)));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(VERSIONS)
         .map_err(Error::Rustls)?
@@ -267,18 +195,13 @@ fn server_config(
         }
     }
     config.alpn_protocols = settings.alpn.clone();
-    Ok(Arc::new(config))
+    Ok(config)
 }
 
 /// Serves the current generation's certificate.
+#[derive(Debug)]
 struct LiveResolver {
-    live: Arc<ServerLive>,
-}
-
-impl fmt::Debug for LiveResolver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("meshtls::LiveResolver")
-    }
+    live: Arc<Live>,
 }
 
 impl ResolvesServerCert for LiveResolver {
@@ -289,17 +212,8 @@ impl ResolvesServerCert for LiveResolver {
 
 /// Verifies client chains and identities against the current generation.
 /// Everything rustls may ask more than once per handshake is a constant.
-struct LiveClientVerifier {
-    live: Arc<ServerLive>,
-    schemes: Vec<SignatureScheme>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl fmt::Debug for LiveClientVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("meshtls::LiveClientVerifier")
-    }
-}
+#[derive(Debug)]
+struct LiveClientVerifier(Verifying);
 
 impl ClientCertVerifier for LiveClientVerifier {
     fn offer_client_auth(&self) -> bool {
@@ -322,52 +236,22 @@ impl ClientCertVerifier for LiveClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, TlsError> {
-        let generation = self.live.current();
-        match self
-            .live
-            .judge(&generation, end_entity, intermediates, None, now)
-        {
-            Ok(_) => Ok(ClientCertVerified::assertion()),
-            Err(refusal) => {
-                note_refusal(&refusal);
-                self.live.observer.rejected(refusal.reason, refusal.detail);
-                Err(TlsError::InvalidCertificate(refusal.alert))
-            }
-        }
+        let peer = Presented {
+            end_entity,
+            intermediates,
+            server_name: None,
+        };
+        self.0.judge(peer, now)?;
+        Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        Err(hardening::refuse_tls12())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        hardening::verify_tls13(&self.provider, message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.schemes.clone()
-    }
+    signature_checks!();
 }
 
 /// Ticket keys of the current policy epoch.
+#[derive(Debug)]
 struct LiveTicketer {
-    live: Arc<ServerLive>,
-}
-
-impl fmt::Debug for LiveTicketer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("meshtls::LiveTicketer")
-    }
+    live: Arc<Live>,
 }
 
 /// Ticket lifetime announced to clients (the rotating ticketer's key life).
@@ -387,7 +271,7 @@ impl ProducesTickets for LiveTicketer {
     /// change) gets no ticket.
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
         let generation = self.live.current();
-        let ServerSessions::Tickets(keys) = &*generation.sessions else {
+        let Some(ServerSessions::Tickets(keys)) = generation.sessions.server() else {
             return None;
         };
         admits(&self.live, &generation, plain).then(|| keys.encrypt(plain))?
@@ -398,7 +282,7 @@ impl ProducesTickets for LiveTicketer {
     /// judges (and refuses with the proper alert).
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
         let generation = self.live.current();
-        let ServerSessions::Tickets(keys) = &*generation.sessions else {
+        let Some(ServerSessions::Tickets(keys)) = generation.sessions.server() else {
             return None;
         };
         let plain = keys.decrypt(cipher)?;
@@ -408,12 +292,17 @@ impl ProducesTickets for LiveTicketer {
 
 /// Whether the client whose chain a session value carries is admitted now
 /// under `generation`'s epoch. No chain found: not admitted.
-fn admits(live: &ServerLive, generation: &Generation<ServerSessions>, plain: &[u8]) -> bool {
+fn admits(live: &Live, generation: &Generation, plain: &[u8]) -> bool {
     let Some((leaf, intermediates)) = client_chain(plain) else {
         tracing::warn!("meshtls found no client chain in a session value; resumption refused");
         return false;
     };
-    match live.admit(generation, &leaf, &intermediates, None) {
+    let peer = Presented {
+        end_entity: &leaf,
+        intermediates: &intermediates,
+        server_name: None,
+    };
+    match generation.epoch.admit(&live.options, peer, UnixTime::now()) {
         Ok(_) => true,
         Err(refusal) => {
             tracing::debug!(reason = refusal.reason.as_str(), detail = %refusal.detail, "session not resumed");
@@ -423,14 +312,9 @@ fn admits(live: &ServerLive, generation: &Generation<ServerSessions>, plain: &[u
 }
 
 /// The session cache of the current policy epoch.
+#[derive(Debug)]
 struct LiveSessionCache {
-    live: Arc<ServerLive>,
-}
-
-impl fmt::Debug for LiveSessionCache {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("meshtls::LiveSessionCache")
-    }
+    live: Arc<Live>,
 }
 
 impl LiveSessionCache {
@@ -441,7 +325,7 @@ impl LiveSessionCache {
         f: impl FnOnce(&ServerSessionMemoryCache) -> Option<Vec<u8>>,
     ) -> Option<Vec<u8>> {
         let generation = self.live.current();
-        let ServerSessions::Stateful(cache) = &*generation.sessions else {
+        let Some(ServerSessions::Stateful(cache)) = generation.sessions.server() else {
             return None;
         };
         let value = f(cache)?;
@@ -452,7 +336,7 @@ impl LiveSessionCache {
 impl StoresServerSessions for LiveSessionCache {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
         let generation = self.live.current();
-        let ServerSessions::Stateful(cache) = &*generation.sessions else {
+        let Some(ServerSessions::Stateful(cache)) = generation.sessions.server() else {
             return false;
         };
         admits(&self.live, &generation, &value) && cache.put(key, value)

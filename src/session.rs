@@ -44,9 +44,28 @@ pub enum Resumption {
     Disabled,
 }
 
-/// Per-epoch session state of one side.
-pub(crate) trait Sessions: Send + Sync + Sized + 'static {
-    fn fresh(choice: Resumption) -> Result<Self, Error>;
+/// Session state of one policy epoch, on one side.
+pub(crate) enum Sessions {
+    Server(ServerSessions),
+    Client(ClientSessions),
+}
+
+impl Sessions {
+    /// The server's state, if this is a server's.
+    pub(crate) fn server(&self) -> Option<&ServerSessions> {
+        match self {
+            Self::Server(s) => Some(s),
+            Self::Client(_) => None,
+        }
+    }
+
+    /// The client's store, if this is a client's.
+    pub(crate) fn client(&self) -> Option<&ClientSessions> {
+        match self {
+            Self::Client(c) => Some(c),
+            Self::Server(_) => None,
+        }
+    }
 }
 
 /// Session state of one policy epoch on the server.
@@ -56,8 +75,8 @@ pub(crate) enum ServerSessions {
     Disabled,
 }
 
-impl Sessions for ServerSessions {
-    fn fresh(choice: Resumption) -> Result<Self, Error> {
+impl ServerSessions {
+    pub(crate) fn fresh(choice: Resumption) -> Result<Self, Error> {
         Ok(match choice {
             Resumption::Tickets => Self::Tickets(hardening::ticketer()?),
             Resumption::Stateful => Self::Stateful(ServerSessionMemoryCache::new(4096)),
@@ -165,16 +184,14 @@ struct Named {
     tickets: VecDeque<(Tls13ClientSessionValue, u64)>,
 }
 
-impl Sessions for ClientSessions {
-    fn fresh(choice: Resumption) -> Result<Self, Error> {
-        Ok(Self(match choice {
+impl ClientSessions {
+    pub(crate) fn fresh(choice: Resumption) -> Self {
+        Self(match choice {
             Resumption::Disabled => None,
             Resumption::Tickets | Resumption::Stateful => Some(Mutex::default()),
-        }))
+        })
     }
-}
 
-impl ClientSessions {
     fn with<T>(&self, f: impl FnOnce(&mut ClientStore) -> T) -> Option<T> {
         let store = self.0.as_ref()?;
         Some(f(&mut store.lock().unwrap_or_else(|p| p.into_inner())))

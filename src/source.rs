@@ -239,11 +239,20 @@ fn certificates(
     bytes: &[u8],
     kind: MaterialKind,
 ) -> Result<Vec<CertificateDer<'static>>, Error> {
+    pem_blocks(origin, bytes, kind)
+}
+
+/// Every PEM block of `T`'s kind (certificates, CRLs), in order; at least one.
+fn pem_blocks<T: PemObject>(
+    origin: &Origin,
+    bytes: &[u8],
+    kind: MaterialKind,
+) -> Result<Vec<T>, Error> {
     precheck(origin, bytes, kind)?;
-    let certs = CertificateDer::pem_slice_iter(bytes)
+    let blocks = T::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| malformed(origin, kind, e))?;
-    if certs.is_empty() {
+    if blocks.is_empty() {
         return Err(MaterialError::NotFound {
             origin: origin.clone(),
             kind,
@@ -251,7 +260,7 @@ fn certificates(
         }
         .into());
     }
-    Ok(certs)
+    Ok(blocks)
 }
 
 /// The first private key (PKCS#8, PKCS#1 or SEC1).
@@ -284,20 +293,7 @@ fn crls(
     origin: &Origin,
     bytes: &[u8],
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, Error> {
-    let kind = MaterialKind::Crl;
-    precheck(origin, bytes, kind)?;
-    let crls = CertificateRevocationListDer::pem_slice_iter(bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| malformed(origin, kind, e))?;
-    if crls.is_empty() {
-        return Err(MaterialError::NotFound {
-            origin: origin.clone(),
-            kind,
-            found: pem_labels(bytes),
-        }
-        .into());
-    }
-    Ok(crls)
+    pem_blocks(origin, bytes, MaterialKind::Crl)
 }
 
 #[cfg(test)]

@@ -1,0 +1,92 @@
+//! [`Mtls`]: what a server and a client share once built. One stable rustls
+//! config with live insides, and the handles on them: events, counters,
+//! reloads, the serving generation.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use crate::error::Error;
+use crate::live::{Live, ReloadOutcome};
+use crate::observe::{CertFacts, Event, Stats};
+use crate::side::Side;
+
+/// A mutual-TLS server ([`ServerTls`](crate::ServerTls)) or client
+/// ([`ClientTls`](crate::ClientTls)): one stable rustls config whose
+/// certificate, trust roots, CRLs, allow-list and session keys live inside
+/// and can change without a restart. Cheap to clone.
+pub struct Mtls<S: Side> {
+    pub(crate) config: Arc<S::Config>,
+    pub(crate) live: Arc<Live>,
+    pub(crate) handshake_timeout: Duration,
+}
+
+impl<S: Side> Clone for Mtls<S> {
+    fn clone(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            live: self.live.clone(),
+            handshake_timeout: self.handshake_timeout,
+        }
+    }
+}
+
+impl<S: Side> fmt::Debug for Mtls<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let generation = self.live.current();
+        f.debug_struct("Mtls")
+            .field("side", &self.live.observer.side())
+            .field("generation", &generation.number)
+            .field("serial", &generation.material.leaf.serial)
+            .field("allow", &generation.epoch.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Side> Mtls<S> {
+    /// The rustls config, for any framework that takes one (axum-server,
+    /// tonic, hyper-rustls, reqwest). The same `Arc` for the life of this
+    /// value; what it serves and trusts follows reloads. See the
+    /// [`reload`](crate::reload) module for what a bare config guarantees.
+    #[must_use]
+    pub fn config(&self) -> Arc<S::Config> {
+        self.config.clone()
+    }
+
+    /// Events: reloads, refused reloads, expiry warnings, refused peers.
+    #[must_use]
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.live.observer.subscribe()
+    }
+
+    /// Counters: handshakes by outcome, reloads, certificate expiry.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        self.live.observer.stats()
+    }
+
+    /// Reads the files again now (for a SIGHUP handler) and swaps in a new
+    /// generation if they changed and are valid.
+    ///
+    /// # Errors
+    ///
+    /// Why the new material was refused; the previous generation keeps
+    /// serving.
+    pub fn reload(&self) -> Result<ReloadOutcome, Error> {
+        self.live.reload()
+    }
+
+    /// The serving generation's number (1 for the first).
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.live.current().number
+    }
+
+    /// The certificate this side presents.
+    #[must_use]
+    pub fn certificate(&self) -> CertFacts {
+        self.live.current().material.leaf.clone()
+    }
+}
