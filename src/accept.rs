@@ -319,8 +319,9 @@ impl Incoming {
         self.rx.recv().await
     }
 
-    /// Polls for the next verified connection.
-    pub fn poll_next_conn(&mut self, cx: &mut Context<'_>) -> Poll<Option<MtlsStream>> {
+    /// Polls for the next verified connection (for the tonic stream).
+    #[cfg_attr(not(feature = "tonic"), allow(dead_code))]
+    pub(crate) fn poll_next_conn(&mut self, cx: &mut Context<'_>) -> Poll<Option<MtlsStream>> {
         self.rx.poll_recv(cx)
     }
 

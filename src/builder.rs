@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 
+use crate::allow::Allow;
 use crate::error::Error;
 use crate::handle::Mtls;
 use crate::hardening::Hardening;
@@ -26,7 +27,7 @@ use crate::judge::NameCheck;
 use crate::live::{Fixed, Live};
 use crate::material::{RevocationScope, Role, Sources};
 use crate::observe::Observer;
-use crate::policy::{Allow, Policy};
+use crate::policy::Policy;
 use crate::reload::{self, WatchSettings};
 use crate::session::Resumption;
 use crate::side::Side;

@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::client::TlsStream;
 
 use crate::accept::{admit, handshake};
+use crate::allow::Allow;
 use crate::builder::{Builder, NeedsIdentity, NeedsRoots, Ready, Settings};
 use crate::error::{ConfigError, Error, HandshakeError, RejectReason};
 use crate::handle::Mtls;
@@ -27,7 +28,7 @@ use crate::identity::PeerIdentity;
 use crate::judge::{NameCheck, Presented};
 use crate::live::{Live, ReloadOutcome};
 use crate::material::Role;
-use crate::policy::{Allow, Policy};
+use crate::policy::Policy;
 use crate::session::{ClientSessions, Resumption};
 use crate::side::Client;
 use crate::source::Source;

@@ -76,6 +76,7 @@
 #![warn(missing_docs, unreachable_pub, clippy::use_self)]
 
 mod accept;
+mod allow;
 #[cfg(feature = "axum")]
 pub mod axum;
 mod builder;
@@ -99,11 +100,13 @@ mod server;
 mod session;
 pub mod side;
 mod source;
+mod spiffe;
 #[cfg(feature = "tonic")]
 pub mod tonic;
 mod verify;
 
 pub use accept::{Acceptor, Incoming, MtlsStream, PeerInfo};
+pub use allow::Allow;
 pub use builder::{Builder, Dangerous, NeedsIdentity, NeedsRoots, Ready};
 pub use client::{ClientTls, ClientTlsBuilder, Connector};
 #[cfg(feature = "pkcs12")]
@@ -113,14 +116,15 @@ pub use error::{
     RuleError, SpiffeIdError, Usage,
 };
 pub use handle::Mtls;
-pub use identity::{IdentityError, PeerIdentity, SpiffeId, TrustDomain};
+pub use identity::{IdentityError, PeerIdentity};
 pub use live::ReloadOutcome;
 pub use material::RevocationScope;
 pub use observe::{CertFacts, Event, Stats};
-pub use policy::{Allow, NotAllowed, Policy};
+pub use policy::{NotAllowed, Policy};
 pub use server::{ServerTls, ServerTlsBuilder};
 pub use session::Resumption;
-pub use source::{MAX_FILE_SIZE, Source};
+pub use source::Source;
+pub use spiffe::{SpiffeId, TrustDomain};
 
 /// The rustls this crate was built with, so you name the same version.
 pub use rustls;

@@ -16,11 +16,12 @@ use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls_pki_types::UnixTime;
 
+use crate::allow::Allow;
 use crate::error::{ConfigError, Error};
 use crate::judge::{Admitted, Epoch, NameCheck, Options, Presented, Refusal};
 use crate::material::{Material, RevocationScope, Role, Sources, peer_key_usage};
 use crate::observe::Observer;
-use crate::policy::{Allow, Policy};
+use crate::policy::Policy;
 use crate::session::{ClientSessions, Resumption, ServerSessions, Sessions};
 
 /// One immutable generation.

@@ -14,6 +14,7 @@ use rustls::{DistinguishedName, Error as TlsError};
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 use crate::accept::Acceptor;
+use crate::allow::Allow;
 use crate::builder::{Builder, Dangerous, NeedsIdentity, NeedsRoots, Ready, Settings};
 use crate::error::{ConfigError, Error};
 use crate::handle::Mtls;
@@ -21,7 +22,6 @@ use crate::hardening::VERSIONS;
 use crate::judge::{NameCheck, Presented};
 use crate::live::{Generation, Live, ReloadOutcome};
 use crate::material::Role;
-use crate::policy::Allow;
 use crate::session::{Resumption, ServerSessions, client_chain};
 use crate::side::Server;
 use crate::source::Source;

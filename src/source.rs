@@ -15,7 +15,7 @@ use crate::error::{Error, MaterialError, MaterialKind, Origin};
 /// Files larger than this are refused before parsing: no certificate chain,
 /// key, bundle or CRL a service uses comes near it, and a mistaken path
 /// (a log, a disk image) should not be read into memory.
-pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
+pub(crate) const MAX_FILE_SIZE: u64 = 1024 * 1024;
 
 /// Where one piece of material (a chain, a key, a CA bundle, a CRL) comes
 /// from, and in what format.
@@ -92,7 +92,7 @@ impl Source {
     }
 
     /// Where this source is, for messages.
-    pub fn origin(&self) -> Origin {
+    pub(crate) fn origin(&self) -> Origin {
         match &self.location {
             Location::File(p) => Origin::File(p.clone()),
             Location::Memory { label, .. } => Origin::Memory(label.clone()),
@@ -100,14 +100,14 @@ impl Source {
     }
 
     /// The file's path, if this source is a file.
-    pub fn path(&self) -> Option<&Path> {
+    pub(crate) fn path(&self) -> Option<&Path> {
         match &self.location {
             Location::File(p) => Some(p),
             Location::Memory { .. } => None,
         }
     }
 
-    /// Reads the bytes, refusing anything over [`MAX_FILE_SIZE`].
+    /// Reads the bytes, refusing anything over `MAX_FILE_SIZE`.
     pub(crate) fn read(&self, kind: MaterialKind) -> Result<Arc<[u8]>, Error> {
         match &self.location {
             Location::Memory { bytes, .. } => {
