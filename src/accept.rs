@@ -215,6 +215,7 @@ pub struct PeerInfo {
 
 impl MtlsStream {
     /// The peer's verified identity.
+    #[must_use]
     pub fn peer(&self) -> &PeerIdentity {
         &self.info.identity
     }
@@ -225,6 +226,7 @@ impl MtlsStream {
     }
 
     /// The peer's socket address.
+    #[must_use]
     pub fn remote_addr(&self) -> SocketAddr {
         self.info.remote_addr
     }
@@ -235,6 +237,7 @@ impl MtlsStream {
     }
 
     /// The TLS stream and the peer's identity.
+    #[must_use]
     pub fn into_parts(self) -> (TlsStream<TcpStream>, PeerInfo) {
         (self.inner, self.info)
     }
@@ -339,8 +342,12 @@ impl Incoming {
 }
 
 impl Acceptor {
-    /// Accepts from `listener` and yields verified connections. Must be called
-    /// inside a tokio runtime (it spawns the accept loop).
+    /// Accepts from `listener` and yields verified connections.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime (it spawns the accept loop).
+    #[must_use]
     pub fn incoming(&self, listener: TcpListener) -> Incoming {
         let (tx, rx) = mpsc::channel(64);
         let local_addr = listener.local_addr();

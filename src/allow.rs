@@ -164,6 +164,7 @@ impl Allow {
     /// let staff_only = Allow::custom("serial-allowlist", |peer| peer.serial() == "01:02");
     /// assert_eq!(staff_only.to_string(), "custom:serial-allowlist");
     /// ```
+    #[must_use]
     pub fn custom(
         name: &str,
         check: impl Fn(&PeerIdentity) -> bool + Send + Sync + 'static,

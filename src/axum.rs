@@ -53,7 +53,11 @@ pub struct MtlsListener {
 }
 
 impl MtlsListener {
-    /// Wraps a bound TCP listener. Must be called inside a tokio runtime.
+    /// Wraps a bound TCP listener; handshakes run on spawned tasks.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime (it spawns the accept loop).
     pub fn new(listener: TcpListener, server: &ServerTls) -> Self {
         Self {
             incoming: server.acceptor().incoming(listener),
@@ -114,6 +118,7 @@ pub fn serve(
 
 /// The request did not come through meshtls (or not with connect info).
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct NoPeerIdentity;
 
 impl IntoResponse for NoPeerIdentity {

@@ -339,6 +339,7 @@ impl PeerIdentity {
     }
 
     /// The peer's SPIFFE ID, if its certificate is an X509-SVID.
+    #[must_use]
     pub fn spiffe_id(&self) -> Option<&SpiffeId> {
         self.0.spiffe_id.as_ref()
     }
@@ -349,6 +350,7 @@ impl PeerIdentity {
     }
 
     /// The subject's first common name (CN), if any. Legacy: prefer SANs.
+    #[must_use]
     pub fn common_name(&self) -> Option<&str> {
         self.0.common_name.as_deref()
     }
@@ -363,6 +365,7 @@ impl PeerIdentity {
     }
 
     /// The serial number as colon-separated lowercase hex (`01:a2:...`).
+    #[must_use]
     pub fn serial(&self) -> &str {
         &self.0.serial
     }
@@ -373,12 +376,14 @@ impl PeerIdentity {
     }
 
     /// The end of the certificate's validity.
+    #[must_use]
     pub fn not_after(&self) -> SystemTime {
         self.0.not_after
     }
 
     /// The end of validity as RFC 3339 UTC (`2026-11-24T08:06:44Z`), for
     /// logs and JSON.
+    #[must_use]
     pub fn not_after_rfc3339(&self) -> String {
         crate::error::fmt_time(self.0.not_after)
     }
@@ -390,6 +395,7 @@ impl PeerIdentity {
 
     /// A short name for logs: the SPIFFE ID, else the first DNS name, else
     /// the CN, else the subject.
+    #[must_use]
     pub fn display_name(&self) -> &str {
         if let Some(id) = &self.0.spiffe_id {
             return id.as_str();

@@ -73,7 +73,16 @@
 //! resumption.
 
 #![forbid(unsafe_code)]
-#![warn(missing_docs, unreachable_pub, clippy::use_self)]
+#![warn(
+    missing_docs,
+    unreachable_pub,
+    unnameable_types,
+    unused_qualifications,
+    elided_lifetimes_in_paths,
+    clippy::use_self,
+    clippy::exhaustive_enums,
+    clippy::exhaustive_structs
+)]
 
 mod accept;
 mod allow;

@@ -144,6 +144,7 @@ pub struct Stats {
 
 impl Stats {
     /// Refusals for one reason.
+    #[must_use]
     pub fn rejected_for(&self, reason: RejectReason) -> u64 {
         self.rejected
             .iter()

@@ -91,6 +91,7 @@ impl PatternTrie {
 
 /// A peer matched none of the rules.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 #[error("peer {peer} matches none of the {rules} allow rule(s)")]
 pub struct NotAllowed {
     /// The peer's names, for the log: SPIFFE ID, DNS SANs, CN.
@@ -216,6 +217,7 @@ impl Policy {
     }
 
     /// Whether the policy admits anyone at all: false for an empty list.
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         !self.any_authenticated && self.rules.is_empty()
     }
@@ -226,6 +228,7 @@ impl Policy {
     }
 
     /// The rules, as given.
+    #[must_use]
     pub fn rules(&self) -> &[Allow] {
         &self.rules
     }

@@ -346,7 +346,7 @@ mod tests {
     #[test]
     fn reads_are_not_changes() {
         assert!(!is_change(&EventKind::Access(AccessKind::Open(
-            notify::event::AccessMode::Read
+            AccessMode::Read
         ))));
         assert!(is_change(&EventKind::Access(AccessKind::Close(
             AccessMode::Write

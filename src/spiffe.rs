@@ -25,6 +25,7 @@ pub struct TrustDomain(String);
 
 impl TrustDomain {
     /// The trust domain's name.
+    #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -115,6 +116,7 @@ pub struct SpiffeId {
 
 impl SpiffeId {
     /// The whole ID as a string.
+    #[must_use]
     pub fn as_str(&self) -> &str {
         &self.id
     }
@@ -125,6 +127,7 @@ impl SpiffeId {
     }
 
     /// The path, with its leading `/`, or `""` for the ID of a trust domain.
+    #[must_use]
     pub fn path(&self) -> &str {
         &self.id[self.path_at..]
     }

@@ -56,6 +56,7 @@ impl futures_core::Stream for Incoming {
 
 /// The caller's identity, in a handler (or interceptor) of a server fed by
 /// [`Incoming`].
+#[must_use]
 pub fn peer<T>(request: &tonic::Request<T>) -> Option<&PeerIdentity> {
     request
         .extensions()

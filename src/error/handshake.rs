@@ -34,6 +34,7 @@ impl HandshakeError {
     }
 
     /// Why, as a class.
+    #[must_use]
     pub fn reason(&self) -> RejectReason {
         self.reason
     }
@@ -107,6 +108,7 @@ impl RejectReason {
     }
 
     /// A short stable name, for metrics labels (`no_client_certificate`, ...).
+    #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Self::NoClientCertificate => "no_client_certificate",
