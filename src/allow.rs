@@ -47,7 +47,7 @@ pub(crate) type CustomFn = dyn Fn(&PeerIdentity) -> bool + Send + Sync;
 /// ```
 ///
 /// The constructors take strings and never panic; a malformed rule is
-/// reported when the builder builds (or by [`Policy::new`]).
+/// reported when the builder builds (or by [`Policy::new`](crate::Policy::new)).
 #[derive(Clone)]
 pub struct Allow(pub(crate) Rule);
 
