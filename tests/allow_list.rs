@@ -181,7 +181,7 @@ async fn cn_rules_are_off_by_default() {
     .await;
     assert!(seen.reply().starts_with("hello legacy-batch"), "{seen:?}");
     assert_eq!(
-        running.next().await.unwrap().common_name(),
+        running.expect_admitted().await.common_name(),
         Some("legacy-batch")
     );
 }
@@ -200,24 +200,15 @@ async fn path_prefix_is_not_a_string_prefix_over_the_wire() {
         .client(&format!("spiffe://{TD}/ns/prod/sa/api"))
         .build()
         .unwrap();
-    assert!(
-        call(&inside, running.addr, "localhost")
-            .await
-            .reply()
-            .starts_with("hello")
-    );
-    running.next().await.unwrap();
+    running.assert_admitted(&inside).await;
 
     let lookalike = pki
         .client(&format!("spiffe://{TD}/ns/production/sa/api"))
         .build()
         .unwrap();
-    let seen = call(&lookalike, running.addr, "localhost").await;
-    assert!(seen.refused().contains("AccessDenied"), "{seen:?}");
-    assert_eq!(
-        running.next().await.unwrap_err().reason(),
-        RejectReason::NotAllowed
-    );
+    running
+        .assert_refused(&lookalike, "AccessDenied", RejectReason::NotAllowed)
+        .await;
 }
 
 #[tokio::test]
@@ -245,8 +236,9 @@ async fn certificate_with_two_uri_sans_is_not_an_svid() {
     )
     .await;
     assert!(seen.refused().contains("AccessDenied"), "{seen:?}");
-    let err = running.next().await.unwrap_err();
-    assert_eq!(err.reason(), RejectReason::NotAWorkloadCertificate, "{err}");
+    let err = running
+        .expect_refused(RejectReason::NotAWorkloadCertificate)
+        .await;
     assert!(err.to_string().contains("exactly one"), "{err}");
 }
 
@@ -268,12 +260,9 @@ async fn ca_certificate_presented_as_client_leaf_is_refused() {
     );
     let err = call_bare(config, running.addr).await.unwrap_err();
     assert!(!err.is_empty());
-    let refused = running.next().await.unwrap_err();
-    assert_eq!(
-        refused.reason(),
-        RejectReason::NotAWorkloadCertificate,
-        "{refused}"
-    );
+    running
+        .expect_refused(RejectReason::NotAWorkloadCertificate)
+        .await;
 }
 
 #[tokio::test]
@@ -286,13 +275,7 @@ async fn allow_list_replaced_at_runtime() {
     let client_a = pki.client(&a).build().unwrap();
     let client_b = pki.client(&b).build().unwrap();
 
-    assert!(
-        call(&client_a, running.addr, "localhost")
-            .await
-            .reply()
-            .starts_with("hello")
-    );
-    running.next().await.unwrap();
+    running.assert_admitted(&client_a).await;
     assert!(
         call(&client_b, running.addr, "localhost")
             .await
@@ -303,23 +286,10 @@ async fn allow_list_replaced_at_runtime() {
 
     server.set_allow_list([Allow::spiffe_id(&b)]).unwrap();
     // a holds a ticket from before; it must not resume past the new list.
-    assert!(
-        call(&client_a, running.addr, "localhost")
-            .await
-            .refused()
-            .contains("AccessDenied")
-    );
-    assert_eq!(
-        running.next().await.unwrap_err().reason(),
-        RejectReason::NotAllowed
-    );
-    assert!(
-        call(&client_b, running.addr, "localhost")
-            .await
-            .reply()
-            .starts_with("hello")
-    );
-    running.next().await.unwrap();
+    running
+        .assert_refused(&client_a, "AccessDenied", RejectReason::NotAllowed)
+        .await;
+    running.assert_admitted(&client_b).await;
 
     assert!(matches!(
         server.set_allow_list([]),
@@ -399,8 +369,9 @@ async fn a_bare_trust_domain_client_is_refused_over_the_wire() {
     )
     .await;
     assert!(seen.refused().contains("AccessDenied"), "{seen:?}");
-    let err = running.next().await.unwrap_err();
-    assert_eq!(err.reason(), RejectReason::NotAWorkloadCertificate, "{err}");
+    let err = running
+        .expect_refused(RejectReason::NotAWorkloadCertificate)
+        .await;
     assert!(err.detail().contains("path"), "{err}");
 }
 

@@ -38,7 +38,7 @@ async fn allowed_client_is_accepted_and_told_who_it_is() {
         Some(format!("spiffe://{TD}/ns/billing/sa/api").as_str())
     );
 
-    let peer = running.next().await.unwrap();
+    let peer = running.expect_admitted().await;
     assert_eq!(peer.spiffe_id().unwrap().as_str(), billing());
     assert_eq!(server.stats().handshakes_ok, 1);
 }
@@ -58,12 +58,9 @@ async fn client_without_certificate_is_refused() {
     let err = call_bare(config, running.addr).await.unwrap_err();
     assert!(err.contains("CertificateRequired"), "client saw: {err}");
 
-    let refused = running.next().await.unwrap_err();
-    assert_eq!(
-        refused.reason(),
-        RejectReason::NoClientCertificate,
-        "{refused}"
-    );
+    running
+        .expect_refused(RejectReason::NoClientCertificate)
+        .await;
     assert_eq!(
         server
             .stats()
@@ -87,11 +84,9 @@ async fn client_from_another_ca_is_refused() {
     let other_ca = DevCa::new("someone else").unwrap();
     let stranger = other_ca.leaf().spiffe(&billing()).client().issue().unwrap();
     let client = pki.client_with(&stranger).build().unwrap();
-    let seen = call(&client, running.addr, "localhost").await;
-    assert!(seen.refused().contains("UnknownCA"), "{seen:?}");
-
-    let refused = running.next().await.unwrap_err();
-    assert_eq!(refused.reason(), RejectReason::UnknownIssuer, "{refused}");
+    running
+        .assert_refused(&client, "UnknownCA", RejectReason::UnknownIssuer)
+        .await;
     let detail = rejected_detail(&mut events).await;
     assert!(
         detail.contains(&billing()),
@@ -113,11 +108,9 @@ async fn identity_not_on_the_allow_list_is_refused_with_access_denied() {
 
     let intruder = format!("spiffe://{TD}/ns/billing/sa/web-canary");
     let client = pki.client(&intruder).build().unwrap();
-    let seen = call(&client, running.addr, "localhost").await;
-    assert!(seen.refused().contains("AccessDenied"), "{seen:?}");
-
-    let refused = running.next().await.unwrap_err();
-    assert_eq!(refused.reason(), RejectReason::NotAllowed);
+    let refused = running
+        .assert_refused(&client, "AccessDenied", RejectReason::NotAllowed)
+        .await;
     assert!(
         refused.detail().contains(&intruder),
         "the acceptor's error names the peer: {refused}"
@@ -145,8 +138,7 @@ async fn tls12_only_client_is_refused() {
     let err = call_bare(config, running.addr).await.unwrap_err();
     assert!(err.contains("ProtocolVersion"), "client saw: {err}");
 
-    let refused = running.next().await.unwrap_err();
-    assert_eq!(refused.reason(), RejectReason::ProtocolVersion, "{refused}");
+    running.expect_refused(RejectReason::ProtocolVersion).await;
 }
 
 #[tokio::test]
@@ -181,10 +173,7 @@ async fn expired_client_certificate_is_refused() {
     );
     let err = call_bare(config, running.addr).await.unwrap_err();
     assert!(err.contains("CertificateExpired"), "client saw: {err}");
-    assert_eq!(
-        running.next().await.unwrap_err().reason(),
-        RejectReason::Expired
-    );
+    running.expect_refused(RejectReason::Expired).await;
 }
 
 #[tokio::test]
@@ -211,10 +200,7 @@ async fn revoked_client_is_refused() {
     )
     .await;
     assert!(seen.refused().contains("CertificateRevoked"), "{seen:?}");
-    assert_eq!(
-        running.next().await.unwrap_err().reason(),
-        RejectReason::Revoked
-    );
+    running.expect_refused(RejectReason::Revoked).await;
 
     // Someone else from the same CA still gets in.
     let fine = call(
@@ -327,8 +313,7 @@ async fn client_refuses_server_from_unknown_ca() {
         "{seen:?}"
     );
     // And the server hears the client's alert.
-    let refused = running.next().await.unwrap_err();
-    assert_eq!(refused.reason(), RejectReason::RefusedByPeer, "{refused}");
+    let refused = running.expect_refused(RejectReason::RefusedByPeer).await;
     assert!(refused.to_string().contains("UnknownCA"), "{refused}");
 }
 
@@ -378,10 +363,7 @@ async fn handshake_timeout_is_reported() {
         .unwrap();
     let mut running = serve(&server).await;
     let _silent = tokio::net::TcpStream::connect(running.addr).await.unwrap();
-    assert_eq!(
-        running.next().await.unwrap_err().reason(),
-        RejectReason::Timeout
-    );
+    running.expect_refused(RejectReason::Timeout).await;
 }
 
 #[tokio::test]
@@ -396,13 +378,7 @@ async fn resumption_works_and_is_rechecked() {
     let client = pki.client(&billing()).build().unwrap();
 
     for _ in 0..3 {
-        assert!(
-            call(&client, running.addr, "localhost")
-                .await
-                .reply()
-                .starts_with("hello")
-        );
-        running.next().await.unwrap();
+        running.assert_admitted(&client).await;
     }
     // A resumed handshake shows up as such on the client's side.
     let tcp = tokio::net::TcpStream::connect(running.addr).await.unwrap();

@@ -93,16 +93,20 @@ async fn openssl_s_client_is_admitted_and_refused_with_the_right_alerts() {
         "{out}"
     );
     assert_eq!(
-        running.next().await.unwrap().spiffe_id().unwrap().as_str(),
+        running
+            .expect_admitted()
+            .await
+            .spiffe_id()
+            .unwrap()
+            .as_str(),
         client_id()
     );
 
     let (_, out) = peer("openssl", s_client_args(&pki, port, false, &[]), "ping\n").await;
     assert!(out.contains("certificate required"), "{out}");
-    assert_eq!(
-        running.next().await.unwrap_err().reason(),
-        RejectReason::NoClientCertificate
-    );
+    running
+        .expect_refused(RejectReason::NoClientCertificate)
+        .await;
 
     let (_, out) = peer(
         "openssl",
@@ -111,10 +115,7 @@ async fn openssl_s_client_is_admitted_and_refused_with_the_right_alerts() {
     )
     .await;
     assert!(out.contains("protocol version"), "{out}");
-    assert_eq!(
-        running.next().await.unwrap_err().reason(),
-        RejectReason::ProtocolVersion
-    );
+    running.expect_refused(RejectReason::ProtocolVersion).await;
 }
 
 /// An `openssl s_server` that requires a client certificate from `pki`'s CA,
@@ -235,7 +236,7 @@ with socket.create_connection(("127.0.0.1", port)) as raw:
         ok && out.contains(&format!("hello {}", client_id())) && out.contains("TLSv1.3"),
         "{out}"
     );
-    running.next().await.unwrap();
+    running.expect_admitted().await;
 }
 
 #[tokio::test]
@@ -283,7 +284,12 @@ async fn java_client_is_admitted() {
         "{out}"
     );
     assert_eq!(
-        running.next().await.unwrap().spiffe_id().unwrap().as_str(),
+        running
+            .expect_admitted()
+            .await
+            .spiffe_id()
+            .unwrap()
+            .as_str(),
         client_id()
     );
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use common::{Pki, openssl};
@@ -41,8 +41,8 @@ impl Setup {
         }
     }
 
-    fn naming(mut self, file: &PathBuf) -> Self {
-        self.named.push(file.clone());
+    fn naming(mut self, file: &Path) -> Self {
+        self.named.push(file.to_path_buf());
         self
     }
 

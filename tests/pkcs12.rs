@@ -80,7 +80,12 @@ async fn openssl_keystore_and_truststore_serve_mtls() {
     .await;
     assert!(seen.reply().starts_with("hello"), "{seen:?}");
     assert_eq!(
-        running.next().await.unwrap().spiffe_id().unwrap().as_str(),
+        running
+            .expect_admitted()
+            .await
+            .spiffe_id()
+            .unwrap()
+            .as_str(),
         client_id()
     );
 }
@@ -310,7 +315,7 @@ async fn keytool_keystore_and_truststore_serve_mtls() {
     )
     .await;
     assert!(seen.reply().starts_with("hello"), "{seen:?}");
-    running.next().await.unwrap();
+    running.expect_admitted().await;
 
     let err = ServerTls::builder()
         .identity_pkcs12(pki.path("java-keystore.p12"), "wrong")

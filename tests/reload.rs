@@ -319,58 +319,26 @@ async fn ca_bundle_rotation_with_overlap() {
     let new_cert = new_ca.leaf().spiffe(&caller()).client().issue().unwrap();
     let new_client = pki.client_with(&new_cert).build().unwrap();
 
-    assert!(
-        call(&old_client, running.addr, "localhost")
-            .await
-            .reply()
-            .starts_with("hello")
-    );
-    running.next().await.unwrap();
-    assert!(
-        call(&new_client, running.addr, "localhost")
-            .await
-            .refused()
-            .contains("UnknownCA")
-    );
-    assert_eq!(
-        running.next().await.unwrap_err().reason(),
-        RejectReason::UnknownIssuer
-    );
+    running.assert_admitted(&old_client).await;
+    running
+        .assert_refused(&new_client, "UnknownCA", RejectReason::UnknownIssuer)
+        .await;
 
     // Overlap: both CAs.
     replace(&f.ca, format!("{}{}", pki.ca.cert_pem(), new_ca.cert_pem()));
     let (_, _, policy_changed) = expect_reloaded(&mut events).await;
     assert!(policy_changed);
     for client in [&old_client, &new_client] {
-        assert!(
-            call(client, running.addr, "localhost")
-                .await
-                .reply()
-                .starts_with("hello")
-        );
-        running.next().await.unwrap();
+        running.assert_admitted(client).await;
     }
 
     // New CA only: the old-CA client is refused, even holding a ticket.
     replace(&f.ca, new_ca.cert_pem());
     expect_reloaded(&mut events).await;
-    assert!(
-        call(&old_client, running.addr, "localhost")
-            .await
-            .refused()
-            .contains("UnknownCA")
-    );
-    assert_eq!(
-        running.next().await.unwrap_err().reason(),
-        RejectReason::UnknownIssuer
-    );
-    assert!(
-        call(&new_client, running.addr, "localhost")
-            .await
-            .reply()
-            .starts_with("hello")
-    );
-    running.next().await.unwrap();
+    running
+        .assert_refused(&old_client, "UnknownCA", RejectReason::UnknownIssuer)
+        .await;
+    running.assert_admitted(&new_client).await;
 }
 
 #[tokio::test]
@@ -388,20 +356,14 @@ async fn crl_update_refuses_new_connections_but_not_the_open_one() {
     let cert = pki.client_cert(&caller());
     let client = pki.client_with(&cert).build().unwrap();
     // A first connection gives the client a ticket; a second one resumes.
-    assert!(
-        call(&client, running.addr, "localhost")
-            .await
-            .reply()
-            .starts_with("hello")
-    );
-    running.next().await.unwrap();
+    running.assert_admitted(&client).await;
     let tcp = tokio::net::TcpStream::connect(running.addr).await.unwrap();
     let (open, _) = client.connector().connect("localhost", tcp).await.unwrap();
     assert_eq!(
         open.get_ref().1.handshake_kind(),
         Some(meshtls::rustls::HandshakeKind::Resumed)
     );
-    running.next().await.unwrap();
+    running.expect_admitted().await;
 
     replace(
         &crl,
@@ -411,12 +373,9 @@ async fn crl_update_refuses_new_connections_but_not_the_open_one() {
     assert!(policy_changed);
 
     // New connections, resumed or not, are refused.
-    let seen = call(&client, running.addr, "localhost").await;
-    assert!(seen.refused().contains("CertificateRevoked"), "{seen:?}");
-    assert_eq!(
-        running.next().await.unwrap_err().reason(),
-        RejectReason::Revoked
-    );
+    running
+        .assert_refused(&client, "CertificateRevoked", RejectReason::Revoked)
+        .await;
     let fresh = pki
         .client_with(&cert)
         .resumption(Resumption::Disabled)
@@ -444,13 +403,7 @@ async fn own_certificate_rotation_keeps_resumption() {
     let mut events = server.subscribe();
     let mut running = serve(&server).await;
     let client = pki.client(&caller()).build().unwrap();
-    assert!(
-        call(&client, running.addr, "localhost")
-            .await
-            .reply()
-            .starts_with("hello")
-    );
-    running.next().await.unwrap();
+    running.assert_admitted(&client).await;
 
     let next = pki.server_cert();
     replace(&f.cert, next.chain_pem());
@@ -465,7 +418,7 @@ async fn own_certificate_rotation_keeps_resumption() {
         Some(meshtls::rustls::HandshakeKind::Resumed)
     );
     assert!(common::exchange(stream).await.unwrap().starts_with("hello"));
-    running.next().await.unwrap();
+    running.expect_admitted().await;
 }
 
 #[tokio::test]
@@ -611,7 +564,7 @@ async fn client_certificate_rotates_too() {
             .reply()
             .starts_with("hello")
     );
-    assert_eq!(running.next().await.unwrap().serial(), first.serial());
+    assert_eq!(running.expect_admitted().await.serial(), first.serial());
 
     let next = pki.client_cert(&caller());
     replace(&c, next.chain_pem());
@@ -623,7 +576,7 @@ async fn client_certificate_rotates_too() {
             .reply()
             .starts_with("hello")
     );
-    assert_eq!(running.next().await.unwrap().serial(), next.serial());
+    assert_eq!(running.expect_admitted().await.serial(), next.serial());
 }
 
 /// 200 rotations under continuous handshakes from several tasks: no

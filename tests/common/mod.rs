@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use meshtls::dev::{DevCa, DevCert};
 use meshtls::rustls;
-use meshtls::{ClientTls, HandshakeError, PeerIdentity, ServerTls};
+use meshtls::{ClientTls, HandshakeError, PeerIdentity, RejectReason, ServerTls};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -112,6 +112,50 @@ impl Running {
             .await
             .expect("no accept result within 10 s")
             .expect("server loop ended")
+    }
+
+    /// The server's side of an admitted handshake: who it admitted.
+    pub async fn expect_admitted(&mut self) -> PeerIdentity {
+        self.next()
+            .await
+            .unwrap_or_else(|e| panic!("the server refused: {e}"))
+    }
+
+    /// The server's side of a refused handshake: it reports `reason`.
+    pub async fn expect_refused(&mut self, reason: RejectReason) -> HandshakeError {
+        let err = match self.next().await {
+            Ok(peer) => panic!("the server admitted {peer}"),
+            Err(e) => e,
+        };
+        assert_eq!(err.reason(), reason, "{err}");
+        err
+    }
+
+    /// `client` calls (as `localhost`) and both sides say it was admitted:
+    /// the client has the server's reply, the server its identity.
+    pub async fn assert_admitted(&mut self, client: &ClientTls) -> PeerIdentity {
+        let seen = call(client, self.addr, "localhost").await;
+        assert!(seen.reply().starts_with("hello"), "{seen:?}");
+        self.expect_admitted().await
+    }
+
+    /// `client` calls (as `localhost`) and both sides say it was refused and
+    /// why: the client saw `alert` (the alert's name, or its own handshake
+    /// error), the server reports `reason`.
+    pub async fn assert_refused(
+        &mut self,
+        client: &ClientTls,
+        alert: &str,
+        reason: RejectReason,
+    ) -> HandshakeError {
+        let seen = call(client, self.addr, "localhost").await;
+        let text = match &seen {
+            Seen::Refused(text) => text.clone(),
+            Seen::Handshake(e) => format!("{e} {e:?}"),
+            Seen::Reply(..) => panic!("admitted, expected {alert}: {seen:?}"),
+        };
+        assert!(text.contains(alert), "expected {alert}: {seen:?}");
+        self.expect_refused(reason).await
     }
 }
 
