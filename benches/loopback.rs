@@ -14,68 +14,15 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use meshtls::rustls::pki_types::ServerName;
 use meshtls::tokio_rustls::{TlsAcceptor, TlsConnector};
 use support::threads::{cpu, current_tid};
-use support::{Case, Material, median};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use support::{Case, Material, echo, median};
 
 const ROUNDS: usize = 10;
 const ROUND: Duration = Duration::from_millis(1500);
-
-enum Server {
-    Bare(TlsAcceptor),
-    Mesh(meshtls::Acceptor),
-}
-
-/// Starts a server on its own thread; returns its address and thread id.
-fn start(server: Server) -> (SocketAddr, String) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send((listener.local_addr().unwrap(), current_tid()))
-                .unwrap();
-            let server = Arc::new(server);
-            loop {
-                let (tcp, _) = listener.accept().await.unwrap();
-                tcp.set_nodelay(true).unwrap();
-                let server = server.clone();
-                tokio::spawn(async move {
-                    let mut byte = [0u8; 1];
-                    match &*server {
-                        Server::Bare(a) => {
-                            if let Ok(mut s) = a.accept(tcp).await
-                                && s.read_exact(&mut byte).await.is_ok()
-                            {
-                                let _ = s.write_all(&byte).await;
-                                let _ = s.shutdown().await;
-                            }
-                        }
-                        Server::Mesh(a) => {
-                            if let Ok((mut s, _peer)) = a.accept(tcp).await
-                                && s.read_exact(&mut byte).await.is_ok()
-                            {
-                                let _ = s.write_all(&byte).await;
-                                let _ = s.shutdown().await;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-    });
-    rx.recv().unwrap()
-}
 
 #[derive(Clone)]
 enum Client {
@@ -83,55 +30,16 @@ enum Client {
     Mesh(meshtls::Connector),
 }
 
-async fn one(client: &Client, addr: SocketAddr) {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let mut byte = [7u8; 1];
+/// One full handshake and a one-byte exchange.
+async fn one(client: Client, addr: SocketAddr) {
+    let tcp = echo::connect(addr).await;
     match client {
         Client::Bare(c) => {
-            let mut s = c
-                .connect(ServerName::try_from("localhost").unwrap(), tcp)
-                .await
-                .unwrap();
-            s.write_all(&byte).await.unwrap();
-            s.read_exact(&mut byte).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            echo::send_byte(c.connect(name, tcp).await.unwrap()).await;
         }
-        Client::Mesh(c) => {
-            let (mut s, _) = c.connect("localhost", tcp).await.unwrap();
-            s.write_all(&byte).await.unwrap();
-            s.read_exact(&mut byte).await.unwrap();
-        }
+        Client::Mesh(c) => echo::send_byte(c.connect("localhost", tcp).await.unwrap().0).await,
     }
-}
-
-/// Drives `concurrency` client loops for one round.
-fn drive(
-    rt: &tokio::runtime::Runtime,
-    client: &Client,
-    addr: SocketAddr,
-    concurrency: usize,
-) -> u64 {
-    let done = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    rt.block_on(async {
-        let tasks: Vec<_> = (0..concurrency)
-            .map(|_| {
-                let (client, done, count) = (client.clone(), done.clone(), count.clone());
-                tokio::spawn(async move {
-                    while !done.load(Ordering::Relaxed) {
-                        one(&client, addr).await;
-                        count.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
-            })
-            .collect();
-        tokio::time::sleep(ROUND).await;
-        done.store(true, Ordering::Relaxed);
-        for t in tasks {
-            t.await.unwrap();
-        }
-    });
-    count.load(Ordering::Relaxed)
 }
 
 struct Sample {
@@ -144,10 +52,24 @@ fn main() {
     let m = Material::new(Case::BASE);
     let mesh_server = support::meshtls_server(&m, true);
     let mesh_client = support::meshtls_client(&m, true, false);
-    let (bare_addr, bare_tid) = start(Server::Bare(TlsAcceptor::from(support::bare_server(
-        &m, true,
-    ))));
-    let (mesh_addr, mesh_tid) = start(Server::Mesh(mesh_server.acceptor()));
+    let bare_acceptor = TlsAcceptor::from(support::bare_server(&m, true));
+    let (bare_addr, bare_tid) = echo::serve(move |tcp| {
+        let accept = bare_acceptor.accept(tcp);
+        async move {
+            if let Ok(stream) = accept.await {
+                echo::echo_byte(stream).await;
+            }
+        }
+    });
+    let mesh_acceptor = mesh_server.acceptor();
+    let (mesh_addr, mesh_tid) = echo::serve(move |tcp| {
+        let acceptor = mesh_acceptor.clone();
+        async move {
+            if let Ok((stream, _peer)) = acceptor.accept(tcp).await {
+                echo::echo_byte(stream).await;
+            }
+        }
+    });
     let bare_client = Client::Bare(TlsConnector::from(support::bare_client(&m, true, false)));
     let mesh = Client::Mesh(mesh_client.connector());
 
@@ -170,7 +92,8 @@ fn main() {
         let run = |client: &Client, addr, server_tid: &str| {
             let (s0, c0) = (cpu(server_tid), cpu(&client_tid));
             let start = Instant::now();
-            let n = drive(&rt, client, addr, concurrency);
+            let client = client.clone();
+            let n = echo::drive(&rt, concurrency, ROUND, move || one(client.clone(), addr));
             let elapsed = start.elapsed().as_secs_f64();
             let (s1, c1) = (cpu(server_tid), cpu(&client_tid));
             Sample {

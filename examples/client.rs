@@ -14,23 +14,13 @@ use std::process::ExitCode;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use meshtls::{Allow, ClientTls};
 
 const USAGE: &str = "usage: client --cert FILE --key FILE --ca FILE [--expect-server RULE] URL
 Without --expect-server the server must be valid for the URL's host name.";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(body) => {
-            println!("{body}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    cli::report(run().await)
 }
 
 async fn run() -> Result<String, String> {
@@ -51,14 +41,7 @@ async fn run() -> Result<String, String> {
         .to_owned();
     let port = uri.port_u16().unwrap_or(443);
 
-    let mut builder = ClientTls::builder()
-        .identity_files(args.required("cert")?, args.required("key")?)
-        .server_roots_file(args.required("ca")?);
-    if let Some(rule) = args.optional("expect-server") {
-        let rule: Allow = rule.parse().map_err(|e| format!("--expect-server: {e}"))?;
-        builder = builder.expect_server(rule);
-    }
-    let client = builder.build().map_err(|e| e.to_string())?;
+    let client = cli::client(&args)?.build().map_err(|e| e.to_string())?;
 
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
         .await

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use axum::Router;
 use axum::routing::get;
-use meshtls::{Allow, Event, PeerIdentity, ServerTls};
+use meshtls::PeerIdentity;
 
 const USAGE: &str = "usage: server --listen ADDR --cert FILE --key FILE --client-ca FILE
               [--crl FILE] [--allow RULE]... [--allow-any-authenticated]
@@ -43,36 +43,8 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), String> {
     let args = cli::Args::parse(&["allow-any-authenticated"])?;
-    let mut builder = ServerTls::builder()
-        .identity_files(args.required("cert")?, args.required("key")?)
-        .client_roots_file(args.required("client-ca")?);
-    if let Some(crl) = args.optional("crl") {
-        builder = builder.crl_file(crl);
-    }
-    for rule in args.all("allow") {
-        let rule: Allow = rule.parse().map_err(|e| format!("--allow: {e}"))?;
-        builder = builder.allow(rule);
-    }
-    if args.switch("allow-any-authenticated") {
-        builder = builder.dangerous().allow_any_authenticated();
-    }
-    if rule_legacy_cn(&args) {
-        builder = builder.dangerous().allow_legacy_cn();
-    }
-    let server = builder.watch().map_err(|e| e.to_string())?;
-
-    let mut events = server.subscribe();
-    tokio::spawn(async move {
-        while let Ok(event) = events.recv().await {
-            match event {
-                Event::Reloaded { .. } | Event::ReloadFailed { .. } | Event::Rejected { .. } => {
-                    eprintln!("{event}")
-                }
-                Event::Expiring { .. } | Event::Expired { .. } => eprintln!("warning: {event}"),
-                _ => {}
-            }
-        }
-    });
+    let server = cli::server(&args)?.watch().map_err(|e| e.to_string())?;
+    cli::log_events(server.subscribe());
 
     let listener = meshtls::axum::MtlsListener::bind(args.required("listen")?, &server)
         .await
@@ -85,9 +57,4 @@ async fn run() -> Result<(), String> {
     meshtls::axum::serve(listener, app)
         .await
         .map_err(|e| e.to_string())
-}
-
-/// `cn:` rules are legacy; the example opts in only when one is given.
-fn rule_legacy_cn(args: &cli::Args) -> bool {
-    args.all("allow").iter().any(|r| r.starts_with("cn:"))
 }

@@ -11,23 +11,12 @@ mod greeter;
 
 use std::process::ExitCode;
 
-use meshtls::{Allow, ClientTls};
-
 const USAGE: &str = "usage: tonic_client --cert FILE --key FILE --ca FILE [--expect-server RULE]
                     [--name NAME] [--server-name DNS] HOST:PORT";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(reply) => {
-            println!("{reply}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    cli::report(run().await)
 }
 
 async fn run() -> Result<String, String> {
@@ -35,17 +24,10 @@ async fn run() -> Result<String, String> {
     let [target] = args.positional.as_slice() else {
         return Err(format!("give the server as HOST:PORT\n\n{USAGE}"));
     };
-    let mut builder = ClientTls::builder()
-        .identity_files(args.required("cert")?, args.required("key")?)
-        .server_roots_file(args.required("ca")?)
-        .alpn_protocols([b"h2".to_vec()]);
-    if let Some(rule) = args.optional("expect-server") {
-        builder = builder.expect_server(
-            rule.parse::<Allow>()
-                .map_err(|e| format!("--expect-server: {e}"))?,
-        );
-    }
-    let client = builder.build().map_err(|e| e.to_string())?;
+    let client = cli::client(&args)?
+        .alpn_protocols([b"h2".to_vec()])
+        .build()
+        .map_err(|e| e.to_string())?;
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
         .map_err(|e| format!("{target:?}: {e}"))?;
     let server_name = args

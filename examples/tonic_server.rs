@@ -12,8 +12,6 @@ mod greeter;
 
 use std::process::ExitCode;
 
-use meshtls::{Allow, Event, ServerTls};
-
 const USAGE: &str = "usage: tonic_server --listen ADDR --cert FILE --key FILE --client-ca FILE
                     [--allow RULE]... [--allow-any-authenticated]";
 
@@ -27,29 +25,12 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), String> {
     let args = cli::Args::parse(&["allow-any-authenticated"])?;
-    let mut builder = ServerTls::builder()
-        .identity_files(args.required("cert")?, args.required("key")?)
-        .client_roots_file(args.required("client-ca")?)
+    let server = cli::server(&args)?
         // gRPC clients in other languages require ALPN h2.
-        .alpn_protocols([b"h2".to_vec()]);
-    for rule in args.all("allow") {
-        builder = builder.allow(rule.parse::<Allow>().map_err(|e| format!("--allow: {e}"))?);
-    }
-    if args.switch("allow-any-authenticated") {
-        builder = builder.dangerous().allow_any_authenticated();
-    }
-    let server = builder.watch().map_err(|e| e.to_string())?;
-    let mut events = server.subscribe();
-    tokio::spawn(async move {
-        while let Ok(event) = events.recv().await {
-            if matches!(
-                event,
-                Event::Rejected { .. } | Event::ReloadFailed { .. } | Event::Reloaded { .. }
-            ) {
-                eprintln!("{event}");
-            }
-        }
-    });
+        .alpn_protocols([b"h2".to_vec()])
+        .watch()
+        .map_err(|e| e.to_string())?;
+    cli::log_events(server.subscribe());
 
     let listener = tokio::net::TcpListener::bind(args.required("listen")?)
         .await

@@ -7,13 +7,13 @@
 //! cargo run --release -p meshtls-bench-openssl
 //! ```
 
+#[path = "../../benches/support/echo.rs"]
+mod echo;
 #[path = "../../benches/support/threads.rs"]
 mod threads;
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use meshtls::dev::DevCa;
@@ -21,64 +21,11 @@ use meshtls::{Allow, ClientTls, Resumption, ServerTls, Source};
 use openssl::ssl::{SslAcceptor, SslMethod, SslVerifyMode, SslVersion};
 use openssl::x509::X509;
 use openssl::x509::store::X509StoreBuilder;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-use threads::{cpu, current_tid};
+use threads::cpu;
 
 const ROUNDS: usize = 8;
 const ROUND: Duration = Duration::from_millis(1500);
 const CONCURRENCY: usize = 4;
-
-enum Server {
-    OpenSsl(SslAcceptor),
-    Mesh(meshtls::Acceptor),
-}
-
-fn start(server: Server) -> (SocketAddr, String) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send((listener.local_addr().unwrap(), current_tid()))
-                .unwrap();
-            let server = Arc::new(server);
-            loop {
-                let (tcp, _) = listener.accept().await.unwrap();
-                tcp.set_nodelay(true).unwrap();
-                let server = server.clone();
-                tokio::spawn(async move {
-                    let mut byte = [0u8; 1];
-                    match &*server {
-                        Server::OpenSsl(acceptor) => {
-                            let ssl = openssl::ssl::Ssl::new(acceptor.context()).unwrap();
-                            let mut s = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
-                            if Pin::new(&mut s).accept().await.is_ok()
-                                && s.read_exact(&mut byte).await.is_ok()
-                            {
-                                let _ = s.write_all(&byte).await;
-                                let _ = s.shutdown().await;
-                            }
-                        }
-                        Server::Mesh(acceptor) => {
-                            if let Ok((mut s, _peer)) = acceptor.accept(tcp).await
-                                && s.read_exact(&mut byte).await.is_ok()
-                            {
-                                let _ = s.write_all(&byte).await;
-                                let _ = s.shutdown().await;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-    });
-    rx.recv().unwrap()
-}
 
 fn openssl_server(ca_pem: &str, chain_pem: &str, key_pem: &str) -> SslAcceptor {
     let mut b = SslAcceptor::mozilla_modern_v5(SslMethod::tls_server()).unwrap();
@@ -103,35 +50,6 @@ fn openssl_server(ca_pem: &str, chain_pem: &str, key_pem: &str) -> SslAcceptor {
     b.set_verify_cert_store(store.build()).unwrap();
     b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
     b.build()
-}
-
-fn drive(rt: &tokio::runtime::Runtime, client: &meshtls::Connector, addr: SocketAddr) -> u64 {
-    let done = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    rt.block_on(async {
-        let tasks: Vec<_> = (0..CONCURRENCY)
-            .map(|_| {
-                let (client, done, count) = (client.clone(), done.clone(), count.clone());
-                tokio::spawn(async move {
-                    while !done.load(Ordering::Relaxed) {
-                        let tcp = TcpStream::connect(addr).await.unwrap();
-                        tcp.set_nodelay(true).unwrap();
-                        let (mut s, _) = client.connect("localhost", tcp).await.unwrap();
-                        let mut byte = [7u8; 1];
-                        s.write_all(&byte).await.unwrap();
-                        s.read_exact(&mut byte).await.unwrap();
-                        count.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
-            })
-            .collect();
-        tokio::time::sleep(ROUND).await;
-        done.store(true, Ordering::Relaxed);
-        for t in tasks {
-            t.await.unwrap();
-        }
-    });
-    count.load(Ordering::Relaxed)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -166,12 +84,29 @@ fn main() {
         .classical_key_exchange_only()
         .build()
         .unwrap();
-    let (mesh_addr, mesh_tid) = start(Server::Mesh(mesh.acceptor()));
-    let (ossl_addr, ossl_tid) = start(Server::OpenSsl(openssl_server(
+    let mesh_acceptor = mesh.acceptor();
+    let (mesh_addr, mesh_tid) = echo::serve(move |tcp| {
+        let acceptor = mesh_acceptor.clone();
+        async move {
+            if let Ok((stream, _peer)) = acceptor.accept(tcp).await {
+                echo::echo_byte(stream).await;
+            }
+        }
+    });
+    let ossl = Arc::new(openssl_server(
         ca.cert_pem(),
         server_cert.chain_pem(),
         server_cert.key_pem(),
-    )));
+    ));
+    let (ossl_addr, ossl_tid) = echo::serve(move |tcp| {
+        let ssl = openssl::ssl::Ssl::new(ossl.context()).unwrap();
+        async move {
+            let mut stream = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+            if Pin::new(&mut stream).accept().await.is_ok() {
+                echo::echo_byte(stream).await;
+            }
+        }
+    });
 
     let client = ClientTls::builder()
         .identity(
@@ -194,7 +129,14 @@ fn main() {
     let measure = |addr, tid: &str| {
         let c0 = cpu(tid);
         let start = Instant::now();
-        let n = drive(&rt, &client, addr);
+        let client = client.clone();
+        let n = echo::drive(&rt, CONCURRENCY, ROUND, move || {
+            let client = client.clone();
+            async move {
+                let tcp = echo::connect(addr).await;
+                echo::send_byte(client.connect("localhost", tcp).await.unwrap().0).await;
+            }
+        });
         let elapsed = start.elapsed().as_secs_f64();
         ((cpu(tid) - c0).as_secs_f64() / n as f64, n as f64 / elapsed)
     };

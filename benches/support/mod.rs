@@ -3,6 +3,7 @@
 //! each side separately.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod echo;
 pub mod threads;
 
 use std::sync::Arc;

@@ -1,9 +1,13 @@
-//! A small command-line reader shared by the example programs (no parser
-//! dependency): `--flag value`, repeated flags, `--switch`, positionals.
+//! What the example programs share: a small command-line reader (no parser
+//! dependency: `--flag value`, repeated flags, `--switch`, positionals), the
+//! server and client set up from the same flags, and event logging.
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::process::ExitCode;
+
+use meshtls::{Allow, ClientTlsBuilder, Event, Ready, ServerTlsBuilder};
 
 /// Parsed arguments.
 #[derive(Debug, Default)]
@@ -62,4 +66,68 @@ impl Args {
 pub fn fail(usage: &str, error: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {error}\n\n{usage}");
     ExitCode::FAILURE
+}
+
+/// Prints what `run` returned, or `error: ...`, and exits accordingly.
+pub fn report(result: Result<impl Display, String>) -> ExitCode {
+    match result {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A server builder from `--cert --key --client-ca [--crl] [--allow RULE]...
+/// [--allow-any-authenticated]` (`cn:` rules turn legacy CN matching on).
+pub fn server(args: &Args) -> Result<ServerTlsBuilder<Ready>, String> {
+    let mut builder = meshtls::ServerTls::builder()
+        .identity_files(args.required("cert")?, args.required("key")?)
+        .client_roots_file(args.required("client-ca")?);
+    if let Some(crl) = args.optional("crl") {
+        builder = builder.crl_file(crl);
+    }
+    let rules = args.all("allow");
+    for rule in &rules {
+        builder = builder.allow(rule.parse::<Allow>().map_err(|e| format!("--allow: {e}"))?);
+    }
+    if args.switch("allow-any-authenticated") {
+        builder = builder.dangerous().allow_any_authenticated();
+    }
+    if rules.iter().any(|r| r.starts_with("cn:")) {
+        builder = builder.dangerous().allow_legacy_cn();
+    }
+    Ok(builder)
+}
+
+/// A client builder from `--cert --key --ca [--expect-server RULE]`.
+pub fn client(args: &Args) -> Result<ClientTlsBuilder<Ready>, String> {
+    let mut builder = meshtls::ClientTls::builder()
+        .identity_files(args.required("cert")?, args.required("key")?)
+        .server_roots_file(args.required("ca")?);
+    if let Some(rule) = args.optional("expect-server") {
+        let rule: Allow = rule.parse().map_err(|e| format!("--expect-server: {e}"))?;
+        builder = builder.expect_server(rule);
+    }
+    Ok(builder)
+}
+
+/// Logs reloads, refused reloads and refused handshakes to stderr, and
+/// expiry as warnings, from a task of its own.
+pub fn log_events(mut events: tokio::sync::broadcast::Receiver<Event>) {
+    tokio::spawn(async move {
+        while let Ok(event) = events.recv().await {
+            match event {
+                Event::Reloaded { .. } | Event::ReloadFailed { .. } | Event::Rejected { .. } => {
+                    eprintln!("{event}")
+                }
+                Event::Expiring { .. } | Event::Expired { .. } => eprintln!("warning: {event}"),
+                _ => {}
+            }
+        }
+    });
 }
