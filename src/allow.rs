@@ -43,7 +43,7 @@ pub(crate) type CustomFn = dyn Fn(&PeerIdentity) -> bool + Send + Sync;
 ///     .map(|r| r.parse())
 ///     .collect::<Result<_, _>>()?;
 /// assert_eq!(rules[0].to_string(), "spiffe://prod.example/ns/billing/**");
-/// # Ok::<(), meshtls::RuleError>(())
+/// # Ok::<(), meshtls::error::RuleError>(())
 /// ```
 ///
 /// The constructors take strings and never panic; a malformed rule is

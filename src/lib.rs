@@ -92,7 +92,7 @@ mod builder;
 mod client;
 #[cfg(feature = "dev")]
 pub mod dev;
-mod error;
+pub mod error;
 mod handle;
 mod hardening;
 mod identity;
@@ -118,12 +118,7 @@ pub use accept::{Acceptor, Incoming, MtlsStream, PeerInfo};
 pub use allow::Allow;
 pub use builder::{Builder, Dangerous, NeedsIdentity, NeedsRoots, Ready};
 pub use client::{ClientTls, ClientTlsBuilder, Connector};
-#[cfg(feature = "pkcs12")]
-pub use error::Pkcs12Error;
-pub use error::{
-    ConfigError, Error, HandshakeError, MaterialError, MaterialKind, Origin, RejectReason,
-    RuleError, SpiffeIdError, Usage,
-};
+pub use error::{Error, HandshakeError, RejectReason};
 pub use handle::Mtls;
 pub use identity::{IdentityError, PeerIdentity};
 pub use live::ReloadOutcome;

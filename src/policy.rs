@@ -114,7 +114,7 @@ pub struct NotAllowed {
 /// use meshtls::{Allow, Policy};
 /// let admins = Policy::new([Allow::spiffe_pattern("spiffe://prod.example/ns/ops/**")])?;
 /// # let _ = admins;
-/// # Ok::<(), meshtls::RuleError>(())
+/// # Ok::<(), meshtls::error::RuleError>(())
 /// ```
 #[derive(Clone)]
 pub struct Policy {

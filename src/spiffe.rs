@@ -18,7 +18,7 @@ pub(crate) const SCHEME: &str = "spiffe://";
 /// let td: TrustDomain = "prod.example".parse()?;
 /// assert_eq!(td.as_str(), "prod.example");
 /// assert!("Prod.Example".parse::<TrustDomain>().is_err());
-/// # Ok::<(), meshtls::SpiffeIdError>(())
+/// # Ok::<(), meshtls::error::SpiffeIdError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TrustDomain(String);
@@ -105,7 +105,7 @@ fn check_path(path: &str) -> Result<(), SpiffeIdError> {
 ///
 /// assert!("spiffe://prod.example:8443/api".parse::<SpiffeId>().is_err());
 /// assert!("spiffe://prod.example/a//b".parse::<SpiffeId>().is_err());
-/// # Ok::<(), meshtls::SpiffeIdError>(())
+/// # Ok::<(), meshtls::error::SpiffeIdError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpiffeId {

@@ -4,8 +4,9 @@
 mod common;
 
 use common::{Pki, TD, bare_client_pem, call, call_bare, identity_of, serve};
+use meshtls::error::RuleError;
 use meshtls::rustls;
-use meshtls::{Allow, Policy, RejectReason, RuleError};
+use meshtls::{Allow, Policy, RejectReason};
 
 fn policy(rules: &[&str]) -> Policy {
     Policy::new(rules.iter().map(|r| r.parse::<Allow>().unwrap())).unwrap()
@@ -157,7 +158,9 @@ async fn cn_rules_are_off_by_default() {
     assert!(
         matches!(
             err,
-            meshtls::Error::Config(meshtls::ConfigError::Rule(RuleError::CnNotEnabled { .. }))
+            meshtls::Error::Config(meshtls::error::ConfigError::Rule(
+                RuleError::CnNotEnabled { .. }
+            ))
         ),
         "{err}"
     );
@@ -293,7 +296,9 @@ async fn allow_list_replaced_at_runtime() {
 
     assert!(matches!(
         server.set_allow_list([]),
-        Err(meshtls::Error::Config(meshtls::ConfigError::NoAllowList))
+        Err(meshtls::Error::Config(
+            meshtls::error::ConfigError::NoAllowList
+        ))
     ));
 }
 

@@ -344,7 +344,7 @@ async fn server_without_allow_list_does_not_build() {
     assert!(
         matches!(
             err,
-            meshtls::Error::Config(meshtls::ConfigError::NoAllowList)
+            meshtls::Error::Config(meshtls::error::ConfigError::NoAllowList)
         ),
         "{err}"
     );

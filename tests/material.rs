@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use common::{Pki, openssl};
-use meshtls::{ClientTls, Error, MaterialError, ServerTls, Usage};
+use meshtls::error::{MaterialError, Usage};
+use meshtls::{ClientTls, Error, ServerTls};
 
 const HOUR: Duration = Duration::from_secs(3600);
 

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{Pki, TD, call, openssl, serve};
-use meshtls::{Allow, Error, Pkcs12Error, ServerTls, Source};
+use meshtls::error::Pkcs12Error;
+use meshtls::{Allow, Error, ServerTls, Source};
 
 const PASS: &str = "changeit";
 

@@ -1,6 +1,11 @@
 //! Errors: what went wrong, as data to match on. Each names the file, the
-//! certificate and the rule involved, and says how to fix it. This module is
-//! the ground floor: it imports no other module of the crate.
+//! certificate and the rule involved, and says how to fix it.
+//!
+//! [`Error`] is what building and reloading return, with the reason nested
+//! inside ([`MaterialError`], [`ConfigError`], `Pkcs12Error`); a refused
+//! handshake is a [`HandshakeError`] with its [`RejectReason`]. The three
+//! are also at the crate root. (This module is the crate's ground floor: it
+//! imports no other module of it.)
 
 mod handshake;
 mod material;
@@ -26,7 +31,8 @@ pub use rules::{RuleError, SpiffeIdError};
 ///
 /// ```
 /// # fn check(e: &meshtls::Error) {
-/// use meshtls::{Error, MaterialError};
+/// use meshtls::Error;
+/// use meshtls::error::MaterialError;
 /// match e {
 ///     Error::Material(MaterialError::Expired { origin, .. }) => eprintln!("renew {origin}"),
 ///     Error::Config(c) => eprintln!("fix the code: {c}"),
