@@ -23,6 +23,7 @@ use crate::error::{HandshakeError, RejectReason};
 use crate::identity::PeerIdentity;
 use crate::judge::{Presented, classify_tls, take_refusal};
 use crate::live::Live;
+use crate::track::{Guard, Socket, Tracked};
 
 /// Accepts mutual-TLS connections; cheap to clone, one per listener or task.
 ///
@@ -60,13 +61,24 @@ impl Acceptor {
     /// expired, revoked, identity not allowed, TLS version, timeout, I/O. The
     /// client receives the matching TLS alert; refused handshakes are also
     /// counted and sent as [`Event::Rejected`](crate::Event::Rejected).
-    pub async fn accept<IO>(&self, io: IO) -> Result<(TlsStream<IO>, PeerIdentity), HandshakeError>
+    ///
+    /// The stream is [`Tracked`]: if the policy later stops admitting the
+    /// client (a CRL revokes it, it leaves the allow-list, its CA is
+    /// dropped), meshtls closes the connection after the grace period (see
+    /// [`keep_live_connections`](crate::Builder::keep_live_connections)).
+    /// Closing needs a tokio `TcpStream` under the TLS; other transports are
+    /// judged but not closed.
+    pub async fn accept<IO>(
+        &self,
+        io: IO,
+    ) -> Result<(Tracked<TlsStream<IO>>, PeerIdentity), HandshakeError>
     where
-        IO: AsyncRead + AsyncWrite + Unpin,
+        IO: AsyncRead + AsyncWrite + Unpin + 'static,
     {
+        let socket = Socket::of(&io);
         let stream = handshake(&self.live, self.timeout, self.inner.accept(io)).await?;
-        let peer = admit(&self.live, stream.get_ref().1, None)?;
-        Ok((stream, peer))
+        let (peer, guard) = admit(&self.live, stream.get_ref().1, None, Some(socket))?;
+        Ok((Tracked::new(stream, guard), peer))
     }
 }
 
@@ -85,7 +97,7 @@ impl Acceptor {
         &self,
         conn: &rustls::ServerConnection,
     ) -> Result<PeerIdentity, HandshakeError> {
-        admit(&self.live, conn, None)
+        admit(&self.live, conn, None, None).map(|(peer, _)| peer)
     }
 }
 
@@ -154,12 +166,13 @@ fn failed(
 
 /// After a completed handshake, full or resumed: who the peer is, admitted
 /// by the current epoch now (for a full handshake judged in this epoch, a
-/// lookup).
+/// lookup). With `socket`, the connection is tracked from now on.
 pub(crate) fn admit(
-    live: &Live,
+    live: &Arc<Live>,
     conn: &CommonState,
     server_name: Option<&ServerName<'_>>,
-) -> Result<PeerIdentity, HandshakeError> {
+    socket: Option<Socket>,
+) -> Result<(PeerIdentity, Guard), HandshakeError> {
     let Some((leaf, intermediates)) = conn
         .peer_certificates()
         .and_then(<[CertificateDer<'_>]>::split_first)
@@ -179,9 +192,13 @@ pub(crate) fn admit(
         server_name,
     };
     match live.admit(peer) {
-        Ok(admitted) => {
+        Ok((epoch, admitted)) => {
             live.observer.admitted();
-            Ok(admitted.peer)
+            let guard = match socket {
+                Some(socket) => live.track(epoch, &admitted, peer, socket.0),
+                None => Guard::none(),
+            };
+            Ok((admitted.peer, guard))
         }
         Err(refusal) => {
             let detail = match conn.handshake_kind() {
@@ -198,7 +215,7 @@ pub(crate) fn admit(
 /// and from where. Reads and writes go straight to the TLS stream.
 #[derive(Debug)]
 pub struct MtlsStream {
-    inner: TlsStream<TcpStream>,
+    inner: Tracked<TlsStream<TcpStream>>,
     info: PeerInfo,
 }
 
@@ -236,9 +253,16 @@ impl MtlsStream {
         &self.inner
     }
 
-    /// The TLS stream and the peer's identity.
+    /// Whether meshtls closed this connection because the policy stopped
+    /// admitting its peer, and why.
     #[must_use]
-    pub fn into_parts(self) -> (TlsStream<TcpStream>, PeerInfo) {
+    pub fn closed_by_policy(&self) -> Option<String> {
+        self.inner.closed_by_policy()
+    }
+
+    /// The TLS stream (still tracked) and the peer's identity.
+    #[must_use]
+    pub fn into_parts(self) -> (Tracked<TlsStream<TcpStream>>, PeerInfo) {
         (self.inner, self.info)
     }
 }

@@ -32,6 +32,7 @@ use crate::reload::{self, WatchSettings};
 use crate::session::Resumption;
 use crate::side::Side;
 use crate::source::Source;
+use crate::track::Closing;
 
 /// The longest debounce or poll period taken; longer ones are cut to it.
 const MAX_WATCH_PERIOD: Duration = Duration::from_secs(24 * 3600);
@@ -69,6 +70,7 @@ pub(crate) struct Settings {
     pub(crate) handshake_timeout: Duration,
     pub(crate) watch: WatchSettings,
     pub(crate) expiry_warning: f64,
+    pub(crate) closing: Closing,
 }
 
 impl Default for Settings {
@@ -85,6 +87,7 @@ impl Default for Settings {
             handshake_timeout: Duration::from_secs(10),
             watch: WatchSettings::default(),
             expiry_warning: 1.0 / 3.0,
+            closing: Closing::default(),
         }
     }
 }
@@ -270,6 +273,7 @@ impl<Side> Builder<Side, Ready> {
             name_check,
             legacy_cn: self.settings.legacy_cn,
             expiry_warning: self.settings.expiry_warning,
+            closing: self.settings.closing,
         }
     }
 }
@@ -362,6 +366,34 @@ impl<Side, State> Builder<Side, State> {
     /// of failing at once. `watch()` blocks while it waits.
     pub fn wait_for_files(mut self, timeout: Duration) -> Self {
         self.settings.watch.wait = Some(timeout);
+        self
+    }
+
+    /// Leave live connections open when the policy stops admitting their
+    /// peer. By default, a connection made through the [`Acceptor`](crate::Acceptor),
+    /// [`Connector`](crate::Connector) or an integration is judged again at
+    /// every policy change, and closed (after [`live_connection_grace`](Self::live_connection_grace))
+    /// when its peer is revoked, removed from the allow-list or no longer
+    /// chains to a trusted root.
+    pub fn keep_live_connections(mut self) -> Self {
+        self.settings.closing.enabled = false;
+        self
+    }
+
+    /// How long a connection whose peer is no longer admitted may go on
+    /// before it is closed (default 10 s, at most a day): time to finish
+    /// requests in flight.
+    pub fn live_connection_grace(mut self, grace: Duration) -> Self {
+        self.settings.closing.grace = grace.min(MAX_WATCH_PERIOD);
+        self
+    }
+
+    /// Also close a live connection when its peer's certificate (or one in
+    /// its chain) expires. Off by default: a long-lived connection outliving
+    /// the certificate it was opened with is usual in meshes with short
+    /// certificates, and the peer's next handshake is judged anyway.
+    pub fn close_at_peer_expiry(mut self) -> Self {
+        self.settings.closing.at_expiry = true;
         self
     }
 }

@@ -32,6 +32,7 @@ use crate::policy::Policy;
 use crate::session::{ClientSessions, Resumption};
 use crate::side::Client;
 use crate::source::Source;
+use crate::track::{Socket, Tracked};
 use crate::verify::{Verifying, signature_checks};
 
 /// The builder of a [`ClientTls`].
@@ -215,9 +216,9 @@ impl Connector {
         &self,
         server_name: &str,
         io: IO,
-    ) -> Result<(TlsStream<IO>, PeerIdentity), HandshakeError>
+    ) -> Result<(Tracked<TlsStream<IO>>, PeerIdentity), HandshakeError>
     where
-        IO: AsyncRead + AsyncWrite + Unpin,
+        IO: AsyncRead + AsyncWrite + Unpin + 'static,
     {
         let name = ServerName::try_from(server_name.to_owned()).map_err(|e| {
             HandshakeError::new(
@@ -226,14 +227,15 @@ impl Connector {
                 None,
             )
         })?;
+        let socket = Socket::of(&io);
         let stream = handshake(
             &self.live,
             self.timeout,
             self.inner.connect(name.clone(), io),
         )
         .await?;
-        let peer = admit(&self.live, stream.get_ref().1, Some(&name))?;
-        Ok((stream, peer))
+        let (peer, guard) = admit(&self.live, stream.get_ref().1, Some(&name), Some(socket))?;
+        Ok((Tracked::new(stream, guard), peer))
     }
 }
 
@@ -254,7 +256,7 @@ impl Connector {
         let name = ServerName::try_from(server_name).map_err(|e| {
             HandshakeError::new(RejectReason::Other, format!("{server_name:?}: {e}"), None)
         })?;
-        admit(&self.live, conn, Some(&name))
+        admit(&self.live, conn, Some(&name), None).map(|(peer, _)| peer)
     }
 }
 

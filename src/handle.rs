@@ -64,7 +64,9 @@ impl<S: Side> Mtls<S> {
     /// Counters: handshakes by outcome, reloads, certificate expiry.
     #[must_use]
     pub fn stats(&self) -> Stats {
-        self.live.observer.stats()
+        let mut stats = self.live.observer.stats();
+        stats.live_connections = self.live.tracker.live();
+        stats
     }
 
     /// Reads the files again now (for a SIGHUP handler) and swaps in a new

@@ -112,6 +112,7 @@ mod source;
 mod spiffe;
 #[cfg(feature = "tonic")]
 pub mod tonic;
+mod track;
 mod verify;
 
 pub use accept::{Acceptor, Incoming, MtlsStream, PeerInfo};
@@ -129,6 +130,7 @@ pub use server::{ServerTls, ServerTlsBuilder};
 pub use session::Resumption;
 pub use source::Source;
 pub use spiffe::{SpiffeId, TrustDomain};
+pub use track::Tracked;
 
 /// The rustls this crate was built with, so you name the same version.
 pub use rustls;

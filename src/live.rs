@@ -23,6 +23,7 @@ use crate::material::{Material, RevocationScope, Role, Sources, peer_key_usage};
 use crate::observe::Observer;
 use crate::policy::Policy;
 use crate::session::{ClientSessions, Resumption, ServerSessions, Sessions};
+use crate::track::{Closing, Guard, Tracker};
 
 /// One immutable generation.
 pub(crate) struct Generation {
@@ -65,6 +66,8 @@ pub(crate) struct Fixed {
     pub(crate) legacy_cn: bool,
     /// Warn when less than this share of the lifetime is left.
     pub(crate) expiry_warning: f64,
+    /// What happens to live connections the policy stops admitting.
+    pub(crate) closing: Closing,
 }
 
 impl Fixed {
@@ -96,6 +99,9 @@ pub(crate) struct Live {
     pub(crate) fixed: Fixed,
     pub(crate) options: Options,
     pub(crate) observer: Observer,
+    /// The connections made with this state, judged again when the policy
+    /// changes.
+    pub(crate) tracker: Tracker,
     /// Serializes rebuilds so generation numbers and epochs stay ordered.
     rebuild: Mutex<()>,
     /// Whatever must stop when the last user of this state goes away (the
@@ -135,6 +141,7 @@ impl Live {
         };
         let live = Arc::new(Self {
             current: ArcSwap::from_pointee(first),
+            tracker: Tracker::new(fixed.closing),
             fixed,
             options,
             observer,
@@ -171,11 +178,45 @@ impl Live {
     }
 
     /// Whether the current epoch admits `peer` now: a remembered verdict or
-    /// the full judgment.
-    pub(crate) fn admit(&self, peer: Presented<'_>) -> Result<Admitted, Refusal> {
-        self.current()
-            .epoch
-            .admit(&self.options, peer, UnixTime::now())
+    /// the full judgment. Also returns the epoch's number.
+    pub(crate) fn admit(&self, peer: Presented<'_>) -> Result<(u64, Admitted), Refusal> {
+        let epoch = self.current().epoch.clone();
+        let admitted = epoch.admit(&self.options, peer, UnixTime::now())?;
+        Ok((epoch.number, admitted))
+    }
+
+    /// Tracks a connection admitted in `epoch`, so that it is closed when
+    /// the policy stops admitting its peer. The first call starts the
+    /// sweeper task on the current tokio runtime.
+    pub(crate) fn track(
+        self: &Arc<Self>,
+        epoch: u64,
+        admitted: &Admitted,
+        peer: Presented<'_>,
+        socket: Option<std::net::TcpStream>,
+    ) -> Guard {
+        let live = Arc::downgrade(self);
+        self.tracker.track(epoch, admitted, peer, socket, move |wake| {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(sweeper(live, wake));
+                }
+                Err(_) => tracing::warn!(
+                    "no tokio runtime: live connections will not be closed when the policy changes"
+                ),
+            }
+        })
+    }
+
+    /// Judges the tracked connections against the serving epoch; closes
+    /// those due and reports them. Returns when to look again.
+    pub(crate) fn sweep(&self) -> Option<std::time::Instant> {
+        let epoch = self.current().epoch.clone();
+        let swept = self.tracker.sweep(&epoch, &self.options);
+        for (reason, detail) in swept.closed {
+            self.observer.connection_closed(reason, detail);
+        }
+        swept.next
     }
 
     /// Reads the sources again and swaps in a new generation if they changed
@@ -257,6 +298,9 @@ impl Live {
         });
         // Swap first: whoever hears the event must find the new generation serving.
         self.current.store(next.clone());
+        if policy_changed {
+            self.tracker.policy_changed();
+        }
         self.observer.reloaded(
             next.number,
             &next.material.leaf,
@@ -284,6 +328,25 @@ impl Live {
             generation.expiry_state.store(1, Ordering::Relaxed);
             let remaining = leaf.not_after.duration_since(now).unwrap_or_default();
             self.observer.expiring(leaf, remaining);
+        }
+    }
+}
+
+/// The task that closes live connections the policy no longer admits: it
+/// sweeps when woken (a policy change) or when a verdict runs out, and ends
+/// when the live state is dropped.
+async fn sweeper(live: std::sync::Weak<Live>, wake: Arc<tokio::sync::Notify>) {
+    loop {
+        let next = match live.upgrade() {
+            Some(live) => live.sweep(),
+            None => return,
+        };
+        match next {
+            Some(at) => {
+                // Woken early or timed out: sweep either way.
+                let _ = tokio::time::timeout_at(at.into(), wake.notified()).await;
+            }
+            None => wake.notified().await,
         }
     }
 }

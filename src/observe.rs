@@ -77,6 +77,15 @@ pub enum Event {
         /// The specifics: the peer, the certificate, the rule.
         detail: String,
     },
+    /// A live connection was closed because the policy no longer admits its
+    /// peer (revoked, removed from the allow-list, its CA no longer
+    /// trusted; expired, with `close_at_peer_expiry`), after the grace period.
+    ConnectionClosed {
+        /// Why the peer is no longer admitted.
+        reason: RejectReason,
+        /// The specifics: the peer, the certificate, the rule.
+        detail: String,
+    },
 }
 
 impl fmt::Display for Event {
@@ -118,6 +127,9 @@ impl fmt::Display for Event {
                 fmt_time(leaf.not_after)
             ),
             Self::Rejected { reason, detail } => write!(f, "handshake refused: {reason}: {detail}"),
+            Self::ConnectionClosed { reason, detail } => {
+                write!(f, "live connection closed: {reason}: {detail}")
+            }
         }
     }
 }
@@ -140,6 +152,12 @@ pub struct Stats {
     pub last_reload: Option<SystemTime>,
     /// When the serving certificate expires.
     pub certificate_not_after: Option<SystemTime>,
+    /// Connections made through the acceptor, connector or an integration
+    /// that are open now.
+    pub live_connections: u64,
+    /// Live connections closed because the policy stopped admitting their
+    /// peer, by reason (only reasons seen).
+    pub connections_closed: Vec<(RejectReason, u64)>,
 }
 
 impl Stats {
@@ -147,6 +165,15 @@ impl Stats {
     #[must_use]
     pub fn rejected_for(&self, reason: RejectReason) -> u64 {
         self.rejected
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// Live connections closed for one reason.
+    #[must_use]
+    pub fn closed_for(&self, reason: RejectReason) -> u64 {
+        self.connections_closed
             .iter()
             .find(|(r, _)| *r == reason)
             .map_or(0, |(_, n)| *n)
@@ -159,6 +186,7 @@ pub(crate) struct Observer {
     tx: broadcast::Sender<Event>,
     handshakes_ok: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
+    closed: [AtomicU64; RejectReason::ALL.len()],
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     generation: AtomicU64,
@@ -177,6 +205,7 @@ impl Observer {
             tx: broadcast::channel(256).0,
             handshakes_ok: AtomicU64::new(0),
             rejected: Default::default(),
+            closed: Default::default(),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             generation: AtomicU64::new(0),
@@ -207,6 +236,12 @@ impl Observer {
         self.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
         tracing::warn!(side = self.side, reason = reason.as_str(), %detail, "mTLS handshake refused: {reason}");
         self.send(Event::Rejected { reason, detail });
+    }
+
+    pub(crate) fn connection_closed(&self, reason: RejectReason, detail: String) {
+        self.closed[reason.index()].fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(side = self.side, reason = reason.as_str(), %detail, "live mTLS connection closed: {reason}");
+        self.send(Event::ConnectionClosed { reason, detail });
     }
 
     pub(crate) fn reloaded(
@@ -263,12 +298,9 @@ impl Observer {
         let at = |v: u64| (v > 0).then(|| UNIX_EPOCH + Duration::from_secs(v));
         Stats {
             handshakes_ok: self.handshakes_ok.load(Ordering::Relaxed),
-            rejected: RejectReason::ALL
-                .iter()
-                .zip(&self.rejected)
-                .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
-                .filter(|(_, n)| *n > 0)
-                .collect(),
+            rejected: by_reason(&self.rejected),
+            connections_closed: by_reason(&self.closed),
+            live_connections: 0,
             reloads_ok: self.reloads_ok.load(Ordering::Relaxed),
             reloads_failed: self.reloads_failed.load(Ordering::Relaxed),
             generation: self.generation.load(Ordering::Relaxed),
@@ -276,4 +308,14 @@ impl Observer {
             certificate_not_after: at(self.not_after.load(Ordering::Relaxed)),
         }
     }
+}
+
+/// The non-zero counters of `counts`, with their reasons.
+fn by_reason(counts: &[AtomicU64; RejectReason::ALL.len()]) -> Vec<(RejectReason, u64)> {
+    RejectReason::ALL
+        .iter()
+        .zip(counts)
+        .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }

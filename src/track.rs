@@ -1,0 +1,453 @@
+//! Live connections follow policy: the connections meshtls accepted or
+//! opened are remembered (weakly), judged again when the policy changes or a
+//! verdict's time runs out, and closed after a grace period when the
+//! judgment no longer admits their peer.
+//!
+//! Closing costs the data path nothing: a tracked TCP connection keeps a
+//! duplicate of its socket's descriptor, and closing is `shutdown(2)` on it,
+//! which the connection's own task sees as the end of the stream on its next
+//! read and an error on its next write. The duplicate goes away with the
+//! connection: the tracker holds only a `Weak` reference to it.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+use crate::error::RejectReason;
+use crate::judge::{Admitted, Epoch, Options, Presented};
+
+/// What to do with live connections whose peer the policy stops admitting.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Closing {
+    /// Close them at all (revocation, removal from the allow-list, CA
+    /// removal).
+    pub(crate) enabled: bool,
+    /// How long a refused connection may finish what it is doing.
+    pub(crate) grace: Duration,
+    /// Also close when the peer's certificate (or its chain) expires.
+    pub(crate) at_expiry: bool,
+}
+
+impl Default for Closing {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            grace: Duration::from_secs(10),
+            at_expiry: false,
+        }
+    }
+}
+
+impl Closing {
+    /// Whether a refusal for `reason` closes a live connection. A stale CRL
+    /// does not: an outage of the CRL publisher must not cut every
+    /// connection (new handshakes are refused meanwhile).
+    fn closes_for(&self, reason: RejectReason) -> bool {
+        match reason {
+            RejectReason::Revoked | RejectReason::NotAllowed | RejectReason::UnknownIssuer => {
+                self.enabled
+            }
+            RejectReason::Expired | RejectReason::NotYetValid => self.enabled && self.at_expiry,
+            _ => false,
+        }
+    }
+}
+
+/// One tracked connection.
+struct Entry {
+    chain: Vec<CertificateDer<'static>>,
+    server_name: Option<ServerName<'static>>,
+    /// A duplicate of the socket, to shut it down; `None` when the
+    /// transport is not TCP (then the connection is judged but not closed).
+    socket: Option<std::net::TcpStream>,
+    state: Mutex<State>,
+    /// The tracker's count of live connections, decremented on drop.
+    live: Arc<AtomicU64>,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+struct State {
+    /// The epoch that last admitted the peer, and until when (Unix seconds).
+    epoch: u64,
+    until: u64,
+    /// Refused: close at this moment, for this reason.
+    closing: Option<(Instant, RejectReason, String)>,
+    /// Closed, and why (for the connection's own error).
+    closed: Option<String>,
+}
+
+impl Entry {
+    fn closed_reason(&self) -> Option<String> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .closed
+            .clone()
+    }
+}
+
+/// The connections of one server or client.
+pub(crate) struct Tracker {
+    entries: Mutex<Vec<Weak<Entry>>>,
+    /// Wakes the sweeper: a policy change, or the state going away.
+    wake: Arc<Notify>,
+    /// Whether the sweeper task runs.
+    started: std::sync::Once,
+    pub(crate) closing: Closing,
+    live: Arc<AtomicU64>,
+    /// Entries kept after the last pruning of dead ones (pruning again when
+    /// the list has doubled keeps tracking amortized O(1)).
+    pruned: AtomicU64,
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.wake.notify_one();
+    }
+}
+
+/// What a sweep reports: connections closed now, and when to look again.
+pub(crate) struct Swept {
+    pub(crate) closed: Vec<(RejectReason, String)>,
+    pub(crate) next: Option<Instant>,
+}
+
+impl Tracker {
+    pub(crate) fn new(closing: Closing) -> Self {
+        Self {
+            entries: Mutex::new(Vec::new()),
+            wake: Arc::new(Notify::new()),
+            started: std::sync::Once::new(),
+            closing,
+            live: Arc::new(AtomicU64::new(0)),
+            pruned: AtomicU64::new(0),
+        }
+    }
+
+    /// Connections being tracked now.
+    pub(crate) fn live(&self) -> u64 {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Starts tracking a connection whose peer `admitted` was judged in
+    /// `epoch`. `start` is called once per tracker, to start the sweeper.
+    pub(crate) fn track(
+        &self,
+        epoch: u64,
+        admitted: &Admitted,
+        peer: Presented<'_>,
+        socket: Option<std::net::TcpStream>,
+        start: impl FnOnce(Arc<Notify>),
+    ) -> Guard {
+        let entry = Arc::new(Entry {
+            chain: std::iter::once(peer.end_entity)
+                .chain(peer.intermediates)
+                .map(|c| c.clone().into_owned())
+                .collect(),
+            server_name: peer.server_name.map(|n| n.to_owned()),
+            socket,
+            state: Mutex::new(State {
+                epoch,
+                until: admitted.until,
+                closing: None,
+                closed: None,
+            }),
+            live: self.live.clone(),
+        });
+        self.live.fetch_add(1, Ordering::Relaxed);
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let pruned = self.pruned.load(Ordering::Relaxed).max(64);
+        if entries.len() as u64 >= 2 * pruned {
+            entries.retain(|w| w.strong_count() > 0);
+            self.pruned.store(entries.len() as u64, Ordering::Relaxed);
+        }
+        entries.push(Arc::downgrade(&entry));
+        drop(entries);
+        self.started.call_once(|| start(self.wake.clone()));
+        Guard(Some(entry))
+    }
+
+    /// The policy changed: judge every connection again now.
+    pub(crate) fn policy_changed(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Judges the connections whose verdict is from another epoch or has run
+    /// out, schedules the refused ones for closing, and closes those whose
+    /// grace is over.
+    pub(crate) fn sweep(&self, epoch: &Epoch, options: &Options) -> Swept {
+        let entries: Vec<Arc<Entry>> = {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            entries.retain(|w| w.strong_count() > 0);
+            self.pruned.store(entries.len() as u64, Ordering::Relaxed);
+            if !self.closing.enabled {
+                return Swept {
+                    closed: Vec::new(),
+                    next: None,
+                };
+            }
+            entries.iter().filter_map(Weak::upgrade).collect()
+        };
+        let now = UnixTime::now();
+        let instant = Instant::now();
+        let at = |secs: u64| instant + Duration::from_secs(secs.saturating_sub(now.as_secs()));
+        let mut swept = Swept {
+            closed: Vec::new(),
+            next: None,
+        };
+        let mut wake_at = |t: Instant| {
+            swept.next = Some(swept.next.map_or(t, |n: Instant| n.min(t)));
+        };
+        for entry in entries {
+            let mut state = entry.state.lock().unwrap_or_else(|p| p.into_inner());
+            if state.closed.is_some() {
+                continue;
+            }
+            if let Some((when, reason, detail)) = state.closing.clone() {
+                if instant >= when {
+                    if let Some(socket) = &entry.socket {
+                        // Already gone is fine: the connection ended itself.
+                        let _ = socket.shutdown(std::net::Shutdown::Both);
+                    }
+                    state.closed = Some(format!("closed by meshtls: {reason}: {detail}"));
+                    swept.closed.push((reason, detail));
+                } else {
+                    wake_at(when);
+                }
+                continue;
+            }
+            if state.epoch == epoch.number && now.as_secs() < state.until {
+                wake_at(at(state.until));
+                continue;
+            }
+            let (end_entity, intermediates) = match entry.chain.split_first() {
+                Some(split) => split,
+                None => continue,
+            };
+            let peer = Presented {
+                end_entity,
+                intermediates,
+                server_name: entry.server_name.as_ref(),
+            };
+            match epoch.admit(options, peer, now) {
+                Ok(admitted) => {
+                    state.epoch = epoch.number;
+                    state.until = admitted.until;
+                    wake_at(at(admitted.until));
+                }
+                Err(refusal) if self.closing.closes_for(refusal.reason) => {
+                    let when = instant + self.closing.grace;
+                    state.closing = Some((when, refusal.reason, refusal.detail));
+                    wake_at(when);
+                }
+                Err(_) => {
+                    // Kept (a stale CRL, an expiry not asked to close):
+                    // judged again at the next policy change.
+                    state.epoch = epoch.number;
+                    state.until = u64::MAX;
+                }
+            }
+        }
+        swept
+    }
+}
+
+/// Holds a tracked connection's entry for as long as the connection lives.
+#[derive(Default)]
+pub(crate) struct Guard(Option<Arc<Entry>>);
+
+impl Guard {
+    /// Not tracked.
+    pub(crate) fn none() -> Self {
+        Self(None)
+    }
+
+    fn closed_reason(&self) -> Option<String> {
+        self.0.as_ref().and_then(|e| e.closed_reason())
+    }
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "tracked"
+        } else {
+            "untracked"
+        })
+    }
+}
+
+/// A connection's socket, to close it from outside (`None` inside for
+/// transports other than TCP).
+pub(crate) struct Socket(pub(crate) Option<std::net::TcpStream>);
+
+impl Socket {
+    /// A duplicate of `io`'s socket if `io` is a tokio `TcpStream`.
+    pub(crate) fn of<IO: 'static>(io: &IO) -> Self {
+        Self(duplicate(io))
+    }
+}
+
+fn duplicate<IO: 'static>(io: &IO) -> Option<std::net::TcpStream> {
+    let tcp = (io as &dyn std::any::Any).downcast_ref::<tokio::net::TcpStream>()?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        tcp.as_fd()
+            .try_clone_to_owned()
+            .ok()
+            .map(std::net::TcpStream::from)
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::io::AsSocket;
+        tcp.as_socket()
+            .try_clone_to_owned()
+            .ok()
+            .map(std::net::TcpStream::from)
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = tcp;
+        None
+    }
+}
+
+/// A TLS stream that meshtls tracks: when the policy stops admitting its
+/// peer (a revocation, removal from the allow-list, its CA dropped), the
+/// connection is closed after the grace period, and reading or writing then
+/// fails with the reason. Reads and writes go straight to the inner stream;
+/// everything of it is reachable through `Deref` (`stream.get_ref()`, ...).
+///
+/// Made by [`Acceptor::accept`](crate::Acceptor::accept),
+/// [`Connector::connect`](crate::Connector::connect) and, inside
+/// [`MtlsStream`](crate::MtlsStream), by [`Incoming`](crate::Incoming).
+pub struct Tracked<S> {
+    inner: S,
+    guard: Guard,
+}
+
+impl<S> Tracked<S> {
+    pub(crate) fn new(inner: S, guard: Guard) -> Self {
+        Self { inner, guard }
+    }
+
+    /// The inner stream, no longer tracked: meshtls will not close it.
+    #[must_use]
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// Whether meshtls closed this connection, and why.
+    #[must_use]
+    pub fn closed_by_policy(&self) -> Option<String> {
+        self.guard.closed_reason()
+    }
+
+    /// An end of stream or an error, told as the reason when meshtls closed
+    /// the connection.
+    fn explain(&self, e: io::Error) -> io::Error {
+        match self.guard.closed_reason() {
+            Some(reason) => io::Error::new(io::ErrorKind::ConnectionAborted, reason),
+            None => e,
+        }
+    }
+}
+
+impl<S> std::ops::Deref for Tracked<S> {
+    type Target = S;
+
+    fn deref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S> std::ops::DerefMut for Tracked<S> {
+    fn deref_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Tracked<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracked")
+            .field("inner", &self.inner)
+            .field("guard", &self.guard)
+            .finish()
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            // The end of the stream: say why, if meshtls ended it.
+            Poll::Ready(Ok(())) if buf.filled().len() == before && before < buf.capacity() => {
+                match self.guard.closed_reason() {
+                    Some(reason) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        reason,
+                    ))),
+                    None => Poll::Ready(Ok(())),
+                }
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.explain(e))),
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.explain(e))),
+            other => other,
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.explain(e))),
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.explain(e))),
+            other => other,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
