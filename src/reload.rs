@@ -22,9 +22,9 @@
 //!   missing set is reported (`Event::ReloadFailed`, `tracing` error) and the
 //!   previous generation keeps serving; it is retried on the next event and
 //!   on every poll.
-//! - **Open connections** are never touched: they keep the keys they
-//!   negotiated. A handshake in flight is judged again when it completes if
-//!   the policy changed meanwhile (see the table).
+//! - **Open connections** keep the keys they negotiated when only the
+//!   service's own certificate changes. A handshake in flight is judged
+//!   again when it completes if the policy changed meanwhile (see the table).
 //! - **Resumption.** Verdicts and session keys belong to the policy (roots,
 //!   CRLs, allow-list): when those change, earlier sessions no longer resume
 //!   and peers go through a full handshake under the new policy. When only
@@ -34,9 +34,20 @@
 //!   chain would be admitted now; the table below says where each path
 //!   stands.
 //! - **Revoking a connected peer.** A CRL update refuses the peer's *new*
-//!   connections, full or resumed. Its open connections stay open: closing
-//!   them is the application's decision (it holds the streams and the
-//!   [`PeerIdentity`](crate::PeerIdentity) of each).
+//!   connections, full or resumed, and closes its open ones made through the
+//!   acceptor, the connector, axum or tonic: every tracked connection is
+//!   judged again at each policy change (and when its verdict runs out), and
+//!   one whose peer is revoked, removed from the allow-list or no longer
+//!   chains to a trusted root is closed after the grace period
+//!   ([`live_connection_grace`](crate::Builder::live_connection_grace),
+//!   default 10 s), with [`Event::ConnectionClosed`](crate::Event::ConnectionClosed)
+//!   and a count in [`Stats`](crate::Stats). Reads and writes on it then fail
+//!   with the reason. A stale CRL closes nothing (a CRL publisher's outage
+//!   must not cut every connection; new handshakes are refused meanwhile);
+//!   expiry closes only with [`close_at_peer_expiry`](crate::Builder::close_at_peer_expiry);
+//!   [`keep_live_connections`](crate::Builder::keep_live_connections) turns
+//!   closing off. Connections on a bare config (reqwest, axum-server) are
+//!   the application's: meshtls never sees them.
 //! - **Lifetime.** The watcher runs on one thread named `meshtls-reload`,
 //!   independent of the tokio runtime (any flavour works). It stops when the
 //!   last `ServerTls`/`ClientTls` handle *and* the last clone of its rustls
@@ -47,7 +58,8 @@
 //! A *policy change* is a reload that changes roots or CRLs, or a new
 //! allow-list: it starts a new policy epoch. *Time* is a CRL passing its
 //! nextUpdate or a peer certificate passing its notAfter, with no new files.
-//! Open connections are outside this table: they are never closed.
+//! The table is about handshakes; what happens to open connections is
+//! above (closed on the first three paths, untouched on bare configs).
 //!
 //! | path | revocation, CA removal, allow-list change | CRL past nextUpdate, peer past notAfter |
 //! |---|---|---|

@@ -93,7 +93,9 @@ impl Mtls<Server> {
     }
 
     /// Replaces the allow-list. Sessions established under the old list can
-    /// no longer be resumed; open connections are not touched.
+    /// no longer be resumed; open connections of peers the new list refuses
+    /// are closed after the grace period (unless built with
+    /// [`keep_live_connections`](crate::Builder::keep_live_connections)).
     ///
     /// # Errors
     ///

@@ -1,0 +1,445 @@
+//! Live connections follow policy: a connection whose peer the policy stops
+//! admitting (revoked, removed from the allow-list, its CA dropped) is
+//! closed after the grace period, with an event and a counted reason; other
+//! connections are untouched; with `keep_live_connections` nothing closes.
+
+mod common;
+#[path = "../examples/greeter/mod.rs"]
+mod greeter;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{Pki, TD, replace};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use meshtls::dev::DevCa;
+use meshtls::{Allow, ClientTls, Event, RejectReason, ServerTls, Tracked};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc};
+use meshtls::tokio_rustls::client::TlsStream;
+
+const GRACE: Duration = Duration::from_millis(300);
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+fn id(name: &str) -> String {
+    format!("spiffe://{TD}/ns/shop/sa/{name}")
+}
+
+/// An echo server on the acceptor's `Incoming`: each connection answers
+/// every line; how each connection ended on the server's side is sent to
+/// the returned channel.
+async fn echo_server(server: &ServerTls) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut incoming = server.acceptor().incoming(listener);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(conn) = incoming.next().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut conn = BufReader::new(conn);
+                let ended = loop {
+                    let mut line = String::new();
+                    match conn.read_line(&mut line).await {
+                        Ok(0) => break "eof".to_owned(),
+                        Ok(_) => {
+                            if let Err(e) = conn.get_mut().write_all(line.as_bytes()).await {
+                                break e.to_string();
+                            }
+                        }
+                        Err(e) => break e.to_string(),
+                    }
+                };
+                let _ = tx.send(ended);
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// A client connection kept open, sending lines on it.
+struct Line(BufReader<Tracked<TlsStream<TcpStream>>>);
+
+impl Line {
+    async fn open(client: &ClientTls, addr: SocketAddr) -> Self {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (tls, _) = client.connector().connect("localhost", tcp).await.unwrap();
+        Self(BufReader::new(tls))
+    }
+
+    /// Sends a line and reads the echo; an error or the end of the stream
+    /// is the error text.
+    async fn ping(&mut self) -> Result<(), String> {
+        self.0
+            .get_mut()
+            .write_all(b"ping\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        match tokio::time::timeout(Duration::from_secs(10), self.0.read_line(&mut line)).await {
+            Err(_) => Err("no answer within 10 s".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(0)) => Err("end of stream".into()),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+}
+
+/// The next `ConnectionClosed` event (at most 10 s), skipping others.
+async fn next_closed(events: &mut broadcast::Receiver<Event>) -> (RejectReason, String) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Event::ConnectionClosed { reason, detail } = events.recv().await.unwrap() {
+                return (reason, detail);
+            }
+        }
+    })
+    .await
+    .expect("no ConnectionClosed event within 10 s")
+}
+
+/// Until `events` has been quiet about closing for `quiet`.
+async fn assert_nothing_closed(events: &mut broadcast::Receiver<Event>, quiet: Duration) {
+    let waited = tokio::time::timeout(quiet, async {
+        loop {
+            if let Ok(Event::ConnectionClosed { reason, detail }) = events.recv().await {
+                return format!("{reason}: {detail}");
+            }
+        }
+    })
+    .await;
+    if let Ok(closed) = waited {
+        panic!("a connection was closed: {closed}");
+    }
+}
+
+fn revoking_server(pki: &Pki, crl: &std::path::Path) -> meshtls::ServerTlsBuilder<meshtls::Ready> {
+    pki.server()
+        .allow(Allow::spiffe_trust_domain(TD))
+        .crl_file(crl)
+        .debounce(DEBOUNCE)
+        .live_connection_grace(GRACE)
+}
+
+#[tokio::test]
+async fn a_revoked_clients_connection_is_closed_and_the_others_stay() {
+    let pki = Pki::new();
+    let crl = pki.write("ca.crl", pki.ca.crl(&[], Duration::from_secs(3600)).unwrap());
+    let server = revoking_server(&pki, &crl).watch().unwrap();
+    let mut events = server.subscribe();
+    let (addr, mut ended) = echo_server(&server).await;
+
+    let victim_cert = pki.client_cert(&id("victim"));
+    let victim = pki.client_with(&victim_cert).build().unwrap();
+    let bystander = pki.client(&id("bystander")).build().unwrap();
+    let mut victim_line = Line::open(&victim, addr).await;
+    let mut bystander_line = Line::open(&bystander, addr).await;
+    victim_line.ping().await.unwrap();
+    bystander_line.ping().await.unwrap();
+    assert_eq!(server.stats().live_connections, 2);
+
+    let revoked_at = std::time::Instant::now();
+    replace(&crl, pki.ca.crl(&[&victim_cert], Duration::from_secs(3600)).unwrap());
+    let (reason, detail) = next_closed(&mut events).await;
+    assert_eq!(reason, RejectReason::Revoked);
+    assert!(detail.contains(&id("victim")), "{detail}");
+    assert!(
+        revoked_at.elapsed() >= GRACE,
+        "closed before the grace period was over"
+    );
+
+    // The server's side of the connection ends with the reason...
+    let server_side = tokio::time::timeout(Duration::from_secs(10), ended.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        server_side.contains("closed by meshtls: certificate revoked"),
+        "{server_side}"
+    );
+    // ... the client's next request fails ...
+    assert!(victim_line.ping().await.is_err());
+    // ... another client's connection is untouched, and counted.
+    bystander_line.ping().await.unwrap();
+    let stats = server.stats();
+    assert_eq!(stats.closed_for(RejectReason::Revoked), 1);
+    assert_eq!(stats.live_connections, 1);
+    // A new handshake by the victim is refused too.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let again = match victim.connector().connect("localhost", tcp).await {
+        Err(e) => e.to_string(),
+        Ok((tls, _)) => {
+            let mut line = Line(BufReader::new(tls));
+            line.ping().await.unwrap_err()
+        }
+    };
+    assert!(!again.is_empty());
+}
+
+#[tokio::test]
+async fn revoked_http1_keep_alive_and_grpc_channel_close_others_stay() {
+    let pki = Pki::new();
+    let crl = pki.write("ca.crl", pki.ca.crl(&[], Duration::from_secs(3600)).unwrap());
+    let server = revoking_server(&pki, &crl)
+        .alpn_protocols([b"h2".to_vec(), b"http/1.1".to_vec()])
+        .watch()
+        .unwrap();
+    let mut events = server.subscribe();
+
+    // axum, HTTP/1.1 keep-alive.
+    let listener = meshtls::axum::MtlsListener::bind("127.0.0.1:0", &server)
+        .await
+        .unwrap();
+    let http_addr = axum::serve::Listener::local_addr(&listener).unwrap();
+    let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+    tokio::spawn(async move { meshtls::axum::serve(listener, app).await.unwrap() });
+    // tonic, HTTP/2.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(greeter::GreeterServer)
+            .serve_with_incoming(server.acceptor().incoming(listener)),
+    );
+
+    let http_cert = pki.client_cert(&id("http-victim"));
+    let grpc_cert = pki.client_cert(&id("grpc-victim"));
+    let http_victim = pki
+        .client_with(&http_cert)
+        .alpn_protocols([b"http/1.1".to_vec()])
+        .build()
+        .unwrap();
+    let grpc_victim = pki
+        .client_with(&grpc_cert)
+        .alpn_protocols([b"h2".to_vec()])
+        .build()
+        .unwrap();
+    let bystander = pki
+        .client(&id("bystander"))
+        .alpn_protocols([b"h2".to_vec()])
+        .build()
+        .unwrap();
+
+    let tcp = TcpStream::connect(http_addr).await.unwrap();
+    let (tls, _) = http_victim.connector().connect("localhost", tcp).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let http_conn = tokio::spawn(conn);
+    let get = || {
+        hyper::Request::get("/")
+            .header("host", "localhost")
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let response = sender.send_request(get()).await.unwrap();
+    assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "ok");
+
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}")).unwrap();
+    let grpc = meshtls::tonic::channel(&grpc_victim, endpoint.clone(), "localhost")
+        .await
+        .unwrap();
+    greeter::say_hello(grpc.clone(), "hi").await.unwrap();
+    let other = meshtls::tonic::channel(&bystander, endpoint, "localhost")
+        .await
+        .unwrap();
+    greeter::say_hello(other.clone(), "hi").await.unwrap();
+    assert_eq!(server.stats().live_connections, 3);
+
+    replace(
+        &crl,
+        pki.ca
+            .crl(&[&http_cert, &grpc_cert], Duration::from_secs(3600))
+            .unwrap(),
+    );
+    let mut closed = vec![next_closed(&mut events).await, next_closed(&mut events).await];
+    closed.sort_by(|a, b| a.1.cmp(&b.1));
+    assert!(closed.iter().all(|(r, _)| *r == RejectReason::Revoked));
+    assert!(closed[0].1.contains(&id("grpc-victim")), "{closed:?}");
+    assert!(closed[1].1.contains(&id("http-victim")), "{closed:?}");
+
+    // The HTTP/1.1 connection has ended; a request on it fails.
+    let ended = tokio::time::timeout(Duration::from_secs(10), http_conn)
+        .await
+        .expect("the keep-alive connection stayed open");
+    drop(ended);
+    assert!(sender.send_request(get()).await.is_err());
+    // The revoked gRPC caller's next call fails (the channel's reconnect is
+    // refused: revoked); the bystander's channel is untouched.
+    let refused = greeter::say_hello(grpc, "hi").await.unwrap_err();
+    assert_ne!(refused.code(), tonic::Code::Ok);
+    greeter::say_hello(other, "still here").await.unwrap();
+    assert_eq!(server.stats().closed_for(RejectReason::Revoked), 2);
+}
+
+#[tokio::test]
+async fn removal_from_the_allow_list_closes_the_connection() {
+    let pki = Pki::new();
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_id(&id("a")))
+        .allow(Allow::spiffe_id(&id("b")))
+        .live_connection_grace(GRACE)
+        .build()
+        .unwrap();
+    let mut events = server.subscribe();
+    let (addr, _ended) = echo_server(&server).await;
+    let mut a = Line::open(&pki.client(&id("a")).build().unwrap(), addr).await;
+    let mut b = Line::open(&pki.client(&id("b")).build().unwrap(), addr).await;
+    a.ping().await.unwrap();
+    b.ping().await.unwrap();
+
+    server.set_allow_list([Allow::spiffe_id(&id("b"))]).unwrap();
+    let (reason, detail) = next_closed(&mut events).await;
+    assert_eq!(reason, RejectReason::NotAllowed);
+    assert!(detail.contains(&id("a")), "{detail}");
+    assert!(a.ping().await.is_err());
+    b.ping().await.unwrap();
+    assert_eq!(server.stats().closed_for(RejectReason::NotAllowed), 1);
+}
+
+#[tokio::test]
+async fn a_ca_dropped_from_the_bundle_closes_its_clients_connections() {
+    let pki = Pki::new();
+    let other_ca = DevCa::new("meshtls second root").unwrap();
+    let roots = pki.write(
+        "roots.crt",
+        format!("{}{}", pki.ca.cert_pem(), other_ca.cert_pem()),
+    );
+    let (cert, key) = pki.write_cert("server", &pki.server_cert());
+    let server = ServerTls::builder()
+        .identity_files(cert, key)
+        .client_roots_file(&roots)
+        .allow(Allow::spiffe_trust_domain(TD))
+        .debounce(DEBOUNCE)
+        .live_connection_grace(GRACE)
+        .watch()
+        .unwrap();
+    let mut events = server.subscribe();
+    let (addr, _ended) = echo_server(&server).await;
+
+    let from_old = pki.client(&id("old-ca")).build().unwrap();
+    let new_cert = other_ca.leaf().spiffe(&id("new-ca")).client().issue().unwrap();
+    let from_new = pki.client_with(&new_cert).build().unwrap();
+    let mut old_line = Line::open(&from_old, addr).await;
+    let mut new_line = Line::open(&from_new, addr).await;
+    old_line.ping().await.unwrap();
+    new_line.ping().await.unwrap();
+
+    // The rotation of the client CA ends: only the new root is trusted.
+    replace(&roots, other_ca.cert_pem());
+    let (reason, detail) = next_closed(&mut events).await;
+    assert_eq!(reason, RejectReason::UnknownIssuer);
+    assert!(detail.contains(&id("old-ca")), "{detail}");
+    assert!(old_line.ping().await.is_err());
+    new_line.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn with_keep_live_connections_nothing_closes() {
+    let pki = Pki::new();
+    let crl = pki.write("ca.crl", pki.ca.crl(&[], Duration::from_secs(3600)).unwrap());
+    let server = revoking_server(&pki, &crl)
+        .keep_live_connections()
+        .watch()
+        .unwrap();
+    let mut events = server.subscribe();
+    let (addr, _ended) = echo_server(&server).await;
+    let cert = pki.client_cert(&id("victim"));
+    let client = pki.client_with(&cert).build().unwrap();
+    let mut line = Line::open(&client, addr).await;
+    line.ping().await.unwrap();
+
+    replace(&crl, pki.ca.crl(&[&cert], Duration::from_secs(3600)).unwrap());
+    // The reload happened (new handshakes are refused) ...
+    for _ in 0..100 {
+        if server.stats().generation > 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.stats().generation, 2, "the CRL was not reloaded");
+    // ... but the live connection stays.
+    assert_nothing_closed(&mut events, GRACE * 4).await;
+    line.ping().await.unwrap();
+    assert!(server.stats().connections_closed.is_empty());
+    assert_eq!(server.stats().live_connections, 1);
+}
+
+#[tokio::test]
+async fn a_client_closes_its_connection_to_a_revoked_server_with_the_reason() {
+    let pki = Pki::new();
+    let server_cert = pki.server_cert();
+    let (cert, key) = pki.write_cert("server", &server_cert);
+    let server = ServerTls::builder()
+        .identity_files(cert, key)
+        .client_roots_file(pki.ca_file())
+        .allow(Allow::spiffe_trust_domain(TD))
+        .build()
+        .unwrap();
+    let (addr, _ended) = echo_server(&server).await;
+    let crl = pki.write("ca.crl", pki.ca.crl(&[], Duration::from_secs(3600)).unwrap());
+    let client = pki
+        .client(&id("caller"))
+        .crl_file(&crl)
+        .debounce(DEBOUNCE)
+        .live_connection_grace(Duration::ZERO)
+        .watch()
+        .unwrap();
+    let mut events = client.subscribe();
+    let mut line = Line::open(&client, addr).await;
+    line.ping().await.unwrap();
+
+    replace(&crl, pki.ca.crl(&[&server_cert], Duration::from_secs(3600)).unwrap());
+    let (reason, _) = next_closed(&mut events).await;
+    assert_eq!(reason, RejectReason::Revoked);
+    let error = line.ping().await.unwrap_err();
+    assert!(error.contains("closed by meshtls: certificate revoked"), "{error}");
+    assert!(line.0.get_ref().closed_by_policy().is_some());
+}
+
+#[tokio::test]
+async fn closing_at_the_peers_expiry_is_opt_in() {
+    let pki = Pki::new();
+    let now = std::time::SystemTime::now();
+    let short = pki
+        .ca
+        .leaf()
+        .spiffe(&id("short"))
+        .client()
+        .valid_between(now - Duration::from_secs(60), now + Duration::from_secs(2))
+        .issue()
+        .unwrap();
+    let client = pki.client_with(&short).build().unwrap();
+
+    let closing = pki
+        .server()
+        .allow(Allow::spiffe_trust_domain(TD))
+        .live_connection_grace(Duration::ZERO)
+        .close_at_peer_expiry()
+        .build()
+        .unwrap();
+    let keeping = pki
+        .server()
+        .allow(Allow::spiffe_trust_domain(TD))
+        .live_connection_grace(Duration::ZERO)
+        .build()
+        .unwrap();
+    let mut closing_events = closing.subscribe();
+    let mut keeping_events = keeping.subscribe();
+    let (closing_addr, _a) = echo_server(&closing).await;
+    let (keeping_addr, _b) = echo_server(&keeping).await;
+    let mut closed_line = Line::open(&client, closing_addr).await;
+    let mut kept_line = Line::open(&client, keeping_addr).await;
+    closed_line.ping().await.unwrap();
+    kept_line.ping().await.unwrap();
+
+    let (reason, _) = next_closed(&mut closing_events).await;
+    assert_eq!(reason, RejectReason::Expired);
+    assert!(closed_line.ping().await.is_err());
+    assert_nothing_closed(&mut keeping_events, Duration::from_secs(1)).await;
+    kept_line.ping().await.unwrap();
+}
