@@ -24,7 +24,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<String, String> {
-    let args = cli::Args::parse(&[])?;
+    let args = cli::Args::parse(&cli::CLIENT_FLAGS, &[])?;
     let [url] = args.positional.as_slice() else {
         return Err(format!("give exactly one URL\n\n{USAGE}"));
     };

@@ -57,7 +57,10 @@ fn hours(args: &cli::Args, default: u64) -> Result<Duration, String> {
 }
 
 fn run() -> Result<String, String> {
-    let args = cli::Args::parse(&["server", "client"])?;
+    let args = cli::Args::parse(
+        &["dns", "revoke", "cn", "hours", "spiffe", "ca", "out"],
+        &["server", "client"],
+    )?;
     let command = args.positional.first().map(String::as_str);
     match command {
         Some("ca") => {

@@ -8,7 +8,8 @@
 //!
 //! `GET /whoami` answers the caller's identity as JSON; `GET /healthz`
 //! answers `ok`. Once ready it prints `listening on https://IP:PORT`.
-//! Refused handshakes and reloads go to stderr with their reason.
+//! Refused handshakes, reloads and live connections closed by a reload go
+//! to stderr with their reason.
 
 mod cli;
 
@@ -20,6 +21,9 @@ use meshtls::PeerIdentity;
 
 const USAGE: &str = "usage: server --listen ADDR --cert FILE --key FILE --client-ca FILE
               [--crl FILE] [--allow RULE]... [--allow-any-authenticated]
+              [--keep-live-connections]
+--keep-live-connections: leave open connections of peers a reload stops admitting
+      (by default they are closed 10 s after the reload)
 RULE: spiffe://TD/PATH, spiffe://TD/ns/*/sa/api, spiffe://TD/ns/prod/**, spiffe://TD/**,
       dns:NAME, dns:*.SUFFIX, cn:NAME";
 
@@ -42,7 +46,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), String> {
-    let args = cli::Args::parse(&["allow-any-authenticated"])?;
+    let args = cli::Args::parse(
+        &[&cli::SERVER_FLAGS[..], &["listen"]].concat(),
+        &["allow-any-authenticated", "keep-live-connections"],
+    )?;
     let server = cli::server(&args)?.watch().map_err(|e| e.to_string())?;
     cli::log_events(server.subscribe());
 

@@ -20,7 +20,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<String, String> {
-    let args = cli::Args::parse(&[])?;
+    let args = cli::Args::parse(
+        &[&cli::CLIENT_FLAGS[..], &["name", "server-name"]].concat(),
+        &[],
+    )?;
     let [target] = args.positional.as_slice() else {
         return Err(format!("give the server as HOST:PORT\n\n{USAGE}"));
     };

@@ -24,7 +24,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), String> {
-    let args = cli::Args::parse(&["allow-any-authenticated"])?;
+    let args = cli::Args::parse(
+        &[&cli::SERVER_FLAGS[..], &["listen"]].concat(),
+        &["allow-any-authenticated"],
+    )?;
     let server = cli::server(&args)?
         // gRPC clients in other languages require ALPN h2.
         .alpn_protocols([b"h2".to_vec()])

@@ -15,11 +15,11 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use meshtls::dev::DevCa;
+use meshtls::tokio_rustls::client::TlsStream;
 use meshtls::{Allow, ClientTls, Event, RejectReason, ServerTls, Tracked};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc};
-use meshtls::tokio_rustls::client::TlsStream;
 
 const GRACE: Duration = Duration::from_millis(300);
 const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -127,7 +127,10 @@ fn revoking_server(pki: &Pki, crl: &std::path::Path) -> meshtls::ServerTlsBuilde
 #[tokio::test]
 async fn a_revoked_clients_connection_is_closed_and_the_others_stay() {
     let pki = Pki::new();
-    let crl = pki.write("ca.crl", pki.ca.crl(&[], Duration::from_secs(3600)).unwrap());
+    let crl = pki.write(
+        "ca.crl",
+        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
+    );
     let server = revoking_server(&pki, &crl).watch().unwrap();
     let mut events = server.subscribe();
     let (addr, mut ended) = echo_server(&server).await;
@@ -142,7 +145,12 @@ async fn a_revoked_clients_connection_is_closed_and_the_others_stay() {
     assert_eq!(server.stats().live_connections, 2);
 
     let revoked_at = std::time::Instant::now();
-    replace(&crl, pki.ca.crl(&[&victim_cert], Duration::from_secs(3600)).unwrap());
+    replace(
+        &crl,
+        pki.ca
+            .crl(&[&victim_cert], Duration::from_secs(3600))
+            .unwrap(),
+    );
     let (reason, detail) = next_closed(&mut events).await;
     assert_eq!(reason, RejectReason::Revoked);
     assert!(detail.contains(&id("victim")), "{detail}");
@@ -182,7 +190,10 @@ async fn a_revoked_clients_connection_is_closed_and_the_others_stay() {
 #[tokio::test]
 async fn revoked_http1_keep_alive_and_grpc_channel_close_others_stay() {
     let pki = Pki::new();
-    let crl = pki.write("ca.crl", pki.ca.crl(&[], Duration::from_secs(3600)).unwrap());
+    let crl = pki.write(
+        "ca.crl",
+        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
+    );
     let server = revoking_server(&pki, &crl)
         .alpn_protocols([b"h2".to_vec(), b"http/1.1".to_vec()])
         .watch()
@@ -224,7 +235,11 @@ async fn revoked_http1_keep_alive_and_grpc_channel_close_others_stay() {
         .unwrap();
 
     let tcp = TcpStream::connect(http_addr).await.unwrap();
-    let (tls, _) = http_victim.connector().connect("localhost", tcp).await.unwrap();
+    let (tls, _) = http_victim
+        .connector()
+        .connect("localhost", tcp)
+        .await
+        .unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap();
@@ -236,7 +251,10 @@ async fn revoked_http1_keep_alive_and_grpc_channel_close_others_stay() {
             .unwrap()
     };
     let response = sender.send_request(get()).await.unwrap();
-    assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "ok");
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "ok"
+    );
 
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}")).unwrap();
     let grpc = meshtls::tonic::channel(&grpc_victim, endpoint.clone(), "localhost")
@@ -255,7 +273,10 @@ async fn revoked_http1_keep_alive_and_grpc_channel_close_others_stay() {
             .crl(&[&http_cert, &grpc_cert], Duration::from_secs(3600))
             .unwrap(),
     );
-    let mut closed = vec![next_closed(&mut events).await, next_closed(&mut events).await];
+    let mut closed = vec![
+        next_closed(&mut events).await,
+        next_closed(&mut events).await,
+    ];
     closed.sort_by(|a, b| a.1.cmp(&b.1));
     assert!(closed.iter().all(|(r, _)| *r == RejectReason::Revoked));
     assert!(closed[0].1.contains(&id("grpc-victim")), "{closed:?}");
@@ -322,7 +343,12 @@ async fn a_ca_dropped_from_the_bundle_closes_its_clients_connections() {
     let (addr, _ended) = echo_server(&server).await;
 
     let from_old = pki.client(&id("old-ca")).build().unwrap();
-    let new_cert = other_ca.leaf().spiffe(&id("new-ca")).client().issue().unwrap();
+    let new_cert = other_ca
+        .leaf()
+        .spiffe(&id("new-ca"))
+        .client()
+        .issue()
+        .unwrap();
     let from_new = pki.client_with(&new_cert).build().unwrap();
     let mut old_line = Line::open(&from_old, addr).await;
     let mut new_line = Line::open(&from_new, addr).await;
@@ -341,7 +367,10 @@ async fn a_ca_dropped_from_the_bundle_closes_its_clients_connections() {
 #[tokio::test]
 async fn with_keep_live_connections_nothing_closes() {
     let pki = Pki::new();
-    let crl = pki.write("ca.crl", pki.ca.crl(&[], Duration::from_secs(3600)).unwrap());
+    let crl = pki.write(
+        "ca.crl",
+        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
+    );
     let server = revoking_server(&pki, &crl)
         .keep_live_connections()
         .watch()
@@ -353,7 +382,10 @@ async fn with_keep_live_connections_nothing_closes() {
     let mut line = Line::open(&client, addr).await;
     line.ping().await.unwrap();
 
-    replace(&crl, pki.ca.crl(&[&cert], Duration::from_secs(3600)).unwrap());
+    replace(
+        &crl,
+        pki.ca.crl(&[&cert], Duration::from_secs(3600)).unwrap(),
+    );
     // The reload happened (new handshakes are refused) ...
     for _ in 0..100 {
         if server.stats().generation > 1 {
@@ -381,7 +413,10 @@ async fn a_client_closes_its_connection_to_a_revoked_server_with_the_reason() {
         .build()
         .unwrap();
     let (addr, _ended) = echo_server(&server).await;
-    let crl = pki.write("ca.crl", pki.ca.crl(&[], Duration::from_secs(3600)).unwrap());
+    let crl = pki.write(
+        "ca.crl",
+        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
+    );
     let client = pki
         .client(&id("caller"))
         .crl_file(&crl)
@@ -393,11 +428,19 @@ async fn a_client_closes_its_connection_to_a_revoked_server_with_the_reason() {
     let mut line = Line::open(&client, addr).await;
     line.ping().await.unwrap();
 
-    replace(&crl, pki.ca.crl(&[&server_cert], Duration::from_secs(3600)).unwrap());
+    replace(
+        &crl,
+        pki.ca
+            .crl(&[&server_cert], Duration::from_secs(3600))
+            .unwrap(),
+    );
     let (reason, _) = next_closed(&mut events).await;
     assert_eq!(reason, RejectReason::Revoked);
     let error = line.ping().await.unwrap_err();
-    assert!(error.contains("closed by meshtls: certificate revoked"), "{error}");
+    assert!(
+        error.contains("closed by meshtls: certificate revoked"),
+        "{error}"
+    );
     assert!(line.0.get_ref().closed_by_policy().is_some());
 }
 

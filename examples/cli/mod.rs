@@ -18,21 +18,38 @@ pub struct Args {
 }
 
 impl Args {
-    /// Reads `std::env::args()`; `switches` are the flags that take no value.
-    pub fn parse(switches: &[&str]) -> Result<Self, String> {
-        Self::from(std::env::args().skip(1), switches)
+    /// Reads `std::env::args()`: `flags` take a value, `switches` do not.
+    /// Anything else starting with `--` is refused (a typo such as `--clr`
+    /// must not start a server without revocation checking).
+    pub fn parse(flags: &[&str], switches: &[&str]) -> Result<Self, String> {
+        Self::from(std::env::args().skip(1), flags, switches)
     }
 
-    pub fn from(args: impl Iterator<Item = String>, switches: &[&str]) -> Result<Self, String> {
+    pub fn from(
+        args: impl Iterator<Item = String>,
+        flags: &[&str],
+        switches: &[&str],
+    ) -> Result<Self, String> {
         let mut out = Self::default();
         let mut args = args.peekable();
         while let Some(arg) = args.next() {
             if let Some(flag) = arg.strip_prefix("--") {
                 if switches.contains(&flag) {
                     out.switches.push(flag.to_owned());
-                } else {
-                    let value = args.next().ok_or(format!("--{flag} needs a value"))?;
+                } else if flags.contains(&flag) {
+                    let value = args
+                        .next_if(|v| !v.starts_with("--"))
+                        .ok_or(format!("--{flag} needs a value"))?;
                     out.values.entry(flag.to_owned()).or_default().push(value);
+                } else {
+                    let known = flags.iter().chain(switches);
+                    let near = known.min_by_key(|k| distance(k, flag));
+                    return Err(match near {
+                        Some(near) if distance(near, flag) <= 2 => {
+                            format!("unknown flag --{flag} (did you mean --{near}?)")
+                        }
+                        _ => format!("unknown flag --{flag}"),
+                    });
                 }
             } else {
                 out.positional.push(arg);
@@ -62,6 +79,33 @@ impl Args {
     }
 }
 
+/// The flags [`server`] reads.
+pub const SERVER_FLAGS: [&str; 5] = ["cert", "key", "client-ca", "crl", "allow"];
+/// The flags [`client`] reads.
+pub const CLIENT_FLAGS: [&str; 4] = ["cert", "key", "ca", "expect-server"];
+
+/// Edit distance (insertions, deletions, substitutions, transpositions of
+/// neighbours), for "did you mean".
+fn distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    // d[i][j]: distance between the first i chars of a and the first j of b.
+    let mut d: Vec<Vec<usize>> = (0..=a.len())
+        .map(|i| (0..=b.len()).map(|j| if i == 0 { j } else { i }).collect())
+        .collect();
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
 /// Prints `error: ...` and the usage, and fails.
 pub fn fail(usage: &str, error: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {error}\n\n{usage}");
@@ -83,7 +127,8 @@ pub fn report(result: Result<impl Display, String>) -> ExitCode {
 }
 
 /// A server builder from `--cert --key --client-ca [--crl] [--allow RULE]...
-/// [--allow-any-authenticated]` (`cn:` rules turn legacy CN matching on).
+/// [--allow-any-authenticated] [--keep-live-connections]` (`cn:` rules turn
+/// legacy CN matching on).
 pub fn server(args: &Args) -> Result<ServerTlsBuilder<Ready>, String> {
     let mut builder = meshtls::ServerTls::builder()
         .identity_files(args.required("cert")?, args.required("key")?)
@@ -101,6 +146,9 @@ pub fn server(args: &Args) -> Result<ServerTlsBuilder<Ready>, String> {
     if rules.iter().any(|r| r.starts_with("cn:")) {
         builder = builder.dangerous().allow_legacy_cn();
     }
+    if args.switch("keep-live-connections") {
+        builder = builder.keep_live_connections();
+    }
     Ok(builder)
 }
 
@@ -116,17 +164,29 @@ pub fn client(args: &Args) -> Result<ClientTlsBuilder<Ready>, String> {
     Ok(builder)
 }
 
-/// Logs reloads, refused reloads and refused handshakes to stderr, and
-/// expiry as warnings, from a task of its own.
+/// Logs reloads, refused reloads, refused handshakes and closed live
+/// connections to stderr, and expiry as warnings, from a task of its own. A
+/// subscriber that falls behind loses the oldest events: that is said, and
+/// logging goes on.
 pub fn log_events(mut events: tokio::sync::broadcast::Receiver<Event>) {
+    use tokio::sync::broadcast::error::RecvError;
     tokio::spawn(async move {
-        while let Ok(event) = events.recv().await {
-            match event {
-                Event::Reloaded { .. } | Event::ReloadFailed { .. } | Event::Rejected { .. } => {
-                    eprintln!("{event}")
+        loop {
+            match events.recv().await {
+                Ok(
+                    event @ (Event::Reloaded { .. }
+                    | Event::ReloadFailed { .. }
+                    | Event::Rejected { .. }
+                    | Event::ConnectionClosed { .. }),
+                ) => eprintln!("{event}"),
+                Ok(event @ (Event::Expiring { .. } | Event::Expired { .. })) => {
+                    eprintln!("warning: {event}")
                 }
-                Event::Expiring { .. } | Event::Expired { .. } => eprintln!("warning: {event}"),
-                _ => {}
+                Ok(_) => {}
+                Err(RecvError::Lagged(missed)) => {
+                    eprintln!("warning: {missed} events missed (logging fell behind)")
+                }
+                Err(RecvError::Closed) => return,
             }
         }
     });
