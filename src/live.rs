@@ -337,9 +337,15 @@ impl Live {
 /// when the live state is dropped.
 async fn sweeper(live: std::sync::Weak<Live>, wake: Arc<tokio::sync::Notify>) {
     loop {
-        let next = match live.upgrade() {
-            Some(live) => live.sweep(),
-            None => return,
+        let Some(strong) = live.upgrade() else {
+            return;
+        };
+        // Judging thousands of chains takes a while (a full judgment is
+        // ~0.1 ms): off the async workers.
+        let next = match tokio::task::spawn_blocking(move || strong.sweep()).await {
+            Ok(next) => next,
+            // The runtime is shutting down.
+            Err(_) => return,
         };
         match next {
             Some(at) => {
