@@ -26,8 +26,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use meshtls::dev::{DevCa, DevCert};
 use meshtls::rustls::RootCertStore;
-use meshtls::rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 use meshtls::rustls::pki_types::pem::PemObject;
+use meshtls::rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 use meshtls::rustls::server::WebPkiClientVerifier;
 use meshtls::{Allow, ClientTls, Event, ServerTls, Source, Tracked};
 use tokio::io::DuplexStream;
@@ -220,7 +220,9 @@ async fn run(identities: usize) {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    println!("re-judging {CONNECTIONS} live connections after a CRL update, median of {ROUNDS} rounds\n");
+    println!(
+        "re-judging {CONNECTIONS} live connections after a CRL update, median of {ROUNDS} rounds\n"
+    );
     println!(
         "| population | reload (read + validate + swap) | reload to ConnectionClosed (sweep) | bare rustls verifier, same chains once | sweep / bare | sweep per connection |"
     );

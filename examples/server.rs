@@ -21,7 +21,8 @@ use meshtls::PeerIdentity;
 
 const USAGE: &str = "usage: server --listen ADDR --cert FILE --key FILE --client-ca FILE
               [--crl FILE] [--allow RULE]... [--allow-any-authenticated]
-              [--keep-live-connections]
+              [--keep-live-connections] [--metrics ADDR]
+--metrics ADDR: serve Prometheus metrics over plain HTTP at http://ADDR/metrics
 --keep-live-connections: leave open connections of peers a reload stops admitting
       (by default they are closed 10 s after the reload)
 RULE: spiffe://TD/PATH, spiffe://TD/ns/*/sa/api, spiffe://TD/ns/prod/**, spiffe://TD/**,
@@ -47,9 +48,12 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), String> {
     let args = cli::Args::parse(
-        &[&cli::SERVER_FLAGS[..], &["listen"]].concat(),
+        &[&cli::SERVER_FLAGS[..], &["listen", "metrics"]].concat(),
         &["allow-any-authenticated", "keep-live-connections"],
     )?;
+    if let Some(addr) = args.optional("metrics") {
+        serve_metrics(&addr).await?;
+    }
     let server = cli::server(&args)?.watch().map_err(|e| e.to_string())?;
     cli::log_events(server.subscribe());
 
@@ -64,4 +68,20 @@ async fn run() -> Result<(), String> {
     meshtls::axum::serve(listener, app)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Installs the Prometheus recorder and serves its text on `addr` (plain
+/// HTTP: keep it on a private interface or behind the scraper's network).
+async fn serve_metrics(addr: &str) -> Result<(), String> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| format!("--metrics: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("--metrics: cannot listen on {addr}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let app = Router::new().route("/metrics", get(move || async move { handle.render() }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    println!("metrics on http://{addr}/metrics");
+    Ok(())
 }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::server::ServerConfig;
 use rustls::{CommonState, HandshakeKind};
@@ -75,9 +75,15 @@ impl Acceptor {
     where
         IO: AsyncRead + AsyncWrite + Unpin + 'static,
     {
+        let started = Instant::now();
         let socket = Socket::of(&io);
         let stream = handshake(&self.live, self.timeout, self.inner.accept(io)).await?;
-        let (peer, guard) = admit(&self.live, stream.get_ref().1, None, Some(socket))?;
+        let conn = stream.get_ref().1;
+        let (peer, guard) = admit(&self.live, conn, None, Some(socket))?;
+        self.live.observer.handshake_time(
+            conn.handshake_kind() == Some(HandshakeKind::Resumed),
+            started.elapsed(),
+        );
         Ok((Tracked::new(stream, guard), peer))
     }
 }

@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::client::{
@@ -227,6 +227,7 @@ impl Connector {
                 None,
             )
         })?;
+        let started = Instant::now();
         let socket = Socket::of(&io);
         let stream = handshake(
             &self.live,
@@ -234,7 +235,12 @@ impl Connector {
             self.inner.connect(name.clone(), io),
         )
         .await?;
-        let (peer, guard) = admit(&self.live, stream.get_ref().1, Some(&name), Some(socket))?;
+        let conn = stream.get_ref().1;
+        let (peer, guard) = admit(&self.live, conn, Some(&name), Some(socket))?;
+        self.live.observer.handshake_time(
+            conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+            started.elapsed(),
+        );
         Ok((Tracked::new(stream, guard), peer))
     }
 }

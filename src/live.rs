@@ -133,7 +133,13 @@ impl Live {
             sessions: Arc::new(fixed.fresh_sessions()?),
             expiry_state: AtomicU8::new(0),
         };
-        observer.reloaded(1, &first.material.leaf, &first.material.trust.roots, true);
+        observer.reloaded(
+            1,
+            &first.material.leaf,
+            &first.material.trust.roots,
+            first.material.trust.crl_next_update(),
+            true,
+        );
         let options = Options {
             usage: peer_key_usage(fixed.role),
             algs: fixed.provider.signature_verification_algorithms.all,
@@ -141,7 +147,7 @@ impl Live {
         };
         let live = Arc::new(Self {
             current: ArcSwap::from_pointee(first),
-            tracker: Tracker::new(fixed.closing),
+            tracker: Tracker::new(fixed.closing, observer.side()),
             fixed,
             options,
             observer,
@@ -237,6 +243,7 @@ impl Live {
         let old = self.current.load_full();
         let inputs = self.fixed.sources.read()?;
         if inputs == old.material.inputs {
+            self.observer.unchanged();
             return Ok(ReloadOutcome::Unchanged {
                 generation: old.number,
             });
@@ -264,6 +271,7 @@ impl Live {
         let _guard = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
         if policy.fingerprint() == old.epoch.policy.fingerprint() {
+            self.observer.unchanged();
             return Ok(ReloadOutcome::Unchanged {
                 generation: old.number,
             });
@@ -305,6 +313,7 @@ impl Live {
             next.number,
             &next.material.leaf,
             &next.material.trust.roots,
+            next.material.trust.crl_next_update(),
             policy_changed,
         );
         Ok(ReloadOutcome::Swapped {

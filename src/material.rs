@@ -171,6 +171,12 @@ impl Trust {
     pub(crate) fn crl_deadline(&self, now: UnixTime) -> Option<u64> {
         self.crls.deadline(now)
     }
+
+    /// The earliest nextUpdate of the CRLs, past or not (Unix seconds).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn crl_next_update(&self) -> Option<u64> {
+        self.crls.earliest_next_update()
+    }
 }
 
 /// A validated set: all of it checked, ready to serve.

@@ -200,6 +200,8 @@ fn unix(t: SystemTime) -> u64 {
 
 impl Observer {
     pub(crate) fn new(side: &'static str) -> Self {
+        #[cfg(feature = "metrics")]
+        describe();
         Self {
             side,
             tx: broadcast::channel(256).0,
@@ -230,18 +232,41 @@ impl Observer {
 
     pub(crate) fn admitted(&self) {
         self.handshakes_ok.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("meshtls_handshakes_total", "side" => self.side, "result" => "admitted", "reason" => "none").increment(1);
+    }
+
+    /// An admitted handshake through the acceptor or connector, and how long
+    /// it took.
+    pub(crate) fn handshake_time(&self, resumed: bool, took: Duration) {
+        #[cfg(feature = "metrics")]
+        metrics::histogram!("meshtls_handshake_duration_seconds", "side" => self.side, "kind" => if resumed { "resumed" } else { "full" })
+            .record(took.as_secs_f64());
+        #[cfg(not(feature = "metrics"))]
+        let _ = (resumed, took);
     }
 
     pub(crate) fn rejected(&self, reason: RejectReason, detail: String) {
         self.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("meshtls_handshakes_total", "side" => self.side, "result" => "refused", "reason" => reason.as_str()).increment(1);
         tracing::warn!(side = self.side, reason = reason.as_str(), %detail, "mTLS handshake refused: {reason}");
         self.send(Event::Rejected { reason, detail });
     }
 
     pub(crate) fn connection_closed(&self, reason: RejectReason, detail: String) {
         self.closed[reason.index()].fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("meshtls_connections_closed_total", "side" => self.side, "reason" => reason.as_str()).increment(1);
         tracing::warn!(side = self.side, reason = reason.as_str(), %detail, "live mTLS connection closed: {reason}");
         self.send(Event::ConnectionClosed { reason, detail });
+    }
+
+    /// A reload found nothing new.
+    pub(crate) fn unchanged(&self) {
+        #[cfg(feature = "metrics")]
+        metrics::counter!("meshtls_reloads_total", "side" => self.side, "result" => "unchanged")
+            .increment(1);
     }
 
     pub(crate) fn reloaded(
@@ -249,9 +274,30 @@ impl Observer {
         generation: u64,
         leaf: &CertFacts,
         roots: &[CertFacts],
+        crl_next_update: Option<u64>,
         policy_changed: bool,
     ) {
         self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        {
+            let side = self.side;
+            metrics::counter!("meshtls_reloads_total", "side" => side, "result" => "applied")
+                .increment(1);
+            metrics::gauge!("meshtls_generation", "side" => side).set(generation as f64);
+            let expiry = |role: &'static str, at: u64| {
+                metrics::gauge!("meshtls_certificate_expiration_timestamp_seconds", "side" => side, "role" => role)
+                    .set(at as f64);
+            };
+            expiry("identity", unix(leaf.not_after));
+            if let Some(first) = roots.iter().map(|r| unix(r.not_after)).min() {
+                expiry("root", first);
+            }
+            if let Some(next) = crl_next_update {
+                expiry("crl_next_update", next);
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = crl_next_update;
         self.generation.store(generation, Ordering::Relaxed);
         self.last_reload
             .store(unix(SystemTime::now()), Ordering::Relaxed);
@@ -276,6 +322,9 @@ impl Observer {
 
     pub(crate) fn reload_failed(&self, error: Error) {
         self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("meshtls_reloads_total", "side" => self.side, "result" => "rejected")
+            .increment(1);
         let serving = self.generation.load(Ordering::Relaxed);
         tracing::error!(side = self.side, serving, %error, "meshtls reload refused; the previous generation keeps serving");
         self.send(Event::ReloadFailed { error, serving });
@@ -318,4 +367,40 @@ fn by_reason(counts: &[AtomicU64; RejectReason::ALL.len()]) -> Vec<(RejectReason
         .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
         .filter(|(_, n)| *n > 0)
         .collect()
+}
+
+/// The metrics' help texts, given once per process.
+#[cfg(feature = "metrics")]
+fn describe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+        describe_counter!(
+            "meshtls_handshakes_total",
+            "mTLS handshakes through the acceptor or connector, by result and refusal reason"
+        );
+        describe_histogram!(
+            "meshtls_handshake_duration_seconds",
+            Unit::Seconds,
+            "Time from the first byte to the admitted peer, full or resumed handshakes"
+        );
+        describe_counter!(
+            "meshtls_reloads_total",
+            "Reloads of certificates, trust bundles, CRLs or the allow-list, by result"
+        );
+        describe_gauge!("meshtls_generation", "The generation of material serving");
+        describe_gauge!(
+            "meshtls_certificate_expiration_timestamp_seconds",
+            Unit::Seconds,
+            "When the serving identity, the earliest trust root and the earliest CRL nextUpdate expire (Unix time)"
+        );
+        describe_gauge!(
+            "meshtls_live_connections",
+            "Connections made through the acceptor, connector or an integration that are open"
+        );
+        describe_counter!(
+            "meshtls_connections_closed_total",
+            "Live connections closed because the policy stopped admitting their peer, by reason"
+        );
+    });
 }

@@ -180,6 +180,17 @@ impl Crls {
             .min()
     }
 
+    /// The earliest nextUpdate of the CRLs kept (Unix seconds), past or
+    /// not: what an operator alerts on.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn earliest_next_update(&self) -> Option<u64> {
+        self.kept
+            .iter()
+            .filter_map(|k| k.next_update)
+            .map(unix_secs)
+            .min()
+    }
+
     /// The CRLs to verify this chain with, in the order webpki should see
     /// them: per issuer name, the CRL of the key that signed the chain's
     /// certificate comes first.

@@ -70,11 +70,15 @@ struct Entry {
     state: Mutex<State>,
     /// The tracker's count of live connections, decremented on drop.
     live: Arc<AtomicU64>,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    side: &'static str,
 }
 
 impl Drop for Entry {
     fn drop(&mut self) {
         self.live.fetch_sub(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("meshtls_live_connections", "side" => self.side).decrement(1.0);
     }
 }
 
@@ -110,6 +114,7 @@ pub(crate) struct Tracker {
     /// Entries kept after the last pruning of dead ones (pruning again when
     /// the list has doubled keeps tracking amortized O(1)).
     pruned: AtomicU64,
+    side: &'static str,
 }
 
 impl Drop for Tracker {
@@ -125,7 +130,7 @@ pub(crate) struct Swept {
 }
 
 impl Tracker {
-    pub(crate) fn new(closing: Closing) -> Self {
+    pub(crate) fn new(closing: Closing, side: &'static str) -> Self {
         Self {
             entries: Mutex::new(Vec::new()),
             wake: Arc::new(Notify::new()),
@@ -133,6 +138,7 @@ impl Tracker {
             closing,
             live: Arc::new(AtomicU64::new(0)),
             pruned: AtomicU64::new(0),
+            side,
         }
     }
 
@@ -165,8 +171,11 @@ impl Tracker {
                 closed: None,
             }),
             live: self.live.clone(),
+            side: self.side,
         });
         self.live.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("meshtls_live_connections", "side" => self.side).increment(1.0);
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let pruned = self.pruned.load(Ordering::Relaxed).max(64);
         if entries.len() as u64 >= 2 * pruned {
