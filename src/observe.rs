@@ -289,6 +289,8 @@ impl Observer {
                     .set(at as f64);
             };
             expiry("identity", unix(leaf.not_after));
+            metrics::gauge!("meshtls_certificate_issued_timestamp_seconds", "side" => side, "role" => "identity")
+                .set(unix(leaf.not_before) as f64);
             if let Some(first) = roots.iter().map(|r| unix(r.not_after)).min() {
                 expiry("root", first);
             }
@@ -393,6 +395,11 @@ fn describe() {
             "meshtls_certificate_expiration_timestamp_seconds",
             Unit::Seconds,
             "When the serving identity, the earliest trust root and the earliest CRL nextUpdate expire (Unix time)"
+        );
+        describe_gauge!(
+            "meshtls_certificate_issued_timestamp_seconds",
+            Unit::Seconds,
+            "Start of validity (notBefore) of the serving identity (Unix time)"
         );
         describe_gauge!(
             "meshtls_live_connections",
