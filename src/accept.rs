@@ -76,7 +76,7 @@ impl Acceptor {
         IO: AsyncRead + AsyncWrite + Unpin + 'static,
     {
         let started = Instant::now();
-        let socket = Socket::of(&io);
+        let socket = Socket::of(&io, &self.live.fixed.closing);
         let stream = handshake(&self.live, self.timeout, self.inner.accept(io)).await?;
         let conn = stream.get_ref().1;
         let (peer, guard) = admit(&self.live, conn, None, Some(socket))?;

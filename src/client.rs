@@ -228,7 +228,7 @@ impl Connector {
             )
         })?;
         let started = Instant::now();
-        let socket = Socket::of(&io);
+        let socket = Socket::of(&io, &self.live.fixed.closing);
         let stream = handshake(
             &self.live,
             self.timeout,

@@ -303,9 +303,11 @@ impl std::fmt::Debug for Guard {
 pub(crate) struct Socket(pub(crate) Option<std::net::TcpStream>);
 
 impl Socket {
-    /// A duplicate of `io`'s socket if `io` is a tokio `TcpStream`.
-    pub(crate) fn of<IO: 'static>(io: &IO) -> Self {
-        Self(duplicate(io))
+    /// A duplicate of `io`'s socket if `io` is a tokio `TcpStream` and
+    /// connections may be closed (none with `keep_live_connections`: no
+    /// second descriptor then).
+    pub(crate) fn of<IO: 'static>(io: &IO, closing: &Closing) -> Self {
+        Self(closing.enabled.then(|| duplicate(io)).flatten())
     }
 }
 

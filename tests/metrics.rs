@@ -112,7 +112,11 @@ async fn handshakes_reloads_expiry_and_closed_connections_are_exported() {
     let not_before = server.certificate().not_before;
     let issued = not_before.duration_since(UNIX_EPOCH).unwrap().as_secs() as f64;
     assert_eq!(
-        value(&scrape, "meshtls_certificate_issued_timestamp_seconds", &identity),
+        value(
+            &scrape,
+            "meshtls_certificate_issued_timestamp_seconds",
+            &identity
+        ),
         Some(issued)
     );
     let crl_next = [("side", "server"), ("role", "crl_next_update")];
