@@ -1,5 +1,8 @@
 //! Loopback handshakes over real sockets: meshtls acceptor/connector vs bare
-//! tokio-rustls, at concurrency 1 and 8. Reports handshakes per second and the
+//! tokio-rustls, at concurrency 1 and 8. meshtls runs twice: as built by
+//! default (every connection tracked, so that a policy change can close it:
+//! a duplicate of the socket's descriptor per connection) and with
+//! `keep_live_connections()` (no duplicate). Reports handshakes per second and the
 //! CPU time per handshake of the server thread and of the client thread
 //! (read from `/proc/<tid>/schedstat`, nanosecond resolution).
 //!
@@ -48,10 +51,21 @@ struct Sample {
     client_cpu: f64,
 }
 
+/// A meshtls server on its own thread; its address and thread id.
+fn mesh_server(server: &meshtls::ServerTls) -> (SocketAddr, String) {
+    let acceptor = server.acceptor();
+    echo::serve(move |tcp| {
+        let acceptor = acceptor.clone();
+        async move {
+            if let Ok((stream, _peer)) = acceptor.accept(tcp).await {
+                echo::echo_byte(stream).await;
+            }
+        }
+    })
+}
+
 fn main() {
     let m = Material::new(Case::BASE);
-    let mesh_server = support::meshtls_server(&m, true);
-    let mesh_client = support::meshtls_client(&m, true, false);
     let bare_acceptor = TlsAcceptor::from(support::bare_server(&m, true));
     let (bare_addr, bare_tid) = echo::serve(move |tcp| {
         let accept = bare_acceptor.accept(tcp);
@@ -61,17 +75,38 @@ fn main() {
             }
         }
     });
-    let mesh_acceptor = mesh_server.acceptor();
-    let (mesh_addr, mesh_tid) = echo::serve(move |tcp| {
-        let acceptor = mesh_acceptor.clone();
-        async move {
-            if let Ok((stream, _peer)) = acceptor.accept(tcp).await {
-                echo::echo_byte(stream).await;
-            }
-        }
-    });
-    let bare_client = Client::Bare(TlsConnector::from(support::bare_client(&m, true, false)));
-    let mesh = Client::Mesh(mesh_client.connector());
+    let tracking = support::meshtls_server(&m, true);
+    let keeping = support::meshtls_server_builder(&m, true)
+        .keep_live_connections()
+        .build()
+        .unwrap();
+    let (tracking_addr, tracking_tid) = mesh_server(&tracking);
+    let (keeping_addr, keeping_tid) = mesh_server(&keeping);
+    let tracking_client = support::meshtls_client(&m, true, false);
+    let keeping_client = support::meshtls_client_builder(&m, true, false)
+        .keep_live_connections()
+        .build()
+        .unwrap();
+    let setups = [
+        (
+            "bare tokio-rustls",
+            Client::Bare(TlsConnector::from(support::bare_client(&m, true, false))),
+            bare_addr,
+            bare_tid,
+        ),
+        (
+            "meshtls",
+            Client::Mesh(tracking_client.connector()),
+            tracking_addr,
+            tracking_tid,
+        ),
+        (
+            "meshtls, keep_live_connections",
+            Client::Mesh(keeping_client.connector()),
+            keeping_addr,
+            keeping_tid,
+        ),
+    ];
 
     // The clients' runtime: one worker thread, whose CPU we read.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -82,7 +117,7 @@ fn main() {
     let client_tid = rt.block_on(async { tokio::spawn(async { current_tid() }).await.unwrap() });
 
     println!(
-        "loopback full mutual handshakes (ECDSA P-256, X25519MLKEM768), {ROUNDS} alternating rounds of {ROUND:?}; medians\n"
+        "loopback full mutual handshakes (ECDSA P-256, X25519MLKEM768), {ROUNDS} rounds of {ROUND:?} per setup, order rotating; medians\n"
     );
     println!(
         "| concurrency | setup | handshakes/s | server CPU / handshake | client CPU / handshake |"
@@ -102,36 +137,38 @@ fn main() {
                 client_cpu: (c1 - c0).as_secs_f64() / n as f64,
             }
         };
-        let (mut bare, mut mesh_s, mut ratios) = (vec![], vec![], vec![]);
+        // samples[setup][round]; the order of setups rotates every round.
+        let mut samples: Vec<Vec<Sample>> = setups.iter().map(|_| Vec::new()).collect();
         for round in 0..ROUNDS {
-            let (b, x) = if round % 2 == 0 {
-                let b = run(&bare_client, bare_addr, &bare_tid);
-                (b, run(&mesh, mesh_addr, &mesh_tid))
-            } else {
-                let x = run(&mesh, mesh_addr, &mesh_tid);
-                (run(&bare_client, bare_addr, &bare_tid), x)
-            };
-            ratios.push((
-                x.rate / b.rate,
-                x.server_cpu / b.server_cpu,
-                x.client_cpu / b.client_cpu,
-            ));
-            bare.push(b);
-            mesh_s.push(x);
+            for k in 0..setups.len() {
+                let i = (round + k) % setups.len();
+                let (_, client, addr, tid) = &setups[i];
+                samples[i].push(run(client, *addr, tid));
+            }
         }
-        for (name, samples) in [("bare tokio-rustls", &bare), ("meshtls", &mesh_s)] {
+        for ((name, ..), own) in setups.iter().zip(&samples) {
             println!(
                 "| {concurrency} | {name} | {:.0} | {:.1} µs | {:.1} µs |",
-                median(samples.iter().map(|s| s.rate).collect()),
-                median(samples.iter().map(|s| s.server_cpu).collect()) * 1e6,
-                median(samples.iter().map(|s| s.client_cpu).collect()) * 1e6,
+                median(own.iter().map(|s| s.rate).collect()),
+                median(own.iter().map(|s| s.server_cpu).collect()) * 1e6,
+                median(own.iter().map(|s| s.client_cpu).collect()) * 1e6,
             );
         }
-        println!(
-            "| {concurrency} | **meshtls / bare** | **{:.2}x** | **{:.2}x** | **{:.2}x** |",
-            median(ratios.iter().map(|r| r.0).collect()),
-            median(ratios.iter().map(|r| r.1).collect()),
-            median(ratios.iter().map(|r| r.2).collect()),
-        );
+        for ((name, ..), own) in setups.iter().zip(&samples).skip(1) {
+            let ratio = |f: fn(&Sample) -> f64| {
+                median(
+                    own.iter()
+                        .zip(&samples[0])
+                        .map(|(x, b)| f(x) / f(b))
+                        .collect(),
+                )
+            };
+            println!(
+                "| {concurrency} | **{name} / bare** | **{:.2}x** | **{:.2}x** | **{:.2}x** |",
+                ratio(|s| s.rate),
+                ratio(|s| s.server_cpu),
+                ratio(|s| s.client_cpu),
+            );
+        }
     }
 }

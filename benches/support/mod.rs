@@ -210,20 +210,40 @@ pub fn bare_client(m: &Material, post_quantum: bool, resume: bool) -> Arc<Client
 }
 
 pub fn meshtls_server(m: &Material, post_quantum: bool) -> ServerTls {
-    let mut b = ServerTls::builder()
+    meshtls_server_builder(m, post_quantum).build().unwrap()
+}
+
+/// The builder of [`meshtls_server`], for benches that set more.
+pub fn meshtls_server_builder(
+    m: &Material,
+    post_quantum: bool,
+) -> meshtls::ServerTlsBuilder<meshtls::Ready> {
+    let b = ServerTls::builder()
         .identity(
             Source::pem("server chain", m.server_chain.clone()),
             Source::pem("server key", m.server_key.clone()),
         )
         .client_roots(Source::pem("roots", m.ca_pem.clone()))
         .allow(Allow::spiffe_id(CLIENT_ID));
-    if !post_quantum {
-        b = b.dangerous().classical_key_exchange_only();
+    if post_quantum {
+        b
+    } else {
+        b.dangerous().classical_key_exchange_only()
     }
-    b.build().unwrap()
 }
 
 pub fn meshtls_client(m: &Material, post_quantum: bool, resume: bool) -> ClientTls {
+    meshtls_client_builder(m, post_quantum, resume)
+        .build()
+        .unwrap()
+}
+
+/// The builder of [`meshtls_client`], for benches that set more.
+pub fn meshtls_client_builder(
+    m: &Material,
+    post_quantum: bool,
+    resume: bool,
+) -> meshtls::ClientTlsBuilder<meshtls::Ready> {
     let mut b = ClientTls::builder()
         .identity(
             Source::pem("client chain", m.client_chain.clone()),
@@ -233,10 +253,11 @@ pub fn meshtls_client(m: &Material, post_quantum: bool, resume: bool) -> ClientT
     if !resume {
         b = b.resumption(meshtls::Resumption::Disabled);
     }
-    if !post_quantum {
-        b = b.dangerous().classical_key_exchange_only();
+    if post_quantum {
+        b
+    } else {
+        b.dangerous().classical_key_exchange_only()
     }
-    b.build().unwrap()
 }
 
 /// Time spent by each side of one handshake.
