@@ -8,6 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,8 @@ use rustls::{CommonState, HandshakeKind};
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::error::{HandshakeError, RejectReason};
@@ -30,7 +32,7 @@ use crate::track::{Guard, Socket, Tracked};
 /// Made by [`ServerTls::acceptor`](crate::ServerTls::acceptor).
 #[derive(Clone)]
 pub struct Acceptor {
-    inner: tokio_rustls::TlsAcceptor,
+    config: Arc<ServerConfig>,
     live: Arc<Live>,
     timeout: Duration,
 }
@@ -46,7 +48,7 @@ impl std::fmt::Debug for Acceptor {
 impl Acceptor {
     pub(crate) fn new(config: Arc<ServerConfig>, live: Arc<Live>, timeout: Duration) -> Self {
         Self {
-            inner: tokio_rustls::TlsAcceptor::from(config),
+            config,
             live,
             timeout,
         }
@@ -75,9 +77,39 @@ impl Acceptor {
     where
         IO: AsyncRead + AsyncWrite + Unpin + 'static,
     {
+        self.accept_noting(io, || {}).await
+    }
+
+    /// [`accept`](Self::accept), calling `hello` once the ClientHello is in.
+    async fn accept_noting<IO>(
+        &self,
+        io: IO,
+        hello: impl FnOnce(),
+    ) -> Result<(Tracked<TlsStream<IO>>, PeerIdentity), HandshakeError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
         let started = Instant::now();
+        let deadline = tokio::time::Instant::from_std(started + self.timeout);
         let socket = Socket::of(&io, &self.live.fixed.closing);
-        let stream = handshake(&self.live, self.timeout, self.inner.accept(io)).await?;
+        // A peer that sends nothing, or its ClientHello a byte at a time,
+        // holds its slot only this long.
+        let hello_within = self.live.fixed.hello_timeout.min(self.timeout);
+        let lazy = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+        let start = match tokio::time::timeout(hello_within, lazy).await {
+            Ok(Ok(start)) => start,
+            Ok(Err(e)) => return Err(failed(&self.live, e, None)),
+            Err(_) => {
+                let detail = format!("no complete ClientHello within {hello_within:?}");
+                self.live
+                    .observer
+                    .rejected(RejectReason::Timeout, detail.clone());
+                return Err(HandshakeError::new(RejectReason::Timeout, detail, None));
+            }
+        };
+        hello();
+        let accept = start.into_stream(self.config.clone());
+        let stream = handshake(&self.live, self.timeout, deadline, accept).await?;
         let conn = stream.get_ref().1;
         let (peer, guard) = admit(&self.live, conn, None, Some(socket))?;
         self.live.observer.handshake_time(
@@ -116,6 +148,7 @@ impl Acceptor {
 pub(crate) async fn handshake<T>(
     live: &Live,
     timeout: Duration,
+    deadline: tokio::time::Instant,
     handshake: impl Future<Output = io::Result<T>>,
 ) -> Result<T, HandshakeError> {
     let mut handshake = std::pin::pin!(handshake);
@@ -125,7 +158,7 @@ pub(crate) async fn handshake<T>(
         let noted = take_refusal();
         poll.map(|result| result.map_err(|e| (e, noted)))
     });
-    match tokio::time::timeout(timeout, polled).await {
+    match tokio::time::timeout_at(deadline, polled).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err((e, noted))) => Err(failed(live, e, noted)),
         Err(_) => {
@@ -313,15 +346,96 @@ impl AsyncWrite for MtlsStream {
     }
 }
 
-/// Handshakes in flight at once per [`Incoming`]; more connections wait in
-/// the kernel's backlog.
-const MAX_HANDSHAKES_IN_FLIGHT: usize = 1024;
+/// The handshakes an [`Incoming`] has in flight, oldest first, so that the
+/// oldest can be shed when there are too many or descriptors run out.
+#[derive(Default)]
+struct Pending {
+    slots: std::sync::Mutex<std::collections::BTreeMap<u64, Slot>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+struct Slot {
+    /// Whether its ClientHello is in (peers that sent one are shed last).
+    hello: Arc<AtomicBool>,
+    abort: Option<tokio::task::AbortHandle>,
+}
+
+/// Removes its handshake from [`Pending`] when the handshake ends.
+struct SlotGuard {
+    pending: Arc<Pending>,
+    id: u64,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.pending.lock().remove(&self.id);
+    }
+}
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// A slot for a new handshake: its guard and its hello flag.
+    fn add(self: &Arc<Self>) -> (SlotGuard, Arc<AtomicBool>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let hello = Arc::new(AtomicBool::new(false));
+        self.lock().insert(
+            id,
+            Slot {
+                hello: hello.clone(),
+                abort: None,
+            },
+        );
+        let guard = SlotGuard {
+            pending: self.clone(),
+            id,
+        };
+        (guard, hello)
+    }
+
+    /// Lets the slot's handshake be aborted (if it has not ended already).
+    fn set_abort(&self, id: u64, abort: tokio::task::AbortHandle) {
+        if let Some(slot) = self.lock().get_mut(&id) {
+            slot.abort = Some(abort);
+        }
+    }
+
+    /// Ends the oldest handshake whose peer has sent no complete ClientHello
+    /// yet, or failing that the oldest. Returns how long it had been pending.
+    fn shed_oldest(&self) -> Option<(u64, bool)> {
+        let mut slots = self.lock();
+        let id = slots
+            .iter()
+            .find(|(_, s)| !s.hello.load(Ordering::Relaxed) && s.abort.is_some())
+            .or_else(|| slots.iter().find(|(_, s)| s.abort.is_some()))
+            .map(|(id, _)| *id)?;
+        let slot = slots.remove(&id)?;
+        if let Some(abort) = slot.abort {
+            abort.abort();
+        }
+        Some((id, slot.hello.load(Ordering::Relaxed)))
+    }
+}
 
 /// A stream of verified connections from a TCP listener.
 ///
-/// Handshakes run concurrently on their own tasks (a slow or silent client
-/// holds up only itself, for at most the handshake timeout); refused ones are
-/// reported as events and never show up here. Dropping it stops accepting.
+/// Handshakes run concurrently on their own tasks; refused ones are reported
+/// as events and never show up here. Dropping it stops accepting.
+///
+/// A slow or silent peer holds up only itself: it must send a complete
+/// ClientHello within the hello timeout (3 s,
+/// [`client_hello_timeout`](crate::ServerTlsBuilder::client_hello_timeout))
+/// and finish within the handshake timeout (10 s). Handshakes in flight are
+/// bounded by [`max_pending_handshakes`](crate::ServerTlsBuilder::max_pending_handshakes)
+/// (8,192, a few KiB each); past it, and whenever the process runs out of
+/// file descriptors, the oldest pending handshake is shed (one whose peer has
+/// sent nothing first), so new connections are never refused for old ones.
 ///
 /// ```no_run
 /// # async fn run(server: meshtls::ServerTls) -> std::io::Result<()> {
@@ -382,26 +496,51 @@ impl Acceptor {
         let (tx, rx) = mpsc::channel(64);
         let local_addr = listener.local_addr();
         let acceptor = self.clone();
+        let max_pending = self.live.fixed.max_pending_handshakes.max(1);
         let task = tokio::spawn(async move {
-            let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES_IN_FLIGHT));
+            let pending = Arc::new(Pending::default());
+            let shed = |why: &str| {
+                if let Some((_, hello)) = pending.shed_oldest() {
+                    let detail = format!(
+                        "handshake shed ({why}): the oldest pending one{} made room",
+                        if hello { "" } else { ", silent so far," }
+                    );
+                    acceptor
+                        .live
+                        .observer
+                        .rejected(RejectReason::Timeout, detail);
+                    true
+                } else {
+                    false
+                }
+            };
             loop {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    return;
-                };
                 let (tcp, remote_addr) = match listener.accept().await {
                     Ok(accepted) => accepted,
                     Err(e) => {
-                        // Out of file descriptors and the like: back off, retry.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        // Out of file descriptors and the like: make room
+                        // by shedding the oldest pending handshake, back
+                        // off, and keep serving.
+                        let made_room = shed(&format!("accept failed: {e}"));
+                        tracing::warn!(error = %e, made_room, "accept failed");
+                        let pause = if made_room { 1 } else { 50 };
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
                         continue;
                     }
                 };
+                if pending.len() >= max_pending {
+                    shed(&format!("{max_pending} handshakes pending"));
+                }
+                let (slot, hello) = pending.add();
+                let id = slot.id;
                 let acceptor = acceptor.clone();
                 let sender = tx.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    if let Ok((inner, identity)) = acceptor.accept(tcp).await {
+                let handle = tokio::spawn(async move {
+                    let accepted = acceptor
+                        .accept_noting(tcp, || hello.store(true, Ordering::Relaxed))
+                        .await;
+                    drop(slot);
+                    if let Ok((inner, identity)) = accepted {
                         let info = PeerInfo {
                             identity,
                             remote_addr,
@@ -410,6 +549,7 @@ impl Acceptor {
                         let _ = sender.send(MtlsStream { inner, info }).await;
                     }
                 });
+                pending.set_abort(id, handle.abort_handle());
             }
         });
         Incoming {

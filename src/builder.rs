@@ -71,6 +71,8 @@ pub(crate) struct Settings {
     pub(crate) watch: WatchSettings,
     pub(crate) expiry_warning: f64,
     pub(crate) closing: Closing,
+    pub(crate) hello_timeout: Duration,
+    pub(crate) max_pending_handshakes: usize,
 }
 
 impl Default for Settings {
@@ -88,6 +90,8 @@ impl Default for Settings {
             watch: WatchSettings::default(),
             expiry_warning: 1.0 / 3.0,
             closing: Closing::default(),
+            hello_timeout: Duration::from_secs(3),
+            max_pending_handshakes: 8192,
         }
     }
 }
@@ -274,6 +278,8 @@ impl<Side> Builder<Side, Ready> {
             legacy_cn: self.settings.legacy_cn,
             expiry_warning: self.settings.expiry_warning,
             closing: self.settings.closing,
+            hello_timeout: self.settings.hello_timeout,
+            max_pending_handshakes: self.settings.max_pending_handshakes,
         }
     }
 }

@@ -229,9 +229,11 @@ impl Connector {
         })?;
         let started = Instant::now();
         let socket = Socket::of(&io, &self.live.fixed.closing);
+        let deadline = tokio::time::Instant::from_std(started + self.timeout);
         let stream = handshake(
             &self.live,
             self.timeout,
+            deadline,
             self.inner.connect(name.clone(), io),
         )
         .await?;

@@ -68,6 +68,11 @@ pub(crate) struct Fixed {
     pub(crate) expiry_warning: f64,
     /// What happens to live connections the policy stops admitting.
     pub(crate) closing: Closing,
+    /// Servers: how long a peer may take to send its whole ClientHello.
+    pub(crate) hello_timeout: std::time::Duration,
+    /// Servers: handshakes an `Incoming` keeps in flight before it sheds the
+    /// oldest.
+    pub(crate) max_pending_handshakes: usize,
 }
 
 impl Fixed {

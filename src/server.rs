@@ -2,6 +2,7 @@
 //! resolver, client verifier and session state inside its `ServerConfig`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -130,6 +131,28 @@ impl<State> Builder<Server, State> {
     /// Admits peers any of these rules match.
     pub fn allow_all_of(mut self, rules: impl IntoIterator<Item = Allow>) -> Self {
         self.settings.rules.extend(rules);
+        self
+    }
+
+    /// How long a client may take to send its complete ClientHello
+    /// (default 3 s; never longer than the handshake timeout). A peer that
+    /// connects and sends nothing, or dribbles its hello a byte at a time,
+    /// is dropped then, instead of holding a slot for the whole handshake
+    /// timeout.
+    pub fn client_hello_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.hello_timeout = timeout;
+        self
+    }
+
+    /// How many handshakes an [`Incoming`](crate::Incoming) (and so the axum
+    /// and tonic integrations) keeps in flight (default 8,192; at least 1).
+    /// Past it, the oldest pending handshake is shed to make room, one whose
+    /// peer has not sent a complete ClientHello first: a flood of silent
+    /// sockets costs its own slots, never a new client's. A pending
+    /// handshake costs a few KiB (BENCHMARKS.md); a ClientHello in progress
+    /// up to its size (at most 64 KiB, typically under 2 KiB).
+    pub fn max_pending_handshakes(mut self, max: usize) -> Self {
+        self.settings.max_pending_handshakes = max.max(1);
         self
     }
 }
