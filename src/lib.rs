@@ -103,6 +103,7 @@ mod observe;
 #[cfg(feature = "pkcs12")]
 mod pkcs12;
 mod policy;
+mod refusal;
 pub mod reload;
 mod revocation;
 mod server;
@@ -126,6 +127,7 @@ pub use live::ReloadOutcome;
 pub use material::RevocationScope;
 pub use observe::{CertFacts, Event, Stats};
 pub use policy::{NotAllowed, Policy};
+pub use refusal::{Refused, RefusedBy, refused};
 pub use server::{ServerTls, ServerTlsBuilder};
 pub use session::Resumption;
 pub use source::Source;

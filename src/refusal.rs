@@ -1,0 +1,171 @@
+//! Finding the typed refusal inside an error from any stack: reqwest, hyper,
+//! tonic and plain I/O errors bury the TLS alert or meshtls's own
+//! [`HandshakeError`] several `source()`s deep (and `std::io::Error` hides its
+//! inner error from `source()` altogether).
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use rustls::AlertDescription;
+
+use crate::error::{HandshakeError, RejectReason};
+use crate::judge::classify_tls;
+
+/// Who refused the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RefusedBy {
+    /// This side refused the peer (its certificate, identity or protocol).
+    Us,
+    /// The peer refused us, with a TLS alert: the reason then says what the
+    /// alert means about *our* certificate or identity.
+    Peer,
+}
+
+/// A refused handshake found in an error chain by [`refused`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Refused {
+    /// Why, as a class. When the peer refused, read it as said of our side:
+    /// `NotAllowed` means the peer's allow-list does not admit us, `Revoked`
+    /// that our certificate is revoked in the peer's CRL, `UnknownIssuer`
+    /// that the peer does not trust our CA.
+    pub reason: RejectReason,
+    /// Who refused.
+    pub by: RefusedBy,
+    /// The alert the peer sent, when it refused.
+    pub alert: Option<AlertDescription>,
+    /// The words of the innermost error that said it.
+    pub detail: String,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.by, self.alert) {
+            (RefusedBy::Peer, Some(alert)) => write!(
+                f,
+                "the peer refused us ({}, alert {alert:?}): {}",
+                self.reason, self.detail
+            ),
+            _ => write!(f, "we refused the peer ({}): {}", self.reason, self.detail),
+        }
+    }
+}
+
+/// What a fatal alert from the peer says about our side.
+fn alert_reason(alert: AlertDescription) -> RejectReason {
+    match alert {
+        AlertDescription::AccessDenied => RejectReason::NotAllowed,
+        AlertDescription::CertificateRevoked => RejectReason::Revoked,
+        AlertDescription::UnknownCA => RejectReason::UnknownIssuer,
+        AlertDescription::CertificateExpired => RejectReason::Expired,
+        AlertDescription::CertificateRequired => RejectReason::NoClientCertificate,
+        AlertDescription::ProtocolVersion => RejectReason::ProtocolVersion,
+        AlertDescription::HandshakeFailure | AlertDescription::InsufficientSecurity => {
+            RejectReason::NoCommonParameters
+        }
+        AlertDescription::BadCertificate | AlertDescription::DecryptError => {
+            RejectReason::BadCertificate
+        }
+        AlertDescription::UnsupportedCertificate => RejectReason::WrongUsage,
+        _ => RejectReason::RefusedByPeer,
+    }
+}
+
+/// The refusal behind `error`, if a TLS handshake was refused somewhere in
+/// its chain: by meshtls on this side (a [`HandshakeError`], a certificate
+/// our verifier refused), or by the peer (a fatal TLS alert).
+///
+/// Works on errors from reqwest, hyper, tonic (`tonic::Status` and
+/// `tonic::transport::Error`), tokio-rustls and meshtls itself. In TLS 1.3 a
+/// server refuses a client's certificate *after* the client's handshake is
+/// done, so a client sees the refusal on its first request, not on connect.
+///
+/// ```no_run
+/// # async fn call(client: reqwest::Client) {
+/// match client.get("https://billing.internal/").send().await {
+///     Ok(response) => println!("{}", response.status()),
+///     Err(e) => match meshtls::refused(&e) {
+///         Some(refused) => eprintln!("mTLS: {refused}"), // e.g. NotAllowed by the peer
+///         None => eprintln!("request failed: {e}"),
+///     },
+/// }
+/// # }
+/// ```
+#[must_use]
+pub fn refused(error: &(dyn StdError + 'static)) -> Option<Refused> {
+    let mut next = Some(error);
+    let mut words = None;
+    // Bounded: a chain that loops must not hang the caller.
+    for _ in 0..32 {
+        let Some(e) = next else {
+            break;
+        };
+        // A peer's alert or a broken connection: the specifics are deeper.
+        if let Some(h) = e.downcast_ref::<HandshakeError>()
+            && !matches!(h.reason(), RejectReason::RefusedByPeer | RejectReason::Io)
+        {
+            return Some(Refused {
+                reason: h.reason(),
+                by: RefusedBy::Us,
+                alert: None,
+                detail: h.detail().to_owned(),
+            });
+        }
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(match tls {
+                rustls::Error::AlertReceived(alert) => Refused {
+                    reason: alert_reason(*alert),
+                    by: RefusedBy::Peer,
+                    alert: Some(*alert),
+                    detail: tls.to_string(),
+                },
+                other => Refused {
+                    reason: classify_tls(other),
+                    by: RefusedBy::Us,
+                    alert: None,
+                    detail: other.to_string(),
+                },
+            });
+        }
+        words = words.or_else(|| alert_in_words(&e.to_string()));
+        // `io::Error::source()` skips the error it wraps: look inside.
+        next = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
+            None => e.source(),
+        };
+    }
+    // HTTP/2 (h2, so tonic) keeps an I/O error only as its kind and words:
+    // rustls's "received fatal alert: AccessDenied" is all that is left.
+    words
+}
+
+/// A peer's alert, from rustls's words for it.
+fn alert_in_words(text: &str) -> Option<Refused> {
+    const KNOWN: [AlertDescription; 12] = [
+        AlertDescription::AccessDenied,
+        AlertDescription::CertificateRevoked,
+        AlertDescription::UnknownCA,
+        AlertDescription::CertificateExpired,
+        AlertDescription::CertificateRequired,
+        AlertDescription::ProtocolVersion,
+        AlertDescription::HandshakeFailure,
+        AlertDescription::InsufficientSecurity,
+        AlertDescription::BadCertificate,
+        AlertDescription::DecryptError,
+        AlertDescription::UnsupportedCertificate,
+        AlertDescription::CertificateUnknown,
+    ];
+    let (_, name) = text.split_once("received fatal alert: ")?;
+    let name: String = name
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect();
+    let alert = KNOWN.into_iter().find(|a| format!("{a:?}") == name)?;
+    Some(Refused {
+        reason: alert_reason(alert),
+        by: RefusedBy::Peer,
+        alert: Some(alert),
+        detail: format!("received fatal alert: {name}"),
+    })
+}
