@@ -91,7 +91,6 @@ impl Acceptor {
     {
         let started = Instant::now();
         let deadline = tokio::time::Instant::from_std(started + self.timeout);
-        let socket = Socket::of(&io, &self.live.fixed.closing);
         // A peer that sends nothing, or its ClientHello a byte at a time,
         // holds its slot only this long.
         let hello_within = self.live.fixed.hello_timeout.min(self.timeout);
@@ -110,6 +109,9 @@ impl Acceptor {
         hello();
         let accept = start.into_stream(self.config.clone());
         let stream = handshake(&self.live, self.timeout, deadline, accept).await?;
+        // Only now a second descriptor (to close it if the policy changes):
+        // a flood of handshakes that never finish costs one each.
+        let socket = Socket::of(stream.get_ref().0, &self.live.fixed.closing);
         let conn = stream.get_ref().1;
         let (peer, guard) = admit(&self.live, conn, None, Some(socket))?;
         self.live.observer.handshake_time(

@@ -228,7 +228,6 @@ impl Connector {
             )
         })?;
         let started = Instant::now();
-        let socket = Socket::of(&io, &self.live.fixed.closing);
         let deadline = tokio::time::Instant::from_std(started + self.timeout);
         let stream = handshake(
             &self.live,
@@ -237,6 +236,7 @@ impl Connector {
             self.inner.connect(name.clone(), io),
         )
         .await?;
+        let socket = Socket::of(stream.get_ref().0, &self.live.fixed.closing);
         let conn = stream.get_ref().1;
         let (peer, guard) = admit(&self.live, conn, Some(&name), Some(socket))?;
         self.live.observer.handshake_time(
