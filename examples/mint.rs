@@ -58,7 +58,9 @@ fn hours(args: &cli::Args, default: u64) -> Result<Duration, String> {
 
 fn run() -> Result<String, String> {
     let args = cli::Args::parse(
-        &["dns", "revoke", "cn", "hours", "spiffe", "ca", "out"],
+        &[
+            "dns", "revoke", "cn", "hours", "spiffe", "ca", "out", "name",
+        ],
         &["server", "client"],
     )?;
     let command = args.positional.first().map(String::as_str);
