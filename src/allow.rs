@@ -243,6 +243,11 @@ fn parse_dns(text: &str) -> Result<Rule, RuleError> {
     if name.is_empty() {
         return Err(RuleError::Empty);
     }
+    // One trailing dot is the absolute form of the same name; a second is an
+    // empty label (and would make a rule that displays as another one).
+    if name.ends_with('.') {
+        return Err(dns_err("an empty label (two dots in a row)"));
+    }
     let (wildcard, base) = match name.strip_prefix("*.") {
         Some(base) => (true, base),
         None => (false, name.as_str()),
