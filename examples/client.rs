@@ -50,7 +50,7 @@ async fn run() -> Result<String, String> {
         .connector()
         .connect(&host, tcp)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| cli::explain(&e))?;
     eprintln!("connected to {server} (serial {})", server.serial());
 
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -68,8 +68,8 @@ async fn run() -> Result<String, String> {
         Ok(response) => response,
         Err(e) => {
             let why = match conn.await {
-                Ok(Err(conn_error)) => chain(&conn_error),
-                _ => chain(&e),
+                Ok(Err(conn_error)) => cli::explain(&conn_error),
+                _ => cli::explain(&e),
             };
             return Err(format!("the server refused the request: {why}"));
         }
@@ -87,15 +87,4 @@ async fn run() -> Result<String, String> {
     } else {
         Err(format!("HTTP {status}: {body}"))
     }
-}
-
-/// An error and its sources, on one line.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
-    parts.join(": ")
 }

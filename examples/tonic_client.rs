@@ -38,26 +38,9 @@ async fn run() -> Result<String, String> {
         .unwrap_or_else(|| "localhost".into());
     let channel = meshtls::tonic::channel(&client, endpoint, &server_name)
         .await
-        .map_err(|e| format!("cannot connect: {}", chain(&e)))?;
+        .map_err(|e| format!("cannot connect: {}", cli::explain(&e)))?;
     let name = args.optional("name").unwrap_or_else(|| "world".into());
-    greeter::say_hello(channel, &name).await.map_err(|status| {
-        format!(
-            "{}: {}",
-            status.message(),
-            std::error::Error::source(&status)
-                .map(chain)
-                .unwrap_or_default()
-        )
-    })
-}
-
-/// An error and its sources, on one line.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
-    parts.join(": ")
+    greeter::say_hello(channel, &name)
+        .await
+        .map_err(|status| cli::explain(&status))
 }

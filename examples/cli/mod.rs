@@ -191,3 +191,18 @@ pub fn log_events(mut events: tokio::sync::broadcast::Receiver<Event>) {
         }
     });
 }
+
+/// Why a call failed, in one line: meshtls's typed refusal when there is
+/// one in the chain (whoever refused), else the error and its sources.
+pub fn explain(e: &(dyn std::error::Error + 'static)) -> String {
+    if let Some(refused) = meshtls::refused(e) {
+        return format!("refused: {refused}");
+    }
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.join(": ")
+}
