@@ -72,6 +72,14 @@ pub fn peer<T>(request: &tonic::Request<T>) -> Option<&PeerIdentity> {
 /// Build the client with `.alpn_protocols([b"h2".to_vec()])` for servers
 /// that require ALPN (most non-Rust gRPC servers).
 ///
+/// **When a refusal shows.** If the server refuses *our* certificate (not
+/// on its allow-list, revoked, from a CA it does not trust), TLS 1.3 lets
+/// the client finish its handshake first: `channel()` succeeds, and the
+/// first RPC fails with `Status` `Unknown` "transport error". Pass that
+/// status to [`refused`](crate::refused) for the reason (`NotAllowed`,
+/// `Revoked`, ... with the peer's alert). If *we* refuse the server, the
+/// error comes from `channel()` itself (or the RPC that reconnects).
+///
 /// # Errors
 ///
 /// If the first connection fails.
