@@ -307,32 +307,45 @@ impl Socket {
     /// connections may be closed (none with `keep_live_connections`: no
     /// second descriptor then).
     pub(crate) fn of<IO: 'static>(io: &IO, closing: &Closing) -> Self {
-        Self(closing.enabled.then(|| duplicate(io)).flatten())
+        if !closing.enabled {
+            return Self(None);
+        }
+        match duplicate(io) {
+            Ok(socket) => Self(socket),
+            Err(e) => {
+                // Out of descriptors: the connection is served, judged
+                // again on policy changes, but cannot be closed by meshtls.
+                tracing::warn!(error = %e, "no descriptor left to track this connection for closing");
+                Self(None)
+            }
+        }
     }
 }
 
-fn duplicate<IO: 'static>(io: &IO) -> Option<std::net::TcpStream> {
-    let tcp = (io as &dyn std::any::Any).downcast_ref::<tokio::net::TcpStream>()?;
+/// A duplicate of a tokio `TcpStream`'s socket; `Ok(None)` for other
+/// transports (and platforms without descriptors to duplicate).
+fn duplicate<IO: 'static>(io: &IO) -> io::Result<Option<std::net::TcpStream>> {
+    let Some(tcp) = (io as &dyn std::any::Any).downcast_ref::<tokio::net::TcpStream>() else {
+        return Ok(None);
+    };
     #[cfg(unix)]
     {
         use std::os::fd::AsFd;
         tcp.as_fd()
             .try_clone_to_owned()
-            .ok()
-            .map(std::net::TcpStream::from)
+            .map(|fd| Some(std::net::TcpStream::from(fd)))
     }
     #[cfg(windows)]
     {
         use std::os::windows::io::AsSocket;
         tcp.as_socket()
             .try_clone_to_owned()
-            .ok()
-            .map(std::net::TcpStream::from)
+            .map(|s| Some(std::net::TcpStream::from(s)))
     }
     #[cfg(not(any(unix, windows)))]
     {
         let _ = tcp;
-        None
+        Ok(None)
     }
 }
 
