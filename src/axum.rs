@@ -55,12 +55,21 @@ pub struct MtlsListener {
 impl MtlsListener {
     /// Wraps a bound TCP listener; handshakes run on spawned tasks.
     ///
+    /// ALPN: a server built without [`alpn_protocols`](crate::Builder::alpn_protocols)
+    /// offers `h2` and `http/1.1` here (axum serves both), so curl, browsers
+    /// and gRPC-web clients get HTTP/2; a server built with a list keeps it.
+    ///
     /// # Panics
     ///
     /// Outside a tokio runtime (it spawns the accept loop).
     pub fn new(listener: TcpListener, server: &ServerTls) -> Self {
+        let acceptor = if server.config().alpn_protocols.is_empty() {
+            server.acceptor_with_alpn(vec![b"h2".to_vec(), b"http/1.1".to_vec()])
+        } else {
+            server.acceptor()
+        };
         Self {
-            incoming: server.acceptor().incoming(listener),
+            incoming: acceptor.incoming(listener),
         }
     }
 

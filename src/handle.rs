@@ -55,7 +55,29 @@ impl<S: Side> Mtls<S> {
         self.config.clone()
     }
 
-    /// Events: reloads, refused reloads, expiry warnings, refused peers.
+    /// Events: reloads, refused reloads, expiry warnings, refused peers,
+    /// live connections closed.
+    ///
+    /// A `tokio::sync::broadcast` receiver holding the last 256 events. A
+    /// subscriber that falls further behind does not block meshtls: its
+    /// next `recv()` returns `Err(RecvError::Lagged(n))`, saying `n` events
+    /// were lost, and the one after that the oldest event still held. Keep
+    /// reading after `Lagged` (a `while let Ok(..)` loop would stop for good);
+    /// the counters in [`stats`](Self::stats) never lose anything.
+    ///
+    /// ```no_run
+    /// # async fn log(server: meshtls::ServerTls) {
+    /// use tokio::sync::broadcast::error::RecvError;
+    /// let mut events = server.subscribe();
+    /// loop {
+    ///     match events.recv().await {
+    ///         Ok(event) => eprintln!("{event}"),
+    ///         Err(RecvError::Lagged(missed)) => eprintln!("{missed} events missed"),
+    ///         Err(RecvError::Closed) => break,
+    ///     }
+    /// }
+    /// # }
+    /// ```
     #[must_use]
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.live.observer.subscribe()

@@ -208,6 +208,18 @@ impl LeafInfo {
                 }
             }
         }
+        // Messages name a certificate by its subject: with none, by its SANs.
+        if with_subject && info.subject.is_empty() {
+            let names: Vec<String> = (info.uris.iter().cloned())
+                .chain(info.dns_names.iter().map(|n| format!("DNS:{n}")))
+                .take(4)
+                .collect();
+            info.subject = if names.is_empty() {
+                "(empty, and no SAN)".to_owned()
+            } else {
+                format!("(empty; SANs {})", names.join(", "))
+            };
+        }
         Ok(info)
     }
 

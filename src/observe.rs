@@ -23,6 +23,24 @@ pub struct CertFacts {
     pub not_after: SystemTime,
 }
 
+impl fmt::Display for CertFacts {
+    /// `CN=billing, serial 3a:..., valid 2026-12-01T00:00:00Z to 2026-12-02T00:00:00Z`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let subject = if self.subject.is_empty() {
+            "(no subject)"
+        } else {
+            &self.subject
+        };
+        write!(
+            f,
+            "{subject}, serial {}, valid {} to {}",
+            self.serial,
+            fmt_time(self.not_before),
+            fmt_time(self.not_after)
+        )
+    }
+}
+
 impl CertFacts {
     /// The moment after which less than `fraction` of the lifetime is left.
     pub(crate) fn warn_at(&self, fraction: f64) -> SystemTime {

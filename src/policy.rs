@@ -92,12 +92,28 @@ impl PatternTrie {
 /// A peer matched none of the rules.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-#[error("peer {peer} matches none of the {rules} allow rule(s)")]
+#[error("peer {peer} matches none of the {rules} allow rule(s): {}", tried_text(tried, *rules))]
 pub struct NotAllowed {
     /// The peer's names, for the log: SPIFFE ID, DNS SANs, CN.
     pub peer: String,
     /// How many rules were tried.
     pub rules: usize,
+    /// The first few rules tried, as text (at most [`NotAllowed::SHOWN`]).
+    pub tried: Vec<String>,
+}
+
+impl NotAllowed {
+    /// How many rules a refusal names; the rest are counted.
+    pub const SHOWN: usize = 3;
+}
+
+/// `a, b, c and 7 more`.
+fn tried_text(tried: &[String], rules: usize) -> String {
+    let mut text = tried.join(", ");
+    if rules > tried.len() {
+        text.push_str(&format!(" and {} more", rules - tried.len()));
+    }
+    text
 }
 
 /// The allow-list: a compiled set of [`Allow`] rules.
@@ -245,6 +261,12 @@ impl Policy {
             Err(NotAllowed {
                 peer: describe(peer),
                 rules: self.rules.len(),
+                tried: self
+                    .rules
+                    .iter()
+                    .take(NotAllowed::SHOWN)
+                    .map(ToString::to_string)
+                    .collect(),
             })
         }
     }

@@ -93,6 +93,15 @@ impl Mtls<Server> {
         )
     }
 
+    /// An acceptor offering `alpn` (for HTTP servers built without
+    /// `alpn_protocols`); the config is a copy sharing every live part.
+    #[cfg(feature = "axum")]
+    pub(crate) fn acceptor_with_alpn(&self, alpn: Vec<Vec<u8>>) -> Acceptor {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = alpn;
+        Acceptor::new(Arc::new(config), self.live.clone(), self.handshake_timeout)
+    }
+
     /// Replaces the allow-list. Sessions established under the old list can
     /// no longer be resumed; open connections of peers the new list refuses
     /// are closed after the grace period (unless built with

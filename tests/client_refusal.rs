@@ -147,7 +147,14 @@ async fn hyper_over_the_connector_refused_and_refusing() {
     let found = refused(&error).unwrap();
     assert_eq!(found.reason, RejectReason::NotAllowed);
     assert_eq!(found.by, RefusedBy::Us);
-    assert!(found.detail.contains("matches none of"), "{found}");
+    // The refusal names the rules it tried.
+    assert!(
+        found
+            .detail
+            .contains("matches none of the 1 allow rule(s): spiffe://"),
+        "{found}"
+    );
+    assert!(found.detail.contains("someone-else"), "{found}");
 }
 
 #[tokio::test]

@@ -400,3 +400,35 @@ async fn rejected_detail(events: &mut tokio::sync::broadcast::Receiver<Event>) -
         }
     }
 }
+
+#[test]
+fn certificate_facts_read_as_one_line_with_rfc3339_dates() {
+    let pki = Pki::new();
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_trust_domain(TD))
+        .build()
+        .unwrap();
+    let facts = server.certificate();
+    let text = facts.to_string();
+    assert!(text.contains(&format!("serial {}", facts.serial)), "{text}");
+    // `valid 2026-12-04T10:00:00Z to 2026-12-05T10:00:00Z`
+    let dates: Vec<&str> = text
+        .split(' ')
+        .filter(|w| w.ends_with('Z') && w.contains('T'))
+        .collect();
+    assert_eq!(dates.len(), 2, "{text}");
+    assert!(
+        dates
+            .iter()
+            .all(|d| d.len() == 20 && &d[4..5] == "-" && &d[13..14] == ":"),
+        "{text}"
+    );
+    // The test leaf has no subject: it is named by its SANs, never `""`.
+    assert!(
+        text.starts_with(&format!(
+            "(empty; SANs spiffe://{TD}/ns/billing/sa/api, DNS:localhost), serial"
+        )),
+        "{text}"
+    );
+}

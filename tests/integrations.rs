@@ -187,6 +187,27 @@ async fn hyper_over_the_meshtls_connector() {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (tls, server_id) = client.connector().connect("localhost", tcp).await.unwrap();
     assert_eq!(server_id.spiffe_id().unwrap().path(), "/ns/billing/sa/api");
+    // No ALPN asked for by this client: none chosen.
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+
+    // MtlsListener offers h2 and http/1.1 though the server set no ALPN.
+    for (offer, chosen) in [
+        (vec![b"h2".to_vec(), b"http/1.1".to_vec()], b"h2".as_slice()),
+        (vec![b"http/1.1".to_vec()], b"http/1.1".as_slice()),
+    ] {
+        let alpn_client = pki
+            .client(&id("web"))
+            .alpn_protocols(offer)
+            .build()
+            .unwrap();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (alpn_tls, _) = alpn_client
+            .connector()
+            .connect("localhost", tcp)
+            .await
+            .unwrap();
+        assert_eq!(alpn_tls.get_ref().1.alpn_protocol(), Some(chosen));
+    }
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap();

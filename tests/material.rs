@@ -264,6 +264,11 @@ fn cases() -> Vec<Case> {
                 }
                 .naming(&cert)
                 .saying("extendedKeyUsage=clientAuth")
+                // No subject: the message names the certificate by its SAN.
+                .saying("subject (empty; SANs spiffe://td/x)")
+                // The right flag for each openssl command.
+                .saying("-addext \"extendedKeyUsage=clientAuth\"")
+                .saying("-extfile <(printf \"extendedKeyUsage=clientAuth\")")
             },
             expect: |e| {
                 matches!(
@@ -538,6 +543,13 @@ fn classic_openssl_cn_only_server_certificate() {
     assert!(
         err.to_string()
             .contains(r#"-addext "subjectAltName=DNS:billing.internal""#),
+        "{err}"
+    );
+    // The tutorial signs a request with `openssl x509 -req`, which takes
+    // `-extfile`, not `-addext`: the message gives both.
+    assert!(
+        err.to_string()
+            .contains(r#"-extfile <(printf "subjectAltName=DNS:billing.internal")"#),
         "{err}"
     );
 

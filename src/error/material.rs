@@ -241,7 +241,7 @@ pub enum MaterialError {
     },
     /// A server certificate with no subjectAltName: every TLS client ignores the CN.
     #[error(
-        "the server certificate in {origin} (subject {subject}) has no subjectAltName, and TLS clients match names only against SANs; reissue it with `-addext \"subjectAltName={suggestion}\"` (openssl req/x509)"
+        "the server certificate in {origin} (subject {subject}) has no subjectAltName, and TLS clients match names only against SANs; reissue it with `-addext \"subjectAltName={suggestion}\"` (openssl req, or openssl x509 -new), or when signing a request with `openssl x509 -req`, with `-extfile <(printf \"subjectAltName={suggestion}\")`"
     )]
     NoSubjectAltName {
         /// The file.
@@ -253,7 +253,7 @@ pub enum MaterialError {
     },
     /// The certificate's extendedKeyUsage excludes the use meshtls needs.
     #[error(
-        "the certificate in {origin} (subject {subject}) has an extendedKeyUsage without {usage}, so peers will refuse it; reissue it with `-addext \"extendedKeyUsage={usage}\"` (or drop the extension)"
+        "the certificate in {origin} (subject {subject}) has an extendedKeyUsage without {usage}, so peers will refuse it; reissue it with `-addext \"extendedKeyUsage={usage}\"` (openssl req, or openssl x509 -new), or when signing a request with `openssl x509 -req`, with `-extfile <(printf \"extendedKeyUsage={usage}\")` (or drop the extension)"
     )]
     WrongUsage {
         /// The file.
