@@ -25,22 +25,48 @@
 //! too). Both need the router served with connect info, which [`serve`] does;
 //! with `axum::serve` directly, use
 //! `router.into_make_service_with_connect_info::<PeerInfo>()`.
+//!
+//! # Authorization per route
+//!
+//! The listener's allow-list says who may connect at all; [`RequirePeer`]
+//! says who may call a route, with the same rules (`Allow` values or their
+//! text). Others get `403 Forbidden` naming them, and the refusal is logged.
+//!
+//! ```no_run
+//! use axum::{Router, routing::{get, post}};
+//! use meshtls::Allow;
+//! use meshtls::axum::RequirePeer;
+//!
+//! # fn app() -> Result<Router, meshtls::error::RuleError> {
+//! let admins = RequirePeer::new([Allow::spiffe_pattern("spiffe://prod.example/ns/ops/**")])?;
+//! let app = Router::new()
+//!     .route("/admin/reload", post(|| async { "reloaded" }).route_layer(admins))
+//!     .route("/healthz", get(|| async { "ok" }));
+//! # Ok(app)
+//! # }
+//! ```
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::extract::FromRequestParts;
 use axum::extract::connect_info::{ConnectInfo, Connected, IntoMakeServiceWithConnectInfo};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{Request, StatusCode};
 use axum::middleware::AddExtension;
 use axum::response::{IntoResponse, Response};
 use axum::serve::{IncomingStream, Listener, Serve};
 use tokio::net::{TcpListener, ToSocketAddrs};
 
 use crate::accept::{Incoming, MtlsStream, PeerInfo};
+use crate::allow::Allow;
+use crate::error::RuleError;
 use crate::identity::PeerIdentity;
+use crate::policy::Policy;
 use crate::server::ServerTls;
 
 /// An axum [`Listener`] that yields only verified mTLS connections.
@@ -150,5 +176,97 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerIdentity {
             .get::<ConnectInfo<PeerInfo>>()
             .map(|ConnectInfo(info)| info.identity.clone())
             .ok_or(NoPeerIdentity)
+    }
+}
+
+/// A layer that lets a route (or a whole router) be called only by peers
+/// its rules admit: `403 Forbidden` for others, naming them (never the
+/// rules), with the refusal on `tracing`. Apply it with
+/// `.route_layer(..)` on a `MethodRouter` or `Router`.
+#[derive(Clone)]
+pub struct RequirePeer {
+    policy: Arc<Policy>,
+}
+
+impl std::fmt::Debug for RequirePeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequirePeer")
+            .field("rules", &self.policy.rules().len())
+            .finish()
+    }
+}
+
+impl RequirePeer {
+    /// Admits peers any of `rules` match (CN rules are refused, as in
+    /// [`Policy::new`]).
+    ///
+    /// # Errors
+    ///
+    /// The first malformed rule.
+    pub fn new(rules: impl IntoIterator<Item = Allow>) -> Result<Self, RuleError> {
+        Ok(Self::from_policy(Policy::new(rules)?))
+    }
+
+    /// Admits the peers `policy` admits.
+    #[must_use]
+    pub fn from_policy(policy: Policy) -> Self {
+        Self {
+            policy: Arc::new(policy),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for RequirePeer {
+    type Service = RequirePeerService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequirePeerService {
+            inner,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// The service [`RequirePeer`] wraps around a route.
+#[derive(Clone, Debug)]
+pub struct RequirePeerService<S> {
+    inner: S,
+    policy: Arc<Policy>,
+}
+
+/// What a refused request gets.
+fn forbidden(text: String) -> Response {
+    (StatusCode::FORBIDDEN, text).into_response()
+}
+
+impl<S, B> tower::Service<Request<B>> for RequirePeerService<S>
+where
+    S: tower::Service<Request<B>, Response = Response>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let verdict = match request.extensions().get::<ConnectInfo<PeerInfo>>() {
+            Some(ConnectInfo(info)) => self.policy.check(&info.identity).map_err(|refusal| {
+                tracing::warn!(path = %request.uri().path(), %refusal, "route refused");
+                forbidden(format!(
+                    "forbidden: {} may not call this route\n",
+                    refusal.peer
+                ))
+            }),
+            None => Err(NoPeerIdentity.into_response()),
+        };
+        match verdict {
+            Ok(()) => Box::pin(self.inner.call(request)),
+            Err(response) => Box::pin(std::future::ready(Ok(response))),
+        }
     }
 }

@@ -24,6 +24,23 @@
 //! ```
 //!
 //! In a handler, [`peer`] reads the caller's identity from the request.
+//!
+//! # Authorization per service
+//!
+//! The listener's allow-list says who may connect; [`RequirePeer`], an
+//! interceptor, says who may call a service, with the same rules. Others
+//! get `PermissionDenied` naming them:
+//!
+//! ```no_run
+//! # fn wrap<S>(svc: S) -> Result<(), meshtls::error::RuleError> {
+//! use meshtls::Allow;
+//! use meshtls::tonic::RequirePeer;
+//! let admins = RequirePeer::new([Allow::spiffe_id("spiffe://prod.example/ns/ops/sa/admin")])?;
+//! let guarded = tonic::service::interceptor::InterceptedService::new(svc, admins);
+//! # let _ = guarded;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::io;
 use std::pin::Pin;
@@ -35,8 +52,11 @@ use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::accept::{Incoming, MtlsStream, PeerInfo};
+use crate::allow::Allow;
 use crate::client::ClientTls;
+use crate::error::RuleError;
 use crate::identity::PeerIdentity;
+use crate::policy::Policy;
 
 impl Connected for MtlsStream {
     type ConnectInfo = PeerInfo;
@@ -104,4 +124,61 @@ pub async fn channel(
             }
         }))
         .await
+}
+
+/// An interceptor that lets only peers its rules admit call the service it
+/// wraps (`InterceptedService::new(svc, require)`, or `Server::layer` with
+/// `tonic::service::InterceptorLayer` for every service): others get
+/// `PermissionDenied` naming them (never the rules), with the refusal on
+/// `tracing`.
+#[derive(Clone)]
+pub struct RequirePeer {
+    policy: std::sync::Arc<Policy>,
+}
+
+impl std::fmt::Debug for RequirePeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequirePeer")
+            .field("rules", &self.policy.rules().len())
+            .finish()
+    }
+}
+
+impl RequirePeer {
+    /// Admits peers any of `rules` match.
+    ///
+    /// # Errors
+    ///
+    /// The first malformed rule.
+    pub fn new(rules: impl IntoIterator<Item = Allow>) -> Result<Self, RuleError> {
+        Ok(Self::from_policy(Policy::new(rules)?))
+    }
+
+    /// Admits the peers `policy` admits.
+    #[must_use]
+    pub fn from_policy(policy: Policy) -> Self {
+        Self {
+            policy: std::sync::Arc::new(policy),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for RequirePeer {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let Some(identity) = peer(&request) else {
+            return Err(tonic::Status::permission_denied(
+                "no mTLS peer identity on this request (serve with meshtls's Incoming)",
+            ));
+        };
+        match self.policy.check(identity) {
+            Ok(()) => Ok(request),
+            Err(refusal) => {
+                tracing::warn!(%refusal, "call refused");
+                Err(tonic::Status::permission_denied(format!(
+                    "{} may not call this service",
+                    refusal.peer
+                )))
+            }
+        }
+    }
 }

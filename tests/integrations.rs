@@ -36,17 +36,11 @@ async fn start_axum(server: &ServerTls) -> SocketAddr {
         .await
         .unwrap();
     let addr = axum::serve::Listener::local_addr(&listener).unwrap();
-    let app = Router::new().route("/whoami", get(whoami)).route(
-        "/admin",
-        get(|peer: PeerIdentity| async move {
-            // A finer, per-route decision on the identity meshtls verified.
-            let admins = meshtls::Policy::new([Allow::spiffe_id(&id("ops"))]).unwrap();
-            match admins.check(&peer) {
-                Ok(()) => (axum::http::StatusCode::OK, "welcome"),
-                Err(_) => (axum::http::StatusCode::FORBIDDEN, "admins only"),
-            }
-        }),
-    );
+    // A finer, per-route decision on the identity meshtls verified.
+    let admins = meshtls::axum::RequirePeer::new([Allow::spiffe_id(&id("ops"))]).unwrap();
+    let app = Router::new()
+        .route("/whoami", get(whoami))
+        .route("/admin", get(|| async { "welcome" }).route_layer(admins));
     tokio::spawn(async move { meshtls::axum::serve(listener, app).await.unwrap() });
     addr
 }
@@ -95,11 +89,10 @@ async fn axum_handlers_see_who_calls() {
     let (_, body) = get_json(&ops, addr, "/whoami").await.unwrap();
     assert!(body.contains(&id("ops")), "{body}");
 
-    // Two identities, two answers from the same handler.
-    assert_eq!(
-        get_json(&web, addr, "/admin").await.unwrap(),
-        (403, "admins only".into())
-    );
+    // Two identities, two answers from the same route.
+    let (status, body) = get_json(&web, addr, "/admin").await.unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("may not call this route"), "{body}");
     assert_eq!(
         get_json(&ops, addr, "/admin").await.unwrap(),
         (200, "welcome".into())

@@ -1,0 +1,132 @@
+//! Authorization per route (axum) and per service (tonic): two identities
+//! the listener admits, two routes or services, each outcome.
+
+mod common;
+#[path = "../examples/greeter/mod.rs"]
+mod greeter;
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::routing::get;
+use common::{Pki, TD};
+use meshtls::{Allow, ClientTls, ServerTls};
+use tonic::service::interceptor::InterceptedService;
+
+fn id(name: &str) -> String {
+    format!("spiffe://{TD}/ns/shop/sa/{name}")
+}
+
+fn server(pki: &Pki) -> ServerTls {
+    // Both identities may connect.
+    pki.server()
+        .allow(Allow::spiffe_trust_domain(TD))
+        .build()
+        .unwrap()
+}
+
+async fn get_status(client: &ClientTls, addr: SocketAddr, path: &str) -> (u16, String) {
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured((*client.config()).clone())
+        .resolve("localhost", addr)
+        .build()
+        .unwrap();
+    let response = http
+        .get(format!("https://localhost:{}{path}", addr.port()))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn axum_routes_admit_only_their_rules() {
+    let pki = Pki::new();
+    let server = server(&pki);
+    let admins = meshtls::axum::RequirePeer::new(["spiffe://prod.example/ns/shop/sa/admin"
+        .parse::<Allow>()
+        .unwrap()])
+    .unwrap();
+    let app = Router::new()
+        .route("/admin", get(|| async { "admin area" }).route_layer(admins))
+        .route("/public", get(|| async { "hello" }));
+    let listener = meshtls::axum::MtlsListener::bind("127.0.0.1:0", &server)
+        .await
+        .unwrap();
+    let addr = axum::serve::Listener::local_addr(&listener).unwrap();
+    tokio::spawn(async move { meshtls::axum::serve(listener, app).await.unwrap() });
+
+    let admin = pki.client(&id("admin")).build().unwrap();
+    let web = pki.client(&id("web")).build().unwrap();
+    assert_eq!(
+        get_status(&admin, addr, "/admin").await,
+        (200, "admin area".into())
+    );
+    assert_eq!(
+        get_status(&admin, addr, "/public").await,
+        (200, "hello".into())
+    );
+    assert_eq!(
+        get_status(&web, addr, "/public").await,
+        (200, "hello".into())
+    );
+    let (status, body) = get_status(&web, addr, "/admin").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains(&id("web")) && body.contains("may not call this route"),
+        "{body}"
+    );
+    // The rules are not told to the caller.
+    assert!(!body.contains("sa/admin"), "{body}");
+}
+
+#[tokio::test]
+async fn a_route_layer_outside_meshtls_refuses_rather_than_admits() {
+    // Served by plain axum (no mTLS, no connect info): the layer cannot
+    // know the caller, and must not let the request through.
+    let admins = meshtls::axum::RequirePeer::new([Allow::spiffe_id(&id("admin"))]).unwrap();
+    let app = Router::new().route("/admin", get(|| async { "admin area" }).route_layer(admins));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(b"GET /admin HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    assert!(!response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("no mTLS peer identity"), "{response}");
+}
+
+#[tokio::test]
+async fn tonic_services_admit_only_their_rules() {
+    let pki = Pki::new();
+    let server = server(&pki);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let only_web = meshtls::tonic::RequirePeer::new([Allow::spiffe_id(&id("web"))]).unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(InterceptedService::new(greeter::GreeterServer, only_web))
+            .serve_with_incoming(server.acceptor().incoming(listener)),
+    );
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+
+    let web = pki.client(&id("web")).build().unwrap();
+    let channel = meshtls::tonic::channel(&web, endpoint.clone(), "localhost")
+        .await
+        .unwrap();
+    let reply = greeter::say_hello(channel, "hi").await.unwrap();
+    assert!(reply.contains(&id("web")), "{reply}");
+
+    let other = pki.client(&id("other")).build().unwrap();
+    let channel = meshtls::tonic::channel(&other, endpoint, "localhost")
+        .await
+        .unwrap();
+    let status = greeter::say_hello(channel, "hi").await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains(&id("other")), "{status:?}");
+}
