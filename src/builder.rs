@@ -71,6 +71,8 @@ pub(crate) struct Settings {
     pub(crate) watch: WatchSettings,
     pub(crate) expiry_warning: f64,
     pub(crate) closing: Closing,
+    /// Roots per trust domain (SPIFFE federation), as given.
+    pub(crate) domain_roots: Vec<(String, Source)>,
     pub(crate) hello_timeout: Duration,
     pub(crate) max_pending_handshakes: usize,
 }
@@ -90,6 +92,7 @@ impl Default for Settings {
             watch: WatchSettings::default(),
             expiry_warning: 1.0 / 3.0,
             closing: Closing::default(),
+            domain_roots: Vec::new(),
             hello_timeout: Duration::from_secs(3),
             max_pending_handshakes: 8192,
         }
@@ -154,6 +157,15 @@ impl<S: Side> Builder<S, Ready> {
         policy: Policy,
         config: impl FnOnce(&Arc<Live>, Arc<CryptoProvider>, &Settings) -> Result<S::Config, Error>,
     ) -> Result<Mtls<S>, Error> {
+        for (given, _) in &self.settings.domain_roots {
+            if let Err(source) = given.parse::<crate::spiffe::TrustDomain>() {
+                return Err(crate::error::ConfigError::TrustDomain {
+                    given: given.clone(),
+                    source,
+                }
+                .into());
+            }
+        }
         let fixed = self.fixed(role, name_check);
         let provider = fixed.provider.clone();
         let live = Live::new(fixed, policy, Observer::new(role.name()))?;
@@ -243,6 +255,16 @@ impl<Side> Builder<Side, NeedsIdentity> {
 }
 
 impl<Side> Builder<Side, NeedsRoots> {
+    /// Roots for one trust domain only, and none flat (yet).
+    pub(crate) fn first_domain_roots(
+        self,
+        trust_domain: &str,
+        roots: Source,
+    ) -> Builder<Side, Ready> {
+        self.roots(Source::pem(NO_FLAT_ROOTS, Vec::new()))
+            .domain_roots(trust_domain, roots)
+    }
+
     pub(crate) fn roots(self, roots: Source) -> Builder<Side, Ready> {
         Builder {
             settings: self.settings,
@@ -256,12 +278,37 @@ impl<Side> Builder<Side, NeedsRoots> {
     }
 }
 
+/// The label of the empty flat bundle of a builder given roots per trust
+/// domain only.
+pub(crate) const NO_FLAT_ROOTS: &str = "(no flat roots: roots per trust domain only)";
+
 impl<Side> Builder<Side, Ready> {
+    /// Adds roots for one trust domain.
+    pub(crate) fn domain_roots(mut self, trust_domain: &str, roots: Source) -> Self {
+        self.settings
+            .domain_roots
+            .push((trust_domain.to_owned(), roots));
+        self
+    }
+
     fn sources(&self) -> Sources {
         Sources {
             cert: self.state.cert.clone(),
             key: self.state.key.clone(),
             roots: self.state.roots.clone(),
+            // Keyed by the trust domain's own form (`spiffe://td` is `td`);
+            // `finish` refused anything that is not one.
+            domain_roots: self
+                .settings
+                .domain_roots
+                .iter()
+                .map(|(given, source)| {
+                    let name = given
+                        .parse::<crate::spiffe::TrustDomain>()
+                        .map_or_else(|_| given.clone(), |td| td.to_string());
+                    (name, source.clone())
+                })
+                .collect(),
             crls: self.settings.crls.clone(),
         }
     }

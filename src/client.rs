@@ -125,6 +125,30 @@ impl Builder<Client, NeedsRoots> {
     }
 }
 
+impl Builder<Client, NeedsRoots> {
+    /// Roots (PEM file) for the servers of one SPIFFE trust domain only;
+    /// see [`ClientTlsBuilder::server_roots_for`] on a builder that has
+    /// roots already.
+    pub fn server_roots_for(
+        self,
+        trust_domain: &str,
+        path: impl Into<std::path::PathBuf>,
+    ) -> Builder<Client, Ready> {
+        self.first_domain_roots(trust_domain, Source::file(path))
+    }
+}
+
+impl Builder<Client, Ready> {
+    /// Roots (PEM file, reloaded like the others) for the servers of one
+    /// SPIFFE trust domain. Once any are given, a server whose SPIFFE ID is
+    /// in trust domain X must chain to X's roots only; a server of a trust
+    /// domain without roots is refused; flat roots serve servers without a
+    /// SPIFFE ID.
+    pub fn server_roots_for(self, trust_domain: &str, path: impl Into<std::path::PathBuf>) -> Self {
+        self.domain_roots(trust_domain, Source::file(path))
+    }
+}
+
 impl<State> Builder<Client, State> {
     /// Verify the server by identity: its chain must lead to the roots and
     /// one of these rules must match (typically a SPIFFE ID). May be called

@@ -117,6 +117,20 @@ impl Epoch {
             ..
         } = peer;
         let name = peer.judged_name(options);
+        if let Err(domain) = self.trust.anchors_for(end_entity) {
+            let who = PeerIdentity::from_leaf_der(end_entity)
+                .map(|p| describe(&p))
+                .unwrap_or_else(|_| "with an unreadable certificate".into());
+            return Err(Refusal {
+                reason: RejectReason::UnknownIssuer,
+                detail: format!(
+                    "peer {who}: trust domain {} has no roots here (roots are given per trust domain, for: {})",
+                    crate::error::untrusted(&domain),
+                    self.trust.domains().join(", ")
+                ),
+                alert: CertificateError::UnknownIssuer,
+            });
+        }
         if let Err(e) =
             self.trust
                 .verify(options.algs, end_entity, intermediates, now, options.usage)

@@ -61,6 +61,8 @@ pub(crate) struct Sources {
     pub(crate) cert: Source,
     pub(crate) key: Source,
     pub(crate) roots: Source,
+    /// Roots per SPIFFE trust domain (already checked to be one).
+    pub(crate) domain_roots: Vec<(String, Source)>,
     pub(crate) crls: Vec<Source>,
 }
 
@@ -69,6 +71,7 @@ impl Sources {
     pub(crate) fn files(&self) -> impl Iterator<Item = &std::path::Path> {
         [&self.cert, &self.key, &self.roots]
             .into_iter()
+            .chain(self.domain_roots.iter().map(|(_, s)| s))
             .chain(&self.crls)
             .filter_map(Source::path)
     }
@@ -78,6 +81,11 @@ impl Sources {
             cert: self.cert.read(MaterialKind::CertificateChain)?,
             key: self.key.read(MaterialKind::PrivateKey)?,
             roots: self.roots.read(MaterialKind::TrustRoots)?,
+            domain_roots: self
+                .domain_roots
+                .iter()
+                .map(|(_, s)| s.read(MaterialKind::TrustRoots))
+                .collect::<Result<_, _>>()?,
             crls: self
                 .crls
                 .iter()
@@ -93,13 +101,16 @@ pub(crate) struct Inputs {
     pub(crate) cert: Arc<[u8]>,
     pub(crate) key: Arc<[u8]>,
     pub(crate) roots: Arc<[u8]>,
+    pub(crate) domain_roots: Vec<Arc<[u8]>>,
     pub(crate) crls: Vec<Arc<[u8]>>,
 }
 
 impl Inputs {
     /// Whether the material that judges peers (roots, CRLs) is the same.
     pub(crate) fn same_trust(&self, other: &Self) -> bool {
-        self.roots == other.roots && self.crls == other.crls
+        self.roots == other.roots
+            && self.domain_roots == other.domain_roots
+            && self.crls == other.crls
     }
 }
 
@@ -119,6 +130,9 @@ pub enum RevocationScope {
 /// The trust side of a generation: who may sign peers, and what is revoked.
 pub(crate) struct Trust {
     anchors: Vec<TrustAnchor<'static>>,
+    /// Roots per SPIFFE trust domain; when any are given, a peer with a
+    /// SPIFFE ID chains only to its trust domain's.
+    domains: std::collections::HashMap<String, Vec<TrustAnchor<'static>>>,
     crls: Crls,
     scope: RevocationScope,
     pub(crate) roots: Vec<CertFacts>,
@@ -136,6 +150,10 @@ impl Trust {
         usage: KeyUsage,
     ) -> Result<(), webpki::Error> {
         let cert = EndEntityCert::try_from(end_entity)?;
+        let anchors = match self.anchors_for(end_entity) {
+            Ok(anchors) => anchors,
+            Err(_) => return Err(webpki::Error::UnknownIssuer),
+        };
         let crl_refs = if self.crls.is_empty() {
             Vec::new()
         } else {
@@ -155,16 +173,43 @@ impl Trust {
             // No CRLs configured.
             Err(_) => None,
         };
-        cert.verify_for_usage(
-            algs,
-            &self.anchors,
-            intermediates,
-            now,
-            usage,
-            revocation,
-            None,
-        )
-        .map(|_| ())
+        cert.verify_for_usage(algs, anchors, intermediates, now, usage, revocation, None)
+            .map(|_| ())
+    }
+
+    /// The roots a peer may chain to: its trust domain's when roots are
+    /// given per trust domain and it has a SPIFFE ID, else the flat ones.
+    /// `Err` names a trust domain that has no roots here. What the
+    /// certificate says is not trusted yet: it only picks the bundle, which
+    /// the chain must then verify against.
+    pub(crate) fn anchors_for(
+        &self,
+        end_entity: &CertificateDer<'_>,
+    ) -> Result<&[TrustAnchor<'static>], String> {
+        if self.domains.is_empty() {
+            return Ok(&self.anchors);
+        }
+        let Ok(leaf) = LeafInfo::parse(end_entity) else {
+            return Ok(&self.anchors);
+        };
+        let mut ids = leaf
+            .uris
+            .iter()
+            .filter_map(|u| u.parse::<crate::spiffe::SpiffeId>().ok());
+        match ids.next() {
+            None => Ok(&self.anchors),
+            Some(id) => match self.domains.get(id.trust_domain()) {
+                Some(anchors) => Ok(anchors),
+                None => Err(id.trust_domain().to_owned()),
+            },
+        }
+    }
+
+    /// The trust domains that have roots of their own.
+    pub(crate) fn domains(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.domains.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
     }
 
     /// The earliest moment after `now` at which a CRL goes stale.
@@ -383,14 +428,64 @@ fn load_trust(
     now: SystemTime,
 ) -> Result<Trust, Error> {
     let roots_origin = sources.roots.origin();
-    let roots_der = sources
-        .roots
-        .certificates(&inputs.roots, MaterialKind::TrustRoots)?;
+    let mut issuers: Vec<CertificateDer<'static>> = own_intermediates.to_vec();
+    let mut roots = Vec::new();
+    // A builder given roots per trust domain only has an empty flat bundle.
+    let flat_empty = inputs.roots.is_empty() && !sources.domain_roots.is_empty();
+    let anchors = if flat_empty {
+        Vec::new()
+    } else {
+        let der = sources
+            .roots
+            .certificates(&inputs.roots, MaterialKind::TrustRoots)?;
+        let anchors = parse_roots(&roots_origin, &der, &mut roots, now)?;
+        issuers.extend(der);
+        anchors
+    };
+    let mut domains = std::collections::HashMap::new();
+    for ((td, source), bytes) in sources.domain_roots.iter().zip(&inputs.domain_roots) {
+        let origin = source.origin();
+        let der = source.certificates(bytes, MaterialKind::TrustRoots)?;
+        let anchors = parse_roots(&origin, &der, &mut roots, now)?;
+        issuers.extend(der);
+        domains
+            .entry(td.clone())
+            .or_insert_with(Vec::new)
+            .extend(anchors);
+    }
+
+    let mut read = Vec::with_capacity(sources.crls.len());
+    for (src, bytes) in sources.crls.iter().zip(&inputs.crls) {
+        read.push((src.origin(), src.crls(bytes)?));
+    }
+    let inputs = read.iter().flat_map(|(origin, ders)| {
+        ders.iter()
+            .enumerate()
+            .map(move |(index, der)| CrlInput { origin, index, der })
+    });
+    // A CRL may come from a root (of any bundle), or from an intermediate CA
+    // that the service's own chain carries (the same PKI signs both sides).
+    let crls = Crls::load(&issuers, inputs, &roots_origin, algs, now)?;
+    Ok(Trust {
+        anchors,
+        domains,
+        crls,
+        scope,
+        roots,
+    })
+}
+
+/// Checks and converts one bundle of roots, adding their facts to `facts`.
+fn parse_roots(
+    origin: &Origin,
+    roots_der: &[CertificateDer<'static>],
+    facts: &mut Vec<CertFacts>,
+    now: SystemTime,
+) -> Result<Vec<TrustAnchor<'static>>, Error> {
     let mut anchors = Vec::with_capacity(roots_der.len());
-    let mut roots = Vec::with_capacity(roots_der.len());
     for (index, der) in roots_der.iter().enumerate() {
         let bad = |detail: String| MaterialError::BadTrustRoot {
-            origin: roots_origin.clone(),
+            origin: origin.clone(),
             index,
             detail,
         };
@@ -406,7 +501,7 @@ fn load_trust(
         };
         if let Some(why) = why {
             return Err(MaterialError::NotACa {
-                origin: roots_origin.clone(),
+                origin: origin.clone(),
                 index,
                 subject: info.subject,
                 issuer: info.issuer,
@@ -416,33 +511,13 @@ fn load_trust(
         }
         if now > info.not_after {
             tracing::warn!(
-                roots = %roots_origin,
+                roots = %origin,
                 subject = %info.subject,
                 "a trust root has expired; chains to it will be refused"
             );
         }
-        roots.push(info.facts());
+        facts.push(info.facts());
         anchors.push(anchor.to_owned());
     }
-
-    let mut read = Vec::with_capacity(sources.crls.len());
-    for (src, bytes) in sources.crls.iter().zip(&inputs.crls) {
-        read.push((src.origin(), src.crls(bytes)?));
-    }
-    let inputs = read.iter().flat_map(|(origin, ders)| {
-        ders.iter()
-            .enumerate()
-            .map(move |(index, der)| CrlInput { origin, index, der })
-    });
-    // A CRL may come from a root, or from an intermediate CA that the
-    // service's own chain carries (the same PKI signs both sides).
-    let issuers: Vec<CertificateDer<'_>> =
-        roots_der.iter().chain(own_intermediates).cloned().collect();
-    let crls = Crls::load(&issuers, inputs, &roots_origin, algs, now)?;
-    Ok(Trust {
-        anchors,
-        crls,
-        scope,
-        roots,
-    })
+    Ok(anchors)
 }

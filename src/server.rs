@@ -128,6 +128,44 @@ impl Builder<Server, NeedsRoots> {
     pub fn client_roots(self, roots: Source) -> Builder<Server, Ready> {
         self.roots(roots)
     }
+
+    /// Roots (PEM file) for the clients of one SPIFFE trust domain only, as
+    /// go-spiffe's bundle sets do; see [`ServerTlsBuilder::client_roots_for`]
+    /// on a builder that has roots already.
+    pub fn client_roots_for(
+        self,
+        trust_domain: &str,
+        path: impl Into<std::path::PathBuf>,
+    ) -> Builder<Server, Ready> {
+        self.first_domain_roots(trust_domain, Source::file(path))
+    }
+}
+
+impl Builder<Server, Ready> {
+    /// Roots (PEM file, reloaded like the others) for the clients of one
+    /// SPIFFE trust domain (federation). Once any are given, a client whose
+    /// SPIFFE ID is in trust domain X must chain to X's roots, and to no
+    /// other bundle; a client of a trust domain without roots here is
+    /// refused (`UnknownIssuer`, saying so). Flat roots
+    /// ([`client_roots_file`](Self::client_roots_file)) then serve clients
+    /// without a SPIFFE ID only. Without this call, flat roots serve
+    /// everyone, as before.
+    ///
+    /// ```no_run
+    /// # fn f() -> Result<(), meshtls::Error> {
+    /// use meshtls::{Allow, ServerTls};
+    /// let server = ServerTls::builder()
+    ///     .identity_files("tls/tls.crt", "tls/tls.key")
+    ///     .client_roots_for("prod.example", "bundles/prod.pem")
+    ///     .client_roots_for("partner.example", "bundles/partner.pem")
+    ///     .allow(Allow::spiffe_trust_domain("prod.example"))
+    ///     .allow(Allow::spiffe_id("spiffe://partner.example/billing"))
+    ///     .watch()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn client_roots_for(self, trust_domain: &str, path: impl Into<std::path::PathBuf>) -> Self {
+        self.domain_roots(trust_domain, Source::file(path))
+    }
 }
 
 impl<State> Builder<Server, State> {

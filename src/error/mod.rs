@@ -99,6 +99,16 @@ pub enum ConfigError {
         "this client verifies the dialled name; build it with `expect_server()` to use identity rules"
     )]
     NotBuiltWithRules,
+    /// Roots were given for something that is not a trust domain.
+    #[error(
+        "roots for {given:?}: not a trust domain ({source}); give it as `prod.example` (or `spiffe://prod.example`, no path)"
+    )]
+    TrustDomain {
+        /// What was given.
+        given: String,
+        /// Why it is not one.
+        source: SpiffeIdError,
+    },
 }
 
 /// Text taken from a certificate that may not have been verified, made safe

@@ -1,0 +1,211 @@
+//! Roots per trust domain (SPIFFE federation): a CA of trust domain A
+//! cannot mint identities for trust domain B, a peer of a trust domain
+//! without roots is refused saying so, bundles reload, flat roots keep
+//! working as before.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Pki, replace, serve};
+use meshtls::dev::DevCa;
+use meshtls::error::ConfigError;
+use meshtls::{Allow, ClientTls, Error, RejectReason, ServerTls};
+
+const A: &str = "td-a.example";
+const B: &str = "td-b.example";
+
+struct Federation {
+    pki: Pki,
+    b: DevCa,
+}
+
+impl Federation {
+    fn new() -> Self {
+        Self {
+            pki: Pki::named("trust domain A root"),
+            b: DevCa::new("trust domain B root").unwrap(),
+        }
+    }
+
+    fn client(&self, ca: &DevCa, id: &str) -> ClientTls {
+        let cert = ca.leaf().spiffe(id).client().issue().unwrap();
+        self.pki.client_with(&cert).build().unwrap()
+    }
+
+    fn server(&self) -> meshtls::ServerTlsBuilder<meshtls::Ready> {
+        let (cert, key) = self.pki.write_cert("server", &self.pki.server_cert());
+        let a = self.pki.write("a.pem", self.pki.ca.cert_pem());
+        let b = self.pki.write("b.pem", self.b.cert_pem());
+        ServerTls::builder()
+            .identity_files(cert, key)
+            .client_roots_for(A, a)
+            .client_roots_for(B, b)
+            .allow(Allow::spiffe_trust_domain(A))
+            .allow(Allow::spiffe_trust_domain(B))
+            .allow(Allow::spiffe_trust_domain("td-c.example"))
+    }
+}
+
+#[tokio::test]
+async fn a_ca_of_one_trust_domain_cannot_mint_for_another() {
+    let f = Federation::new();
+    let server = f.server().build().unwrap();
+    let mut running = serve(&server).await;
+
+    let alice = f.client(&f.pki.ca, &format!("spiffe://{A}/ns/app/sa/alice"));
+    let bob = f.client(&f.b, &format!("spiffe://{B}/ns/app/sa/bob"));
+    running.assert_admitted(&alice).await;
+    running.assert_admitted(&bob).await;
+
+    // A's CA mints an identity of B: refused, though A's CA is trusted.
+    let forged = f.client(&f.pki.ca, &format!("spiffe://{B}/ns/app/sa/bob"));
+    let refusal = running
+        .assert_refused(&forged, "UnknownCA", RejectReason::UnknownIssuer)
+        .await;
+    assert!(
+        refusal.to_string().contains("no chain to a trusted root"),
+        "{refusal}"
+    );
+
+    // A trust domain with no roots here: refused, saying which.
+    let carol = f.client(&f.pki.ca, "spiffe://td-c.example/ns/app/sa/carol");
+    let refusal = running
+        .assert_refused(&carol, "UnknownCA", RejectReason::UnknownIssuer)
+        .await;
+    let text = refusal.to_string();
+    assert!(
+        text.contains("trust domain td-c.example has no roots here")
+            && text.contains("td-a.example, td-b.example"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn with_one_flat_bundle_the_forgery_goes_through() {
+    // The hole the feature closes, shown with the flat bundle of old.
+    let f = Federation::new();
+    let (cert, key) = f.pki.write_cert("server", &f.pki.server_cert());
+    let both = f.pki.write(
+        "both.pem",
+        format!("{}{}", f.pki.ca.cert_pem(), f.b.cert_pem()),
+    );
+    let server = ServerTls::builder()
+        .identity_files(cert, key)
+        .client_roots_file(both)
+        .allow(Allow::spiffe_trust_domain(B))
+        .build()
+        .unwrap();
+    let mut running = serve(&server).await;
+    let forged = f.client(&f.pki.ca, &format!("spiffe://{B}/ns/app/sa/bob"));
+    running.assert_admitted(&forged).await;
+}
+
+#[tokio::test]
+async fn a_trust_domains_bundle_reloads_on_its_own() {
+    let f = Federation::new();
+    let server = f
+        .server()
+        .debounce(Duration::from_millis(50))
+        .watch()
+        .unwrap();
+    let mut running = serve(&server).await;
+    let bob = f.client(&f.b, &format!("spiffe://{B}/ns/app/sa/bob"));
+    running.assert_admitted(&bob).await;
+
+    // B rotates to a new root; the old one is dropped.
+    let b2 = DevCa::new("trust domain B root, rotated").unwrap();
+    replace(&f.pki.path("b.pem"), b2.cert_pem());
+    let bob2 = f.client(&b2, &format!("spiffe://{B}/ns/app/sa/bob"));
+    for _ in 0..100 {
+        if server.generation() > 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.generation(), 2, "the bundle of {B} was not reloaded");
+    running
+        .assert_refused(&bob, "UnknownCA", RejectReason::UnknownIssuer)
+        .await;
+    running.assert_admitted(&bob2).await;
+    // A's clients are untouched.
+    let alice = f.client(&f.pki.ca, &format!("spiffe://{A}/ns/app/sa/alice"));
+    running.assert_admitted(&alice).await;
+}
+
+#[tokio::test]
+async fn a_trust_domain_is_given_bare_or_as_spiffe_td_and_nothing_else() {
+    let f = Federation::new();
+    let (cert, key) = f.pki.write_cert("server", &f.pki.server_cert());
+    let build = |td: &str| {
+        ServerTls::builder()
+            .identity_files(&cert, &key)
+            .client_roots_for(td, f.pki.ca_file())
+            .allow(Allow::spiffe_trust_domain(A))
+            .build()
+    };
+    for bad in ["spiffe://td-a.example/ns", "td a.example", ""] {
+        let err = build(bad).unwrap_err();
+        assert!(
+            matches!(err, Error::Config(ConfigError::TrustDomain { .. })),
+            "{bad:?}: {err}"
+        );
+        assert!(
+            err.to_string().contains("give it as `prod.example`"),
+            "{err}"
+        );
+    }
+    // `spiffe://td-a.example` names the same trust domain as `td-a.example`.
+    let server = build("spiffe://td-a.example").unwrap();
+    let mut running = serve(&server).await;
+    let alice = f.client(&f.pki.ca, &format!("spiffe://{A}/ns/app/sa/alice"));
+    running.assert_admitted(&alice).await;
+}
+
+#[tokio::test]
+async fn a_client_checks_servers_against_their_trust_domains_roots() {
+    let f = Federation::new();
+    // A server of trust domain B whose certificate A's CA signed.
+    let forged_server = f
+        .pki
+        .ca
+        .leaf()
+        .spiffe(&format!("spiffe://{B}/ns/app/sa/api"))
+        .dns("localhost")
+        .server()
+        .issue()
+        .unwrap();
+    let (cert, key) = f.pki.write_cert("forged-server", &forged_server);
+    let server = ServerTls::builder()
+        .identity_files(cert, key)
+        .client_roots_file(f.pki.ca_file())
+        .allow(Allow::spiffe_trust_domain(A))
+        .build()
+        .unwrap();
+    let running = serve(&server).await;
+
+    let client_cert = f
+        .pki
+        .ca
+        .leaf()
+        .spiffe(&format!("spiffe://{A}/ns/app/sa/alice"))
+        .client()
+        .issue()
+        .unwrap();
+    let (c, k) = f.pki.write_cert("alice", &client_cert);
+    let a = f.pki.write("a.pem", f.pki.ca.cert_pem());
+    let b = f.pki.write("b.pem", f.b.cert_pem());
+    let client = ClientTls::builder()
+        .identity_files(c, k)
+        .server_roots_for(A, a)
+        .server_roots_for(B, b)
+        .expect_server(Allow::spiffe_trust_domain(B))
+        .build()
+        .unwrap();
+    let seen = common::call(&client, running.addr, "localhost").await;
+    assert_eq!(
+        seen.handshake().reason(),
+        RejectReason::UnknownIssuer,
+        "{seen:?}"
+    );
+}
