@@ -355,6 +355,31 @@ async fn curl_calls_an_axum_service() {
     };
     let (ok, out) = peer("curl", common(true), "").await;
     assert!(ok && out.trim() == client_id(), "{out}");
+    // HTTP/2 is offered by default now: curl speaks it.
+    let mut h2 = common(true);
+    h2.splice(
+        0..0,
+        ["--write-out".to_owned(), " http/%{http_version}".to_owned()],
+    );
+    let (ok, out) = peer("curl", h2, "").await;
+    assert!(ok && out.trim().ends_with("http/2"), "{out}");
+
+    // No certificate: refused. Over HTTP/2 curl reports the broken
+    // connection ((55)/(56)) rather than the alert; the server says why.
+    let mut events = server.subscribe();
     let (ok, out) = peer("curl", common(false), "").await;
-    assert!(!ok && out.contains("alert"), "{out}");
+    assert!(
+        !ok && (out.contains("alert") || out.contains("(55)") || out.contains("(56)")),
+        "{out}"
+    );
+    let reason = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            if let Ok(meshtls::Event::Rejected { reason, .. }) = events.recv().await {
+                return reason;
+            }
+        }
+    })
+    .await
+    .expect("the server did not report the refusal");
+    assert_eq!(reason, RejectReason::NoClientCertificate);
 }
