@@ -25,6 +25,58 @@
 //!
 //! In a handler, [`peer`] reads the caller's identity from the request.
 //!
+//! # A complete service, from a `.proto`, without `protoc`
+//!
+//! `examples/tonic_server.rs` and `examples/tonic_client.rs` are a whole
+//! pair; this is what they are made of. The service code comes from a
+//! normal `.proto`, compiled in pure Rust by protox in a build script:
+//!
+//! ```rust,ignore
+//! // build.rs ([build-dependencies] protox = "0.9", tonic-prost-build = "0.14")
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let descriptors = protox::compile(["proto/greeter.proto"], ["proto"])?;
+//!     tonic_prost_build::configure().compile_fds(descriptors)?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The server implements the generated trait and reads the caller:
+//!
+//! ```rust,ignore
+//! pub mod proto { tonic::include_proto!("meshtls.example"); }
+//! use proto::greeter_server::{Greeter, GreeterServer};
+//! use proto::{HelloReply, HelloRequest};
+//!
+//! struct MyGreeter;
+//!
+//! #[tonic::async_trait]
+//! impl Greeter for MyGreeter {
+//!     async fn say_hello(&self, request: tonic::Request<HelloRequest>)
+//!         -> Result<tonic::Response<HelloReply>, tonic::Status> {
+//!         let caller = meshtls::tonic::peer(&request).map(|p| p.to_string()).unwrap_or_default();
+//!         Ok(tonic::Response::new(HelloReply { message: format!("hello {caller}") }))
+//!     }
+//! }
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:50051").await?;
+//! tonic::transport::Server::builder()
+//!     .add_service(GreeterServer::new(MyGreeter))
+//!     .serve_with_incoming(server.acceptor().incoming(listener))
+//!     .await?;
+//! ```
+//!
+//! The client connects through meshtls and uses the generated client:
+//!
+//! ```rust,ignore
+//! let endpoint = tonic::transport::Endpoint::from_static("http://127.0.0.1:50051");
+//! let channel = meshtls::tonic::channel(&client, endpoint, "localhost").await?;
+//! let reply = proto::greeter_client::GreeterClient::new(channel)
+//!     .say_hello(HelloRequest { name: "world".into() })
+//!     .await?;
+//! ```
+//!
+//! (Both marked `ignore` here: they need the build script's output.)
+//!
 //! # Authorization per service
 //!
 //! The listener's allow-list says who may connect; [`RequirePeer`], an

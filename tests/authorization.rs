@@ -110,7 +110,7 @@ async fn tonic_services_admit_only_their_rules() {
     let only_web = meshtls::tonic::RequirePeer::new([Allow::spiffe_id(&id("web"))]).unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(InterceptedService::new(greeter::GreeterServer, only_web))
+            .add_service(InterceptedService::new(greeter::server(), only_web))
             .serve_with_incoming(server.acceptor().incoming(listener)),
     );
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();

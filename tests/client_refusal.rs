@@ -170,7 +170,7 @@ async fn tonic_refused_with_the_reason() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(greeter::GreeterServer)
+            .add_service(greeter::server())
             .serve_with_incoming(server.acceptor().incoming(listener)),
     );
     let other = pki

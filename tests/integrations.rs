@@ -229,7 +229,7 @@ async fn tonic_handler_reads_the_caller_identity() {
     let incoming = server.acceptor().incoming(listener);
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(greeter::GreeterServer)
+            .add_service(greeter::server())
             .serve_with_incoming(incoming),
     );
 

@@ -224,7 +224,7 @@ async fn revoked_http1_keep_alive_and_grpc_channel_close_others_stay() {
     let grpc_addr = listener.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(greeter::GreeterServer)
+            .add_service(greeter::server())
             .serve_with_incoming(server.acceptor().incoming(listener)),
     );
 
