@@ -43,7 +43,7 @@ async fn run() -> Result<(), String> {
         listener.local_addr().map_err(|e| e.to_string())?
     );
     tonic::transport::Server::builder()
-        .add_service(greeter::GreeterServer)
+        .add_service(greeter::server())
         .serve_with_incoming(server.acceptor().incoming(listener))
         .await
         .map_err(|e| e.to_string())
