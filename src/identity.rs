@@ -66,6 +66,8 @@ pub enum IdentityError {
 #[derive(Debug)]
 pub(crate) struct LeafInfo {
     pub(crate) subject: String,
+    /// The X.509 version, as written (1 for v1, 3 for v3).
+    pub(crate) version: u32,
     pub(crate) common_name: Option<String>,
     pub(crate) serial: Vec<u8>,
     pub(crate) not_before: SystemTime,
@@ -141,6 +143,7 @@ impl LeafInfo {
             } else {
                 String::new()
             },
+            version: cert.version().0 + 1,
             self_issued: cert.subject().as_raw() == cert.issuer().as_raw(),
             common_name: cert
                 .subject()

@@ -339,6 +339,15 @@ fn check_leaf(
         }
         .into());
     }
+    if leaf.version < 3 {
+        return Err(MaterialError::NotVersion3 {
+            origin: origin.clone(),
+            version: leaf.version,
+            subject: leaf.subject,
+            usage: role.own_usage(),
+        }
+        .into());
+    }
     if let Some(eku) = leaf.eku {
         let ok = match role {
             Role::Server => eku.server_auth,

@@ -553,6 +553,26 @@ fn classic_openssl_cn_only_server_certificate() {
         "{err}"
     );
 
+    // The same certificate as a client's identity: OpenSSL 3.0's
+    // `x509 -req` without -extfile makes an X.509 v1 certificate, which no
+    // TLS 1.3 peer takes. Said as such (it used to read "the private key ...
+    // cannot be used: UnsupportedCertVersion").
+    let err = meshtls::ClientTls::builder()
+        .identity_files(pki.path("tut.crt"), pki.path("tut.key"))
+        .server_roots_file(pki.path("tut-ca.crt"))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Material(MaterialError::NotVersion3 { .. })),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("X.509 v1") && text.contains("tut.crt"),
+        "{text}"
+    );
+    assert!(text.contains("-extfile"), "{text}");
+
     // With the SAN the error suggests, the same recipe works.
     pki.write("tut-san.ext", "subjectAltName=DNS:billing.internal\n");
     openssl(

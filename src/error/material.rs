@@ -239,6 +239,21 @@ pub enum MaterialError {
         /// The certificate's subject.
         subject: String,
     },
+    /// An X.509 v1 (or v2) certificate: no extensions, which TLS 1.3 peers
+    /// refuse (what OpenSSL's `x509 -req` makes without `-extfile`).
+    #[error(
+        "the certificate in {origin} (subject {subject}) is X.509 v{version}: it carries no extensions (no subjectAltName, no usage), and peers refuse it; reissue it as v3 with its SAN and usage: `openssl x509 -req ... -extfile <(printf \"subjectAltName=DNS:your.name\\nextendedKeyUsage={usage}\")` (or `-addext` with openssl req)"
+    )]
+    NotVersion3 {
+        /// The file.
+        origin: Origin,
+        /// The certificate's subject.
+        subject: String,
+        /// The version it has.
+        version: u32,
+        /// The usage this side needs.
+        usage: Usage,
+    },
     /// A server certificate with no subjectAltName: every TLS client ignores the CN.
     #[error(
         "the server certificate in {origin} (subject {subject}) has no subjectAltName, and TLS clients match names only against SANs; reissue it with `-addext \"subjectAltName={suggestion}\"` (openssl req, or openssl x509 -new), or when signing a request with `openssl x509 -req`, with `-extfile <(printf \"subjectAltName={suggestion}\")`"
