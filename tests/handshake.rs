@@ -387,6 +387,15 @@ async fn resumption_works_and_is_rechecked() {
         stream.get_ref().1.handshake_kind(),
         Some(rustls::HandshakeKind::Resumed)
     );
+    assert!(running.expect_admitted().await.spiffe_id().is_some());
+
+    // Rechecked: off the list now, the client holding tickets is refused.
+    server
+        .set_allow_list([Allow::spiffe_id(&format!("spiffe://{TD}/ns/other/sa/x"))])
+        .unwrap();
+    running
+        .assert_refused(&client, "AccessDenied", RejectReason::NotAllowed)
+        .await;
 }
 
 async fn rejected_detail(events: &mut tokio::sync::broadcast::Receiver<Event>) -> String {
