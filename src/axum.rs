@@ -63,8 +63,6 @@ use axum::serve::{IncomingStream, Listener, Serve};
 use tokio::net::{TcpListener, ToSocketAddrs};
 
 use crate::accept::{Incoming, MtlsStream, PeerInfo};
-use crate::allow::Allow;
-use crate::error::RuleError;
 use crate::identity::PeerIdentity;
 use crate::policy::Policy;
 use crate::server::ServerTls;
@@ -179,42 +177,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerIdentity {
     }
 }
 
-/// A layer that lets a route (or a whole router) be called only by peers
-/// its rules admit: `403 Forbidden` for others, naming them (never the
-/// rules), with the refusal on `tracing`. Apply it with
-/// `.route_layer(..)` on a `MethodRouter` or `Router`.
-#[derive(Clone)]
-pub struct RequirePeer {
-    policy: Arc<Policy>,
-}
-
-impl std::fmt::Debug for RequirePeer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequirePeer")
-            .field("rules", &self.policy.rules().len())
-            .finish()
-    }
-}
-
-impl RequirePeer {
-    /// Admits peers any of `rules` match (CN rules are refused, as in
-    /// [`Policy::new`]).
-    ///
-    /// # Errors
-    ///
-    /// The first malformed rule.
-    pub fn new(rules: impl IntoIterator<Item = Allow>) -> Result<Self, RuleError> {
-        Ok(Self::from_policy(Policy::new(rules)?))
-    }
-
-    /// Admits the peers `policy` admits.
-    #[must_use]
-    pub fn from_policy(policy: Policy) -> Self {
-        Self {
-            policy: Arc::new(policy),
-        }
-    }
-}
+pub use crate::policy::RequirePeer;
 
 impl<S> tower::Layer<S> for RequirePeer {
     type Service = RequirePeerService<S>;

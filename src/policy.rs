@@ -116,6 +116,47 @@ fn tried_text(tried: &[String], rules: usize) -> String {
     text
 }
 
+/// Who may call one route or service: the same rules as the allow-list,
+/// applied after the handshake to the identity meshtls verified. A tower
+/// layer for axum routes ([`meshtls::axum`](crate::axum), 403) and a tonic
+/// interceptor ([`meshtls::tonic`](crate::tonic), `PermissionDenied`); a
+/// refusal names the caller, never the rules, and goes to `tracing`.
+#[cfg(any(feature = "axum", feature = "tonic"))]
+#[derive(Clone)]
+pub struct RequirePeer {
+    pub(crate) policy: Arc<Policy>,
+}
+
+#[cfg(any(feature = "axum", feature = "tonic"))]
+impl fmt::Debug for RequirePeer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequirePeer")
+            .field("rules", &self.policy.rules().len())
+            .finish()
+    }
+}
+
+#[cfg(any(feature = "axum", feature = "tonic"))]
+impl RequirePeer {
+    /// Admits peers any of `rules` match (CN rules are refused, as in
+    /// [`Policy::new`]).
+    ///
+    /// # Errors
+    ///
+    /// The first malformed rule.
+    pub fn new(rules: impl IntoIterator<Item = Allow>) -> Result<Self, RuleError> {
+        Ok(Self::from_policy(Policy::new(rules)?))
+    }
+
+    /// Admits the peers `policy` admits.
+    #[must_use]
+    pub fn from_policy(policy: Policy) -> Self {
+        Self {
+            policy: Arc::new(policy),
+        }
+    }
+}
+
 /// The allow-list: a compiled set of [`Allow`] rules.
 ///
 /// Exact SPIFFE IDs, trust domains, exact DNS names, wildcard suffixes and

@@ -104,11 +104,8 @@ use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::accept::{Incoming, MtlsStream, PeerInfo};
-use crate::allow::Allow;
 use crate::client::ClientTls;
-use crate::error::RuleError;
 use crate::identity::PeerIdentity;
-use crate::policy::Policy;
 
 impl Connected for MtlsStream {
     type ConnectInfo = PeerInfo;
@@ -178,42 +175,10 @@ pub async fn channel(
         .await
 }
 
-/// An interceptor that lets only peers its rules admit call the service it
-/// wraps (`InterceptedService::new(svc, require)`, or `Server::layer` with
-/// `tonic::service::InterceptorLayer` for every service): others get
-/// `PermissionDenied` naming them (never the rules), with the refusal on
-/// `tracing`.
-#[derive(Clone)]
-pub struct RequirePeer {
-    policy: std::sync::Arc<Policy>,
-}
-
-impl std::fmt::Debug for RequirePeer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequirePeer")
-            .field("rules", &self.policy.rules().len())
-            .finish()
-    }
-}
-
-impl RequirePeer {
-    /// Admits peers any of `rules` match.
-    ///
-    /// # Errors
-    ///
-    /// The first malformed rule.
-    pub fn new(rules: impl IntoIterator<Item = Allow>) -> Result<Self, RuleError> {
-        Ok(Self::from_policy(Policy::new(rules)?))
-    }
-
-    /// Admits the peers `policy` admits.
-    #[must_use]
-    pub fn from_policy(policy: Policy) -> Self {
-        Self {
-            policy: std::sync::Arc::new(policy),
-        }
-    }
-}
+/// The interceptor for a service (`InterceptedService::new(svc, require)`,
+/// or `Server::layer` with `tonic::service::InterceptorLayer` for every
+/// service): `PermissionDenied` for peers its rules do not admit.
+pub use crate::policy::RequirePeer;
 
 impl tonic::service::Interceptor for RequirePeer {
     fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
