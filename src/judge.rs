@@ -117,30 +117,24 @@ impl Epoch {
             ..
         } = peer;
         let name = peer.judged_name(options);
-        if let Err(domain) = self.trust.anchors_for(end_entity) {
-            let who = PeerIdentity::from_leaf_der(end_entity)
-                .map(|p| describe(&p))
-                .unwrap_or_else(|_| "with an unreadable certificate".into());
-            return Err(Refusal {
-                reason: RejectReason::UnknownIssuer,
-                detail: format!(
-                    "peer {who}: trust domain {} has no roots here (roots are given per trust domain, for: {})",
-                    crate::error::untrusted(&domain),
-                    self.trust.domains().join(", ")
-                ),
-                alert: CertificateError::UnknownIssuer,
-            });
-        }
-        if let Err(e) =
-            self.trust
-                .verify(options.algs, end_entity, intermediates, now, options.usage)
-        {
+        let anchors = match self.trust.anchors_for(end_entity) {
+            Ok(anchors) => anchors,
+            Err(domain) => {
+                return Err(self.no_roots_for(end_entity, &domain));
+            }
+        };
+        if let Err(e) = self.trust.verify_to(
+            anchors,
+            options.algs,
+            end_entity,
+            intermediates,
+            now,
+            options.usage,
+        ) {
             let (reason, alert) = classify_webpki(&e);
             // The certificate did not verify: what it says about itself is
             // untrusted, and `describe` bounds and escapes it.
-            let who = PeerIdentity::from_leaf_der(end_entity)
-                .map(|p| describe(&p))
-                .unwrap_or_else(|_| "with an unreadable certificate".into());
+            let who = unverified_name(end_entity);
             return Err(Refusal {
                 reason,
                 detail: format!("peer {who}: {}", describe_webpki(&e)),
@@ -186,6 +180,20 @@ impl Epoch {
         Ok(admitted)
     }
 
+    /// The refusal of a peer whose trust domain has no roots here.
+    fn no_roots_for(&self, end_entity: &CertificateDer<'_>, domain: &str) -> Refusal {
+        let who = unverified_name(end_entity);
+        Refusal {
+            reason: RejectReason::UnknownIssuer,
+            detail: format!(
+                "peer {who}: trust domain {} has no roots here (roots are given per trust domain, for: {})",
+                crate::error::untrusted(domain),
+                self.trust.domains().join(", ")
+            ),
+            alert: CertificateError::UnknownIssuer,
+        }
+    }
+
     /// A peer whose handshake is done (full or resumed), or whose session is
     /// being sealed or opened: admitted at once if this epoch judged the
     /// same chain and the verdict still holds at `now`, else judged in full.
@@ -204,6 +212,14 @@ impl Epoch {
             None => self.judge(options, peer, now),
         }
     }
+}
+
+/// How a refusal names a peer whose chain has not verified: bounded and
+/// escaped by `describe`.
+fn unverified_name(end_entity: &CertificateDer<'_>) -> String {
+    PeerIdentity::from_leaf_der(end_entity)
+        .map(|p| describe(&p))
+        .unwrap_or_else(|_| "with an unreadable certificate".into())
 }
 
 fn unix_secs(t: std::time::SystemTime) -> u64 {

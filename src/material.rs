@@ -149,11 +149,24 @@ impl Trust {
         now: UnixTime,
         usage: KeyUsage,
     ) -> Result<(), webpki::Error> {
+        match self.anchors_for(end_entity) {
+            Ok(anchors) => self.verify_to(anchors, algs, end_entity, intermediates, now, usage),
+            Err(_) => Err(webpki::Error::UnknownIssuer),
+        }
+    }
+
+    /// [`Self::verify`] against `anchors`, from [`Self::anchors_for`] (for
+    /// a caller that looked them up already).
+    pub(crate) fn verify_to(
+        &self,
+        anchors: &[TrustAnchor<'static>],
+        algs: Algorithms,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: KeyUsage,
+    ) -> Result<(), webpki::Error> {
         let cert = EndEntityCert::try_from(end_entity)?;
-        let anchors = match self.anchors_for(end_entity) {
-            Ok(anchors) => anchors,
-            Err(_) => return Err(webpki::Error::UnknownIssuer),
-        };
         let crl_refs = if self.crls.is_empty() {
             Vec::new()
         } else {
