@@ -20,6 +20,7 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 
 use crate::allow::Allow;
+use crate::clock::Clock;
 use crate::error::Error;
 use crate::handle::Mtls;
 use crate::hardening::Hardening;
@@ -75,6 +76,8 @@ pub(crate) struct Settings {
     pub(crate) domain_roots: Vec<(String, Source)>,
     pub(crate) hello_timeout: Duration,
     pub(crate) max_pending_handshakes: usize,
+    /// The clock verdicts are reached by (the system clock by default).
+    pub(crate) clock: Clock,
 }
 
 impl Default for Settings {
@@ -95,6 +98,7 @@ impl Default for Settings {
             domain_roots: Vec::new(),
             hello_timeout: Duration::from_secs(3),
             max_pending_handshakes: 8192,
+            clock: Clock::system(),
         }
     }
 }
@@ -143,6 +147,25 @@ impl<Side, State> Dangerous<Side, State> {
     /// later. For peers or middleboxes that choke on the larger key share.
     pub fn classical_key_exchange_only(mut self) -> Builder<Side, State> {
         self.0.settings.hardening.classical_kx = true;
+        self.0
+    }
+
+    /// Judge by `clock` instead of the system clock: every verdict, verdict
+    /// deadline, CRL freshness check, ticket age and live-connection
+    /// wake-up reads it. For tests and simulations, with a
+    /// [`ManualClock`](crate::ManualClock); a clock that runs late admits
+    /// expired certificates and stale CRLs.
+    ///
+    /// ```
+    /// # fn f(b: meshtls::ServerTlsBuilder<meshtls::Ready>) {
+    /// let time = meshtls::ManualClock::new(std::time::SystemTime::now());
+    /// let builder = b.dangerous().clock(time.clock());
+    /// // ... build, then time.advance(..) moves every verdict along.
+    /// # let _ = builder;
+    /// # }
+    /// ```
+    pub fn clock(mut self, clock: Clock) -> Builder<Side, State> {
+        self.0.settings.clock = clock;
         self.0
     }
 }
@@ -327,6 +350,7 @@ impl<Side> Builder<Side, Ready> {
             closing: self.settings.closing,
             hello_timeout: self.settings.hello_timeout,
             max_pending_handshakes: self.settings.max_pending_handshakes,
+            clock: self.settings.clock.clone(),
         }
     }
 }

@@ -21,6 +21,7 @@ use tokio_rustls::client::TlsStream;
 use crate::accept::{admit, handshake};
 use crate::allow::Allow;
 use crate::builder::{Builder, NeedsIdentity, NeedsRoots, Ready, Settings};
+use crate::clock::RustlsTime;
 use crate::error::{ConfigError, Error, HandshakeError, RejectReason};
 use crate::handle::Mtls;
 use crate::hardening::VERSIONS;
@@ -201,6 +202,7 @@ fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(LiveClientCert { live: live.clone() }));
+    config.time_provider = Arc::new(RustlsTime(live.fixed.clock.clone()));
     config.resumption = match settings.resumption {
         Resumption::Disabled => rustls::client::Resumption::disabled(),
         _ => rustls::client::Resumption::store(Arc::new(LiveClientSessions { live: live.clone() })),
@@ -386,8 +388,9 @@ impl ClientSessionStore for LiveClientSessions {
         server_name: ServerName<'static>,
         value: Tls13ClientSessionValue,
     ) {
+        let now = self.live.fixed.clock.unix().as_secs();
         self.with(|s| {
-            s.insert(server_name, value);
+            s.insert(server_name, value, now);
             Some(())
         });
     }
@@ -396,6 +399,7 @@ impl ClientSessionStore for LiveClientSessions {
         &self,
         server_name: &ServerName<'static>,
     ) -> Option<Tls13ClientSessionValue> {
-        self.with(|s| s.take(server_name))
+        let now = self.live.fixed.clock.unix().as_secs();
+        self.with(|s| s.take(server_name, now))
     }
 }

@@ -167,11 +167,16 @@ impl Epoch {
                 alert: CertificateError::ApplicationVerificationFailure,
             })?,
         }
+        // webpki admits a certificate up to and including its notAfter
+        // second, and a CRL up to (not including) its nextUpdate: `until`
+        // is the first second the verdict no longer holds.
         let until = intermediates
             .iter()
             .filter_map(|der| not_after(der))
+            .chain(std::iter::once(unix_secs(identity.not_after())))
+            .map(|t| t.saturating_add(1))
             .chain(self.trust.crl_deadline(now))
-            .fold(unix_secs(identity.not_after()), u64::min);
+            .fold(u64::MAX, u64::min);
         let admitted = Admitted {
             peer: identity,
             until,

@@ -90,6 +90,7 @@ mod allow;
 pub mod axum;
 mod builder;
 mod client;
+mod clock;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod error;
@@ -120,6 +121,7 @@ pub use accept::{Acceptor, Incoming, MtlsStream, PeerInfo};
 pub use allow::Allow;
 pub use builder::{Builder, Dangerous, NeedsIdentity, NeedsRoots, Ready};
 pub use client::{ClientTls, ClientTlsBuilder, Connector};
+pub use clock::{Clock, ManualClock};
 pub use error::{Error, HandshakeError, RejectReason};
 pub use handle::Mtls;
 pub use identity::{IdentityError, PeerIdentity};

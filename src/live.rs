@@ -10,13 +10,13 @@
 use std::any::Any;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
-use rustls_pki_types::UnixTime;
 
 use crate::allow::Allow;
+use crate::clock::Clock;
 use crate::error::{ConfigError, Error};
 use crate::judge::{Admitted, Epoch, NameCheck, Options, Presented, Refusal};
 use crate::material::{Material, RevocationScope, Role, Sources, peer_key_usage};
@@ -69,10 +69,12 @@ pub(crate) struct Fixed {
     /// What happens to live connections the policy stops admitting.
     pub(crate) closing: Closing,
     /// Servers: how long a peer may take to send its whole ClientHello.
-    pub(crate) hello_timeout: std::time::Duration,
+    pub(crate) hello_timeout: Duration,
     /// Servers: handshakes an `Incoming` keeps in flight before it sheds the
     /// oldest.
     pub(crate) max_pending_handshakes: usize,
+    /// What every verdict reads the time from.
+    pub(crate) clock: Clock,
 }
 
 impl Fixed {
@@ -92,7 +94,7 @@ impl Fixed {
             self.role,
             &self.provider,
             self.scope,
-            SystemTime::now(),
+            self.clock.now(),
         )
     }
 }
@@ -112,6 +114,9 @@ pub(crate) struct Live {
     /// Whatever must stop when the last user of this state goes away (the
     /// watcher's guard).
     held: OnceLock<Box<dyn Any + Send + Sync>>,
+    /// Tests: the next sweep panics.
+    #[cfg(test)]
+    fault: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Live {
@@ -158,11 +163,13 @@ impl Live {
             observer,
             rebuild: Mutex::new(()),
             held: OnceLock::new(),
+            #[cfg(test)]
+            fault: std::sync::atomic::AtomicBool::new(false),
         });
         // Nobody can have subscribed yet: log now; the watcher (or the next
         // reload) sends the event.
         let leaf = &live.current().material.leaf;
-        if SystemTime::now() >= leaf.warn_at(live.fixed.expiry_warning) {
+        if live.fixed.clock.now() >= leaf.warn_at(live.fixed.expiry_warning) {
             tracing::warn!(serial = %leaf.serial, not_after = %crate::error::fmt_time(leaf.not_after), "certificate expires soon");
         }
         Ok(live)
@@ -192,13 +199,13 @@ impl Live {
     /// the full judgment. Also returns the epoch's number.
     pub(crate) fn admit(&self, peer: Presented<'_>) -> Result<(u64, Admitted), Refusal> {
         let epoch = self.current().epoch.clone();
-        let admitted = epoch.admit(&self.options, peer, UnixTime::now())?;
+        let admitted = epoch.admit(&self.options, peer, self.fixed.clock.unix())?;
         Ok((epoch.number, admitted))
     }
 
     /// Tracks a connection admitted in `epoch`, so that it is closed when
     /// the policy stops admitting its peer. The first call starts the
-    /// sweeper task on the current tokio runtime.
+    /// sweeper thread.
     pub(crate) fn track(
         self: &Arc<Self>,
         epoch: u64,
@@ -207,23 +214,28 @@ impl Live {
         socket: Option<std::net::TcpStream>,
     ) -> Guard {
         let live = Arc::downgrade(self);
-        self.tracker.track(epoch, admitted, peer, socket, move |wake| {
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
-                    runtime.spawn(sweeper(live, wake));
-                }
-                Err(_) => tracing::warn!(
-                    "no tokio runtime: live connections will not be closed when the policy changes"
-                ),
+        self.tracker.track(epoch, admitted, peer, socket, move || {
+            let spawned = std::thread::Builder::new()
+                .name("meshtls-sweep".into())
+                .spawn(move || sweeper(&live));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the sweeper thread: live connections will not be closed when the policy changes");
             }
         })
     }
 
     /// Judges the tracked connections against the serving epoch; closes
-    /// those due and reports them. Returns when to look again.
-    pub(crate) fn sweep(&self) -> Option<std::time::Instant> {
+    /// those due and reports them. Returns when to look again (by the
+    /// clock).
+    pub(crate) fn sweep(&self) -> Option<SystemTime> {
+        #[cfg(test)]
+        if self.fault.swap(false, Ordering::Relaxed) {
+            panic!("a fault injected by a test");
+        }
         let epoch = self.current().epoch.clone();
-        let swept = self.tracker.sweep(&epoch, &self.options);
+        let swept = self
+            .tracker
+            .sweep(&epoch, &self.options, self.fixed.clock.now());
         for (reason, detail) in swept.closed {
             self.observer.connection_closed(reason, detail);
         }
@@ -331,7 +343,7 @@ impl Live {
     pub(crate) fn check_expiry(&self) {
         let generation = self.current.load();
         let leaf = &generation.material.leaf;
-        let now = SystemTime::now();
+        let now = self.fixed.clock.now();
         let state = generation.expiry_state.load(Ordering::Relaxed);
         if now > leaf.not_after {
             if state < 2 {
@@ -346,27 +358,120 @@ impl Live {
     }
 }
 
-/// The task that closes live connections the policy no longer admits: it
-/// sweeps when woken (a policy change) or when a verdict runs out, and ends
-/// when the live state is dropped.
-async fn sweeper(live: std::sync::Weak<Live>, wake: Arc<tokio::sync::Notify>) {
+/// The thread that closes live connections the policy no longer admits: it
+/// sweeps when its alarm rings (a policy change, a new deadline) or when a
+/// verdict runs out by the clock, and ends when the live state is dropped.
+/// It belongs to no async runtime. A sweep that panics is reported and
+/// the sweeper goes on: enforcement never stops silently.
+fn sweeper(live: &std::sync::Weak<Live>) {
+    let mut failures: u32 = 0;
     loop {
         let Some(strong) = live.upgrade() else {
             return;
         };
-        // Judging thousands of chains takes a while (a full judgment is
-        // ~0.1 ms): off the async workers.
-        let next = match tokio::task::spawn_blocking(move || strong.sweep()).await {
-            Ok(next) => next,
-            // The runtime is shutting down.
-            Err(_) => return,
-        };
-        match next {
-            Some(at) => {
-                // Woken early or timed out: sweep either way.
-                let _ = tokio::time::timeout_at(at.into(), wake.notified()).await;
+        let swept = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| strong.sweep()));
+        let next = match swept {
+            Ok(next) => {
+                failures = 0;
+                next
             }
-            None => wake.notified().await,
-        }
+            Err(panic) => {
+                failures = failures.saturating_add(1);
+                strong
+                    .observer
+                    .task_restarted("sweeper", crate::error::panic_message(&*panic));
+                drop(strong);
+                // A sweep that keeps failing is retried, but not in a spin.
+                std::thread::sleep(Duration::from_millis(50).saturating_mul(1 << failures.min(8)));
+                continue;
+            }
+        };
+        let alarm = strong.tracker.alarm();
+        let clock = strong.fixed.clock.clone();
+        drop(strong);
+        clock.sleep(&alarm, next);
+    }
+}
+
+#[cfg(all(test, feature = "dev"))]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::dev::DevCa;
+    use crate::{Allow, ClientTls, Event, ServerTls, Source};
+
+    /// Principle 7: a sweep that panics is reported and the sweeper goes on;
+    /// the connection the failed sweep should have closed is closed by the
+    /// next one.
+    #[tokio::test]
+    async fn a_sweep_that_panics_is_reported_and_the_sweeper_goes_on() {
+        let ca = DevCa::new("restart root").unwrap();
+        let id = |name: &str| format!("spiffe://restart.test/ns/a/sa/{name}");
+        let server_cert = ca.leaf().dns("localhost").server().issue().unwrap();
+        let client_cert = ca.leaf().spiffe(&id("web")).client().issue().unwrap();
+        let server = ServerTls::builder()
+            .identity(
+                Source::pem("s.crt", server_cert.chain_pem()),
+                Source::pem("s.key", server_cert.key_pem()),
+            )
+            .client_roots(Source::pem("ca", ca.cert_pem()))
+            .allow(Allow::spiffe_id(&id("web")))
+            .live_connection_grace(Duration::ZERO)
+            .build()
+            .unwrap();
+        let client = ClientTls::builder()
+            .identity(
+                Source::pem("c.crt", client_cert.chain_pem()),
+                Source::pem("c.key", client_cert.key_pem()),
+            )
+            .server_roots(Source::pem("ca", ca.cert_pem()))
+            .build()
+            .unwrap();
+        let mut events = server.subscribe();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = server.acceptor();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (mut tls, _) = acceptor.accept(tcp).await.unwrap();
+            let mut buf = [0u8; 1];
+            while tls.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                let _ = tls.write_all(&buf).await;
+            }
+        });
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut tls, _) = client.connector().connect("localhost", tcp).await.unwrap();
+        tls.write_all(b"x").await.unwrap();
+        let mut buf = [0u8; 1];
+        tls.read_exact(&mut buf).await.unwrap();
+
+        server
+            .live
+            .fault
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        server
+            .set_allow_list([Allow::spiffe_id(&id("other"))])
+            .unwrap();
+        let mut restarted = false;
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match events.recv().await.unwrap() {
+                    Event::TaskRestarted { task, detail } => {
+                        assert_eq!(task, "sweeper");
+                        assert!(detail.contains("injected"), "{detail}");
+                        restarted = true;
+                    }
+                    Event::ConnectionClosed { reason, .. } => return reason,
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("the connection was not closed after the sweeper panicked");
+        assert!(restarted, "no TaskRestarted event before the close");
+        assert_eq!(closed, crate::RejectReason::NotAllowed);
+        assert_eq!(server.stats().task_restarts, 1);
     }
 }

@@ -104,6 +104,15 @@ pub enum Event {
         /// The specifics: the peer, the certificate, the rule.
         detail: String,
     },
+    /// A background task (the sweeper that closes live connections, the
+    /// file watcher) panicked and was restarted. Enforcement goes on; the
+    /// panic is a bug in meshtls: please report it.
+    TaskRestarted {
+        /// Which task: `sweeper` or `watcher`.
+        task: &'static str,
+        /// What the panic said.
+        detail: String,
+    },
 }
 
 impl fmt::Display for Event {
@@ -148,6 +157,9 @@ impl fmt::Display for Event {
             Self::ConnectionClosed { reason, detail } => {
                 write!(f, "live connection closed: {reason}: {detail}")
             }
+            Self::TaskRestarted { task, detail } => {
+                write!(f, "meshtls {task} panicked and was restarted: {detail}")
+            }
         }
     }
 }
@@ -176,6 +188,9 @@ pub struct Stats {
     /// Live connections closed because the policy stopped admitting their
     /// peer, by reason (only reasons seen).
     pub connections_closed: Vec<(RejectReason, u64)>,
+    /// Background tasks restarted after a panic (each also an
+    /// [`Event::TaskRestarted`]); anything but 0 is a bug to report.
+    pub task_restarts: u64,
 }
 
 impl Stats {
@@ -210,6 +225,7 @@ pub(crate) struct Observer {
     generation: AtomicU64,
     last_reload: AtomicU64,
     not_after: AtomicU64,
+    task_restarts: AtomicU64,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -231,6 +247,7 @@ impl Observer {
             generation: AtomicU64::new(0),
             last_reload: AtomicU64::new(0),
             not_after: AtomicU64::new(0),
+            task_restarts: AtomicU64::new(0),
         }
     }
 
@@ -278,6 +295,16 @@ impl Observer {
         metrics::counter!("meshtls_connections_closed_total", "side" => self.side, "reason" => reason.as_str()).increment(1);
         tracing::warn!(side = self.side, reason = reason.as_str(), %detail, "live mTLS connection closed: {reason}");
         self.send(Event::ConnectionClosed { reason, detail });
+    }
+
+    /// A background task panicked; it is being restarted.
+    pub(crate) fn task_restarted(&self, task: &'static str, detail: String) {
+        self.task_restarts.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("meshtls_task_restarts_total", "side" => self.side, "task" => task)
+            .increment(1);
+        tracing::error!(side = self.side, task, %detail, "meshtls background task panicked and was restarted (a bug: please report it)");
+        self.send(Event::TaskRestarted { task, detail });
     }
 
     /// A reload found nothing new.
@@ -375,6 +402,7 @@ impl Observer {
             generation: self.generation.load(Ordering::Relaxed),
             last_reload: at(self.last_reload.load(Ordering::Relaxed)),
             certificate_not_after: at(self.not_after.load(Ordering::Relaxed)),
+            task_restarts: self.task_restarts.load(Ordering::Relaxed),
         }
     }
 }
@@ -422,6 +450,10 @@ fn describe() {
         describe_gauge!(
             "meshtls_live_connections",
             "Connections made through the acceptor, connector or an integration that are open"
+        );
+        describe_counter!(
+            "meshtls_task_restarts_total",
+            "Background tasks (sweeper, watcher) restarted after a panic: a bug to report"
         );
         describe_counter!(
             "meshtls_connections_closed_total",

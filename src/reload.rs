@@ -49,9 +49,14 @@
 //!   closing off. Connections on a bare config (reqwest, axum-server) are
 //!   the application's: meshtls never sees them.
 //! - **Lifetime.** The watcher runs on one thread named `meshtls-reload`,
-//!   independent of the tokio runtime (any flavour works). It stops when the
-//!   last `ServerTls`/`ClientTls` handle *and* the last clone of its rustls
-//!   config are dropped.
+//!   and the sweeper that closes live connections on one named
+//!   `meshtls-sweep` (started with the first tracked connection), both
+//!   independent of any tokio runtime: a runtime that ends (a start-up
+//!   check, an admin runtime) stops neither. Both stop when the last
+//!   `ServerTls`/`ClientTls` handle *and* the last clone of its rustls
+//!   config are dropped. If either panics (a bug), it is restarted and says
+//!   so: [`Event::TaskRestarted`](crate::Event::TaskRestarted) and
+//!   [`Stats::task_restarts`](crate::Stats::task_restarts).
 //!
 //! # What each path guarantees
 //!
@@ -216,7 +221,7 @@ pub(crate) fn start(live: &Arc<Live>, settings: &WatchSettings) -> Result<(), Er
     task.follow_links();
     thread::Builder::new()
         .name("meshtls-reload".into())
-        .spawn(move || task.run())
+        .spawn(move || task.supervised())
         .map_err(|e| Error::Watch {
             path: PathBuf::from("."),
             source: Arc::new(e),
@@ -242,7 +247,28 @@ struct Pending {
 }
 
 impl Task {
-    fn run(mut self) {
+    /// Runs the watcher; a panic is reported and the watcher starts over
+    /// (with its watches and settings), so reloading never stops silently.
+    fn supervised(mut self) {
+        let mut failures: u32 = 0;
+        loop {
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run()));
+            let Err(panic) = run else {
+                return;
+            };
+            let Some(live) = self.live.upgrade() else {
+                return;
+            };
+            live.observer
+                .task_restarted("watcher", crate::error::panic_message(&*panic));
+            drop(live);
+            failures = failures.saturating_add(1);
+            thread::sleep(Duration::from_millis(50).saturating_mul(1 << failures.min(8)));
+            self.rearm();
+        }
+    }
+
+    fn run(&mut self) {
         let debounce = self.settings.debounce;
         let poll = self.settings.poll;
         let now = Instant::now();

@@ -17,6 +17,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use crate::accept::Acceptor;
 use crate::allow::Allow;
 use crate::builder::{Builder, Dangerous, NeedsIdentity, NeedsRoots, Ready, Settings};
+use crate::clock::RustlsTime;
 use crate::error::{ConfigError, Error};
 use crate::handle::Mtls;
 use crate::hardening::VERSIONS;
@@ -253,6 +254,7 @@ fn server_config(
         .map_err(Error::Rustls)?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(LiveResolver { live: live.clone() }));
+    config.time_provider = Arc::new(RustlsTime(live.fixed.clock.clone()));
     match settings.resumption {
         Resumption::Tickets => {
             config.ticketer = Arc::new(LiveTicketer { live: live.clone() });
@@ -374,7 +376,10 @@ fn admits(live: &Live, generation: &Generation, plain: &[u8]) -> bool {
         intermediates: &intermediates,
         server_name: None,
     };
-    match generation.epoch.admit(&live.options, peer, UnixTime::now()) {
+    match generation
+        .epoch
+        .admit(&live.options, peer, live.fixed.clock.unix())
+    {
         Ok(_) => true,
         Err(refusal) => {
             tracing::debug!(reason = refusal.reason.as_str(), detail = %refusal.detail, "session not resumed");

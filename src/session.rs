@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use rustls::NamedGroup;
 use rustls::client::Tls13ClientSessionValue;
 use rustls::server::{ProducesTickets, ServerSessionMemoryCache};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName};
 
 use crate::error::Error;
 use crate::hardening;
@@ -213,9 +213,13 @@ impl ClientSessions {
     }
 
     /// Keeps a ticket only for a name that passed the full judgment in this
-    /// epoch, while that verdict holds.
-    pub(crate) fn insert(&self, name: ServerName<'static>, value: Tls13ClientSessionValue) {
-        let now = UnixTime::now().as_secs();
+    /// epoch, while that verdict holds at `now` (Unix seconds).
+    pub(crate) fn insert(
+        &self,
+        name: ServerName<'static>,
+        value: Tls13ClientSessionValue,
+        now: u64,
+    ) {
         self.with(|s| {
             let Some(named) = s.names.get_mut(&name) else {
                 return;
@@ -235,9 +239,12 @@ impl ClientSessions {
         });
     }
 
-    /// The newest ticket whose verdict still holds.
-    pub(crate) fn take(&self, name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
-        let now = UnixTime::now().as_secs();
+    /// The newest ticket whose verdict still holds at `now` (Unix seconds).
+    pub(crate) fn take(
+        &self,
+        name: &ServerName<'static>,
+        now: u64,
+    ) -> Option<Tls13ClientSessionValue> {
         self.with(|s| {
             let named = s.names.get_mut(name)?;
             while let Some((value, until)) = named.tickets.pop_back() {

@@ -14,12 +14,12 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 
+use crate::clock::{Alarm, at_unix, unix_time};
 use crate::error::RejectReason;
 use crate::judge::{Admitted, Epoch, Options, Presented};
 
@@ -83,11 +83,12 @@ impl Drop for Entry {
 }
 
 struct State {
-    /// The epoch that last admitted the peer, and until when (Unix seconds).
+    /// The epoch that last admitted the peer, and until when (Unix seconds;
+    /// [`NEVER`]: until the next policy change).
     epoch: u64,
     until: u64,
-    /// Refused: close at this moment, for this reason.
-    closing: Option<(Instant, RejectReason, String)>,
+    /// Refused: close at this moment (by the clock), for this reason.
+    closing: Option<(SystemTime, RejectReason, String)>,
     /// Closed, and why (for the connection's own error).
     closed: Option<String>,
 }
@@ -106,8 +107,8 @@ impl Entry {
 pub(crate) struct Tracker {
     entries: Mutex<Vec<Weak<Entry>>>,
     /// Wakes the sweeper: a policy change, or the state going away.
-    wake: Arc<Notify>,
-    /// Whether the sweeper task runs.
+    alarm: Arc<Alarm>,
+    /// Whether the sweeper thread runs.
     started: std::sync::Once,
     pub(crate) closing: Closing,
     live: Arc<AtomicU64>,
@@ -119,21 +120,25 @@ pub(crate) struct Tracker {
 
 impl Drop for Tracker {
     fn drop(&mut self) {
-        self.wake.notify_one();
+        self.alarm.ring();
     }
 }
 
-/// What a sweep reports: connections closed now, and when to look again.
+/// A verdict that holds until the next policy change: no wake-up for it.
+const NEVER: u64 = u64::MAX;
+
+/// What a sweep reports: connections closed now, and when to look again
+/// (by the clock; `None`: at the next policy change).
 pub(crate) struct Swept {
     pub(crate) closed: Vec<(RejectReason, String)>,
-    pub(crate) next: Option<Instant>,
+    pub(crate) next: Option<SystemTime>,
 }
 
 impl Tracker {
     pub(crate) fn new(closing: Closing, side: &'static str) -> Self {
         Self {
             entries: Mutex::new(Vec::new()),
-            wake: Arc::new(Notify::new()),
+            alarm: Arc::new(Alarm::default()),
             started: std::sync::Once::new(),
             closing,
             live: Arc::new(AtomicU64::new(0)),
@@ -147,6 +152,11 @@ impl Tracker {
         self.live.load(Ordering::Relaxed)
     }
 
+    /// What the sweeper sleeps on.
+    pub(crate) fn alarm(&self) -> Arc<Alarm> {
+        self.alarm.clone()
+    }
+
     /// Starts tracking a connection whose peer `admitted` was judged in
     /// `epoch`. `start` is called once per tracker, to start the sweeper.
     pub(crate) fn track(
@@ -155,7 +165,7 @@ impl Tracker {
         admitted: &Admitted,
         peer: Presented<'_>,
         socket: Option<std::net::TcpStream>,
-        start: impl FnOnce(Arc<Notify>),
+        start: impl FnOnce(),
     ) -> Guard {
         let entry = Arc::new(Entry {
             chain: std::iter::once(peer.end_entity)
@@ -184,19 +194,19 @@ impl Tracker {
         }
         entries.push(Arc::downgrade(&entry));
         drop(entries);
-        self.started.call_once(|| start(self.wake.clone()));
+        self.started.call_once(start);
         Guard(Some(entry))
     }
 
     /// The policy changed: judge every connection again now.
     pub(crate) fn policy_changed(&self) {
-        self.wake.notify_one();
+        self.alarm.ring();
     }
 
     /// Judges the connections whose verdict is from another epoch or has run
     /// out, schedules the refused ones for closing, and closes those whose
     /// grace is over.
-    pub(crate) fn sweep(&self, epoch: &Epoch, options: &Options) -> Swept {
+    pub(crate) fn sweep(&self, epoch: &Epoch, options: &Options, now: SystemTime) -> Swept {
         let entries: Vec<Arc<Entry>> = {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             entries.retain(|w| w.strong_count() > 0);
@@ -209,15 +219,18 @@ impl Tracker {
             }
             entries.iter().filter_map(Weak::upgrade).collect()
         };
-        let now = UnixTime::now();
-        let instant = Instant::now();
-        let at = |secs: u64| instant + Duration::from_secs(secs.saturating_sub(now.as_secs()));
+        let unix = unix_time(now);
+        // A verdict's deadline as a moment; "never" (or past what the
+        // platform can hold) is no wake-up at all.
+        let at = |secs: u64| if secs == NEVER { None } else { at_unix(secs) };
         let mut swept = Swept {
             closed: Vec::new(),
             next: None,
         };
-        let mut wake_at = |t: Instant| {
-            swept.next = Some(swept.next.map_or(t, |n: Instant| n.min(t)));
+        let mut wake_at = |t: Option<SystemTime>| {
+            if let Some(t) = t {
+                swept.next = Some(swept.next.map_or(t, |n: SystemTime| n.min(t)));
+            }
         };
         for entry in entries {
             let mut state = entry.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -225,7 +238,7 @@ impl Tracker {
                 continue;
             }
             if let Some((when, reason, detail)) = state.closing.clone() {
-                if instant >= when {
+                if now >= when {
                     if let Some(socket) = &entry.socket {
                         // Already gone is fine: the connection ended itself.
                         let _ = socket.shutdown(std::net::Shutdown::Both);
@@ -233,11 +246,11 @@ impl Tracker {
                     state.closed = Some(format!("closed by meshtls: {reason}: {detail}"));
                     swept.closed.push((reason, detail));
                 } else {
-                    wake_at(when);
+                    wake_at(Some(when));
                 }
                 continue;
             }
-            if state.epoch == epoch.number && now.as_secs() < state.until {
+            if state.epoch == epoch.number && unix.as_secs() < state.until {
                 wake_at(at(state.until));
                 continue;
             }
@@ -250,22 +263,23 @@ impl Tracker {
                 intermediates,
                 server_name: entry.server_name.as_ref(),
             };
-            match epoch.admit(options, peer, now) {
+            match epoch.admit(options, peer, unix) {
                 Ok(admitted) => {
                     state.epoch = epoch.number;
                     state.until = admitted.until;
                     wake_at(at(admitted.until));
                 }
                 Err(refusal) if self.closing.closes_for(refusal.reason) => {
-                    let when = instant + self.closing.grace;
+                    // A grace past what the platform can hold closes now.
+                    let when = now.checked_add(self.closing.grace).unwrap_or(now);
                     state.closing = Some((when, refusal.reason, refusal.detail));
-                    wake_at(when);
+                    wake_at(Some(when));
                 }
                 Err(_) => {
                     // Kept (a stale CRL, an expiry not asked to close):
                     // judged again at the next policy change.
                     state.epoch = epoch.number;
-                    state.until = u64::MAX;
+                    state.until = NEVER;
                 }
             }
         }

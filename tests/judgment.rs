@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use common::{Pki, TD, Wire, bare_client, call, records, replace, serve};
 use meshtls::rustls;
-use meshtls::{Allow, Event, RejectReason, ReloadOutcome};
+use meshtls::{Allow, Event, ManualClock, RejectReason, ReloadOutcome};
 
 fn caller() -> String {
     format!("spiffe://{TD}/ns/shop/sa/web")
@@ -158,10 +158,13 @@ fn a_stale_crl_is_enforced_on_resumption() {
     let pki = Pki::new();
     let client_cert = pki.client_cert(&caller());
     let crl = pki.write("ca.crl", pki.ca.crl(&[], Duration::from_secs(2)).unwrap());
+    let time = ManualClock::new(SystemTime::now());
     let server = pki
         .server()
         .crl_file(&crl)
         .allow(Allow::spiffe_id(&caller()))
+        .dangerous()
+        .clock(time.clock())
         .build()
         .unwrap();
     let acceptor = server.acceptor();
@@ -170,7 +173,7 @@ fn a_stale_crl_is_enforced_on_resumption() {
     wire.complete().unwrap();
     acceptor.identify(&wire.server).unwrap();
 
-    std::thread::sleep(Duration::from_secs(3));
+    time.advance(Duration::from_secs(3));
     let newcomer = bare(&pki, &pki.client_cert(&caller()));
     let err = Wire::new(server.config(), newcomer)
         .complete()
@@ -204,16 +207,19 @@ fn an_expired_client_does_not_resume_on_the_bare_config() {
         .valid_between(now - Duration::from_secs(60), now + Duration::from_secs(2))
         .issue()
         .unwrap();
+    let time = ManualClock::new(now);
     let server = pki
         .server()
         .allow(Allow::spiffe_id(&caller()))
+        .dangerous()
+        .clock(time.clock())
         .build()
         .unwrap();
     let client = bare(&pki, &short);
     Wire::new(server.config(), client.clone())
         .complete()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    time.advance(Duration::from_secs(3));
     let mut again = Wire::new(server.config(), client);
     let result = again.complete();
     assert!(!again.resumed(), "an expired client resumed");
@@ -235,10 +241,13 @@ fn a_client_does_not_resume_to_a_server_under_a_stale_crl() {
         "client.crl",
         pki.ca.crl(&[], Duration::from_secs(2)).unwrap(),
     );
+    let time = ManualClock::new(SystemTime::now());
     let client = pki
         .client(&caller())
         .crl_file(&crl)
         .expect_server(Allow::spiffe_id(&api()))
+        .dangerous()
+        .clock(time.clock())
         .build()
         .unwrap();
     let connector = client.connector();
@@ -246,7 +255,7 @@ fn a_client_does_not_resume_to_a_server_under_a_stale_crl() {
     first.complete().unwrap();
     connector.identify(&first.client, "localhost").unwrap();
 
-    std::thread::sleep(Duration::from_secs(3));
+    time.advance(Duration::from_secs(3));
     let mut again = Wire::new(server.config(), client.config());
     let admitted =
         again.complete().is_ok() && connector.identify(&again.client, "localhost").is_ok();

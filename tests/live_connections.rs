@@ -499,3 +499,109 @@ async fn closing_at_the_peers_expiry_is_opt_in() {
     assert_nothing_closed(&mut keeping_events, Duration::from_secs(1)).await;
     kept_line.ping().await.unwrap();
 }
+
+/// Issue 19, defect 1: two peers whose certificates expire on live
+/// connections (kept, by default) must not stop the sweeper; a peer revoked
+/// afterwards is still disconnected.
+#[tokio::test]
+async fn expired_peers_on_live_connections_do_not_stop_the_sweeper() {
+    let pki = Pki::new();
+    let crl = pki.write(
+        "ca.crl",
+        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
+    );
+    let server = revoking_server(&pki, &crl).watch().unwrap();
+    let mut events = server.subscribe();
+    let (addr, _ended) = echo_server(&server).await;
+    let now = std::time::SystemTime::now();
+    let short = |name: &str, secs: u64| {
+        let cert = pki
+            .ca
+            .leaf()
+            .spiffe(&id(name))
+            .client()
+            .valid_between(
+                now - Duration::from_secs(60),
+                now + Duration::from_secs(secs),
+            )
+            .issue()
+            .unwrap();
+        pki.client_with(&cert).build().unwrap()
+    };
+    let mut first = Line::open(&short("first", 2), addr).await;
+    let mut second = Line::open(&short("second", 3), addr).await;
+    let victim_cert = pki.client_cert(&id("victim"));
+    let mut victim = Line::open(&pki.client_with(&victim_cert).build().unwrap(), addr).await;
+    first.ping().await.unwrap();
+    second.ping().await.unwrap();
+    victim.ping().await.unwrap();
+
+    // Both short certificates expire; their connections are kept.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    first.ping().await.unwrap();
+    second.ping().await.unwrap();
+
+    replace(
+        &crl,
+        pki.ca
+            .crl(&[&victim_cert], Duration::from_secs(3600))
+            .unwrap(),
+    );
+    let (reason, detail) = next_closed(&mut events).await;
+    assert_eq!(reason, RejectReason::Revoked, "{detail}");
+    assert!(detail.contains(&id("victim")), "{detail}");
+    assert!(
+        victim.ping().await.is_err(),
+        "the revoked peer is still connected"
+    );
+}
+
+/// Issue 19, defect 5: the sweeper must not depend on the runtime that
+/// tracked the first connection. That runtime ends; a connection accepted
+/// on another runtime is still closed when its peer is revoked.
+#[tokio::test]
+async fn the_sweeper_outlives_the_runtime_of_the_first_connection() {
+    let pki = Pki::new();
+    let crl = pki.write(
+        "ca.crl",
+        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
+    );
+    let server = revoking_server(&pki, &crl).watch().unwrap();
+    let mut events = server.subscribe();
+
+    // A start-up self-check on a runtime of its own, which then ends.
+    {
+        let server = server.clone();
+        let check = pki.client(&id("self-check")).build().unwrap();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let (addr, _ended) = echo_server(&server).await;
+                let mut line = Line::open(&check, addr).await;
+                line.ping().await.unwrap();
+            });
+        })
+        .join()
+        .unwrap();
+    }
+
+    let (addr, _ended) = echo_server(&server).await;
+    let victim_cert = pki.client_cert(&id("victim"));
+    let mut victim = Line::open(&pki.client_with(&victim_cert).build().unwrap(), addr).await;
+    victim.ping().await.unwrap();
+    replace(
+        &crl,
+        pki.ca
+            .crl(&[&victim_cert], Duration::from_secs(3600))
+            .unwrap(),
+    );
+    let (reason, _) = next_closed(&mut events).await;
+    assert_eq!(reason, RejectReason::Revoked);
+    assert!(
+        victim.ping().await.is_err(),
+        "the revoked peer is still connected"
+    );
+}

@@ -111,6 +111,16 @@ pub enum ConfigError {
     },
 }
 
+/// What a caught panic said, bounded and escaped.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(a panic with no message)");
+    untrusted(text)
+}
+
 /// Text taken from a certificate that may not have been verified, made safe
 /// for a log line: control characters escaped, and cut after 128 characters.
 pub(crate) fn untrusted(text: &str) -> String {
