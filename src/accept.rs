@@ -90,7 +90,6 @@ impl Acceptor {
         IO: AsyncRead + AsyncWrite + Unpin + 'static,
     {
         let started = Instant::now();
-        let deadline = tokio::time::Instant::from_std(started + self.timeout);
         // A peer that sends nothing, or its ClientHello a byte at a time,
         // holds its slot only this long.
         let hello_within = self.live.fixed.hello_timeout.min(self.timeout);
@@ -107,8 +106,21 @@ impl Acceptor {
             }
         };
         hello();
+        // The rest of the handshake has a deadline of its own, the hello
+        // timeout again (within the handshake timeout): a peer that sends a
+        // hello and stalls holds its slot no longer than one that sends
+        // nothing, twice over at most.
+        let hello_at = Instant::now();
+        let rest = self
+            .timeout
+            .saturating_sub(hello_at.saturating_duration_since(started))
+            .min(hello_within);
+        let deadline = deadline_after(hello_at, rest);
         let accept = start.into_stream(self.config.clone());
-        let stream = handshake(&self.live, self.timeout, deadline, accept).await?;
+        let stream = handshake_until(&self.live, deadline, accept, || {
+            format!("no completed handshake within {rest:?} after its ClientHello")
+        })
+        .await?;
         // Only now a second descriptor (to close it if the policy changes):
         // a flood of handshakes that never finish costs one each.
         let socket = Socket::of(stream.get_ref().0, &self.live.fixed.closing);
@@ -153,6 +165,19 @@ pub(crate) async fn handshake<T>(
     deadline: tokio::time::Instant,
     handshake: impl Future<Output = io::Result<T>>,
 ) -> Result<T, HandshakeError> {
+    handshake_until(live, deadline, handshake, || {
+        format!("no handshake within {timeout:?}")
+    })
+    .await
+}
+
+/// [`handshake`], saying `timed_out()` when `deadline` passes.
+async fn handshake_until<T>(
+    live: &Live,
+    deadline: tokio::time::Instant,
+    handshake: impl Future<Output = io::Result<T>>,
+    timed_out: impl FnOnce() -> String,
+) -> Result<T, HandshakeError> {
     let mut handshake = std::pin::pin!(handshake);
     let polled = std::future::poll_fn(|cx| {
         take_refusal();
@@ -164,12 +189,23 @@ pub(crate) async fn handshake<T>(
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err((e, noted))) => Err(failed(live, e, noted)),
         Err(_) => {
-            let detail = format!("no handshake within {timeout:?}");
+            let detail = timed_out();
             live.observer
                 .rejected(RejectReason::Timeout, detail.clone());
             Err(HandshakeError::new(RejectReason::Timeout, detail, None))
         }
     }
+}
+
+/// `from + after`, or a moment far beyond any handshake when that is past
+/// what an `Instant` can hold ("never" is not a point in time).
+fn deadline_after(from: Instant, after: Duration) -> tokio::time::Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let at = from
+        .checked_add(after)
+        .or_else(|| from.checked_add(FAR))
+        .unwrap_or(from);
+    tokio::time::Instant::from_std(at)
 }
 
 /// Classifies a handshake that failed inside rustls or on the socket.
@@ -348,6 +384,11 @@ impl AsyncWrite for MtlsStream {
     }
 }
 
+/// How long a new handshake is never shed for: long enough for a valid
+/// client on a sane network to send its hello and finish, so that peers
+/// arriving after it cannot push it out before it had its chance.
+const SHED_GRACE: Duration = Duration::from_millis(500);
+
 /// The handshakes an [`Incoming`] has in flight, oldest first, so that the
 /// oldest can be shed when there are too many or descriptors run out.
 #[derive(Default)]
@@ -359,7 +400,20 @@ struct Pending {
 struct Slot {
     /// Whether its ClientHello is in (peers that sent one are shed last).
     hello: Arc<AtomicBool>,
+    /// When it was accepted: never shed before [`SHED_GRACE`] has passed.
+    born: Instant,
     abort: Option<tokio::task::AbortHandle>,
+}
+
+/// What [`Pending::shed_oldest`] did.
+#[derive(Debug, PartialEq, Eq)]
+enum Shed {
+    /// Ended a handshake: whether its hello was in, and how old it was.
+    Ended { hello: bool, age: Duration },
+    /// Every handshake is younger than the grace: the oldest reaches it then.
+    NotBefore(Instant),
+    /// Nothing to shed.
+    Nothing,
 }
 
 /// Removes its handshake from [`Pending`] when the handshake ends.
@@ -391,6 +445,7 @@ impl Pending {
             id,
             Slot {
                 hello: hello.clone(),
+                born: Instant::now(),
                 abort: None,
             },
         );
@@ -408,20 +463,39 @@ impl Pending {
         }
     }
 
-    /// Ends the oldest handshake whose peer has sent no complete ClientHello
-    /// yet, or failing that the oldest. Returns how long it had been pending.
-    fn shed_oldest(&self) -> Option<(u64, bool)> {
+    /// Ends the oldest handshake older than `grace` whose peer has sent no
+    /// complete ClientHello yet, or failing that the oldest older than
+    /// `grace` (its peer sent a hello and has not finished). A handshake
+    /// younger than `grace` is never ended: when every one is, says when
+    /// the oldest will not be.
+    fn shed_oldest(&self, now: Instant, grace: Duration) -> Shed {
         let mut slots = self.lock();
-        let id = slots
-            .iter()
-            .find(|(_, s)| !s.hello.load(Ordering::Relaxed) && s.abort.is_some())
-            .or_else(|| slots.iter().find(|(_, s)| s.abort.is_some()))
-            .map(|(id, _)| *id)?;
-        let slot = slots.remove(&id)?;
+        let mut old = slots.iter().filter(|(_, s)| s.abort.is_some()).peekable();
+        let Some((_, oldest)) = old.peek() else {
+            return Shed::Nothing;
+        };
+        let oldest_born = oldest.born;
+        // Slots are in the order they were accepted: the ones past the
+        // grace come first.
+        let mut past = old.take_while(|(_, s)| now.saturating_duration_since(s.born) >= grace);
+        let mut first_past = None;
+        let silent = past.find(|(id, s)| {
+            first_past.get_or_insert(**id);
+            !s.hello.load(Ordering::Relaxed)
+        });
+        let Some(id) = silent.map(|(id, _)| *id).or(first_past) else {
+            return Shed::NotBefore(oldest_born.checked_add(grace).unwrap_or(now));
+        };
+        let Some(slot) = slots.remove(&id) else {
+            return Shed::Nothing;
+        };
         if let Some(abort) = slot.abort {
             abort.abort();
         }
-        Some((id, slot.hello.load(Ordering::Relaxed)))
+        Shed::Ended {
+            hello: slot.hello.load(Ordering::Relaxed),
+            age: now.saturating_duration_since(slot.born),
+        }
     }
 }
 
@@ -432,12 +506,20 @@ impl Pending {
 ///
 /// A slow or silent peer holds up only itself: it must send a complete
 /// ClientHello within the hello timeout (3 s,
-/// [`client_hello_timeout`](crate::ServerTlsBuilder::client_hello_timeout))
-/// and finish within the handshake timeout (10 s). Handshakes in flight are
-/// bounded by [`max_pending_handshakes`](crate::ServerTlsBuilder::max_pending_handshakes)
-/// (8,192, a few KiB each); past it, and whenever the process runs out of
-/// file descriptors, the oldest pending handshake is shed (one whose peer has
-/// sent nothing first), so new connections are never refused for old ones.
+/// [`client_hello_timeout`](crate::ServerTlsBuilder::client_hello_timeout)),
+/// and then finish within the hello timeout again (and within the handshake
+/// timeout, 10 s): a peer that stalls holds its slot 6 s at most by default.
+/// Handshakes in flight are bounded by
+/// [`max_pending_handshakes`](crate::ServerTlsBuilder::max_pending_handshakes)
+/// (8,192, a few KiB each). Past it, and whenever the process runs out of
+/// file descriptors, the oldest pending handshake is shed to make room: one
+/// whose peer has sent nothing first, then one whose peer sent its
+/// ClientHello and has not finished. A handshake younger than 500 ms is
+/// never shed, so a new client has its chance to finish however many peers
+/// arrive after it; when every pending handshake is younger, accepting
+/// pauses until the oldest is 500 ms old (new connections wait in the
+/// listener's backlog). Each shed handshake is reported as an
+/// [`Event::Rejected`](crate::Event::Rejected) saying why and which.
 ///
 /// ```no_run
 /// # async fn run(server: meshtls::ServerTls) -> std::io::Result<()> {
@@ -501,37 +583,53 @@ impl Acceptor {
         let max_pending = self.live.fixed.max_pending_handshakes.max(1);
         let task = tokio::spawn(async move {
             let pending = Arc::new(Pending::default());
-            let shed = |why: &str| {
-                if let Some((_, hello)) = pending.shed_oldest() {
+            // Sheds one handshake past the grace; otherwise says how long
+            // to wait before trying again (until the oldest is past it, at
+            // most 50 ms: a handshake may end sooner).
+            let shed = |why: &str| match pending.shed_oldest(Instant::now(), SHED_GRACE) {
+                Shed::Ended { hello, age } => {
+                    let which = if hello {
+                        "its ClientHello in but unfinished"
+                    } else {
+                        "silent so far"
+                    };
                     let detail = format!(
-                        "handshake shed ({why}): the oldest pending one{} made room",
-                        if hello { "" } else { ", silent so far," }
+                        "handshake shed ({why}): the oldest pending one ({which}, after {age:?}) made room"
                     );
                     acceptor
                         .live
                         .observer
                         .rejected(RejectReason::Timeout, detail);
-                    true
-                } else {
-                    false
+                    None
                 }
+                Shed::NotBefore(at) => Some(
+                    at.saturating_duration_since(Instant::now())
+                        .clamp(Duration::from_millis(1), Duration::from_millis(50)),
+                ),
+                Shed::Nothing => Some(Duration::from_millis(50)),
             };
             loop {
                 let (tcp, remote_addr) = match listener.accept().await {
                     Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of file descriptors and the like: make room
-                        // by shedding the oldest pending handshake, back
-                        // off, and keep serving.
-                        let made_room = shed(&format!("accept failed: {e}"));
-                        tracing::warn!(error = %e, made_room, "accept failed");
-                        let pause = if made_room { 1 } else { 50 };
-                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                        // by shedding the oldest pending handshake (past
+                        // the grace), back off, and keep serving.
+                        let wait = shed(&format!("accept failed: {e}"));
+                        tracing::warn!(error = %e, made_room = wait.is_none(), "accept failed");
+                        tokio::time::sleep(wait.unwrap_or(Duration::from_millis(1))).await;
                         continue;
                     }
                 };
-                if pending.len() >= max_pending {
-                    shed(&format!("{max_pending} handshakes pending"));
+                // At the bound: shed the oldest handshake past the grace. If
+                // every one is younger, accept nothing more until the oldest
+                // is past it (or a handshake ends), so a flood can push out
+                // no handshake before its grace and memory stays bounded.
+                while pending.len() >= max_pending {
+                    let Some(pause) = shed(&format!("{max_pending} handshakes pending")) else {
+                        break;
+                    };
+                    tokio::time::sleep(pause).await;
                 }
                 let (slot, hello) = pending.add();
                 let id = slot.id;
@@ -559,5 +657,84 @@ impl Acceptor {
             local_addr,
             task,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` slots accepted at `born`, each with a task to abort; whether
+    /// each sent its hello.
+    fn slots(pending: &Arc<Pending>, hellos: &[bool]) -> Vec<SlotGuard> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        hellos
+            .iter()
+            .map(|&sent| {
+                let (guard, hello) = pending.add();
+                hello.store(sent, Ordering::Relaxed);
+                let task = runtime.spawn(std::future::pending::<()>());
+                pending.set_abort(guard.id, task.abort_handle());
+                guard
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sheds_silent_first_then_stalled_and_never_inside_the_grace() {
+        let pending = Arc::new(Pending::default());
+        let _guards = slots(&pending, &[true, false, true]);
+        let now = Instant::now();
+        let grace = Duration::from_secs(60);
+        // All younger than the grace: nothing shed, and when to try.
+        match pending.shed_oldest(now, grace) {
+            Shed::NotBefore(at) => assert!(at > now, "{at:?}"),
+            other => panic!("shed inside the grace: {other:?}"),
+        }
+        assert_eq!(pending.len(), 3);
+        // Past it: the silent one first, though a stalled one is older.
+        let later = now + grace + Duration::from_secs(1);
+        assert!(matches!(
+            pending.shed_oldest(later, grace),
+            Shed::Ended { hello: false, .. }
+        ));
+        assert!(matches!(
+            pending.shed_oldest(later, grace),
+            Shed::Ended { hello: true, .. }
+        ));
+        assert_eq!(pending.len(), 1);
+    }
+
+    #[test]
+    fn a_young_silent_slot_is_not_shed_for_an_old_stalled_one() {
+        let pending = Arc::new(Pending::default());
+        let _old = slots(&pending, &[true]);
+        let born = Instant::now();
+        std::thread::sleep(Duration::from_millis(30));
+        let _young = slots(&pending, &[false]);
+        let grace = Duration::from_millis(20);
+        let now = born + Duration::from_millis(25);
+        // The young silent one is inside its grace: the stalled one goes.
+        match pending.shed_oldest(now, grace) {
+            Shed::Ended { hello: true, .. } => {}
+            other => panic!("expected the old stalled slot to be shed: {other:?}"),
+        }
+        assert_eq!(pending.len(), 1);
+        assert!(matches!(
+            pending.shed_oldest(now, grace),
+            Shed::NotBefore(_)
+        ));
+    }
+
+    #[test]
+    fn deadlines_past_an_instant_do_not_panic() {
+        let now = Instant::now();
+        assert!(deadline_after(now, Duration::MAX).into_std() > now);
+        assert_eq!(
+            deadline_after(now, Duration::from_secs(1)).into_std(),
+            now + Duration::from_secs(1)
+        );
     }
 }

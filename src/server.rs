@@ -183,10 +183,11 @@ impl<State> Builder<Server, State> {
     }
 
     /// How long a client may take to send its complete ClientHello
-    /// (default 3 s; never longer than the handshake timeout). A peer that
-    /// connects and sends nothing, or dribbles its hello a byte at a time,
-    /// is dropped then, instead of holding a slot for the whole handshake
-    /// timeout.
+    /// (default 3 s; never longer than the handshake timeout), and then
+    /// again to finish the handshake after it. A peer that connects and
+    /// sends nothing, dribbles its hello a byte at a time, or sends a hello
+    /// and stalls, is dropped then, instead of holding a slot for the whole
+    /// handshake timeout. (The handshake timeout still bounds the whole.)
     pub fn client_hello_timeout(mut self, timeout: Duration) -> Self {
         self.settings.hello_timeout = timeout;
         self
@@ -195,8 +196,12 @@ impl<State> Builder<Server, State> {
     /// How many handshakes an [`Incoming`](crate::Incoming) (and so the axum
     /// and tonic integrations) keeps in flight (default 8,192; at least 1).
     /// Past it, the oldest pending handshake is shed to make room, one whose
-    /// peer has not sent a complete ClientHello first: a flood of silent
-    /// sockets costs its own slots, never a new client's. A pending
+    /// peer has not sent a complete ClientHello first, then one whose peer
+    /// sent it and has not finished; a handshake younger than 500 ms is
+    /// never shed (accepting pauses instead until the oldest is older): a
+    /// flood of silent or stalling sockets costs its own slots, never a new
+    /// client's. A flood larger than this bound plus the listener's backlog
+    /// makes new connections wait in the kernel (BENCHMARKS.md). A pending
     /// handshake costs a few KiB (BENCHMARKS.md); a ClientHello in progress
     /// up to its size (at most 64 KiB, typically under 2 KiB).
     pub fn max_pending_handshakes(mut self, max: usize) -> Self {

@@ -1,6 +1,7 @@
 //! Silent and slow peers must not starve valid ones: a few thousand sockets
-//! that never send a byte, and some that dribble a ClientHello, are open
-//! while a valid client connects through `Incoming`; it is served at once.
+//! that never send a byte, some that dribble a ClientHello, and some that
+//! send a whole ClientHello and stall, are open while a valid client
+//! connects through `Incoming`; it is served.
 //! (The figures against 10,000 silent sockets are in `benches/flood.rs`.)
 
 mod common;
@@ -35,7 +36,19 @@ fn affordable(want: usize) -> usize {
 
 /// An echo server on `Incoming`.
 async fn serve(server: &ServerTls) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(server, TcpListener::bind("127.0.0.1:0").await.unwrap())
+}
+
+/// A listener on 127.0.0.1 with room for `backlog` connections not yet
+/// accepted (`TcpListener::bind` gives 128).
+fn listener_with_backlog(backlog: u32) -> TcpListener {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    socket.listen(backlog).unwrap()
+}
+
+/// [`serve`] on a given listener.
+fn serve_on(server: &ServerTls, listener: TcpListener) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     let mut incoming = server.acceptor().incoming(listener);
     tokio::spawn(async move {
@@ -220,4 +233,179 @@ async fn past_the_bound_the_oldest_silent_handshakes_are_shed() {
     .await
     .expect("no event said why a handshake was shed");
     assert!(said.contains("silent so far"), "{said}");
+}
+
+/// A complete, real ClientHello (a bare rustls client's first flight).
+fn a_client_hello(pki: &Pki) -> Vec<u8> {
+    let config = common::bare_client(pki.ca.cert_pem(), None, &[&meshtls::rustls::version::TLS13]);
+    let name = meshtls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut conn = meshtls::rustls::ClientConnection::new(config, name).unwrap();
+    let mut hello = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut hello).unwrap();
+    }
+    assert_eq!(hello[0], 0x16, "not a handshake record");
+    hello
+}
+
+/// A peer that sends a complete ClientHello, then stalls: it never answers
+/// the server's flight. When the server drops it, it connects again at once
+/// (so the pressure stays). Counts how often it was dropped.
+fn staller(
+    addr: SocketAddr,
+    hello: std::sync::Arc<Vec<u8>>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut tcp) = TcpStream::connect(addr).await else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            if tcp.write_all(&hello).await.is_err() {
+                dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            }
+            // Reads only to see the end; never answers.
+            let mut buf = [0u8; 4096];
+            while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+            dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    })
+}
+
+/// Peers that send a whole ClientHello and then stall must not make every
+/// new client "the one to shed": past the bound, a valid client is still
+/// served (issue 19, defect 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stallers_that_sent_a_hello_do_not_get_a_valid_client_shed() {
+    let pki = Pki::new();
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_trust_domain(TD))
+        .max_pending_handshakes(100)
+        .client_hello_timeout(Duration::from_secs(30))
+        .handshake_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let mut events = server.subscribe();
+    // Room in the kernel's queue for every staller not holding a slot: this
+    // is about who is shed, not about SYNs the kernel drops (BENCHMARKS.md
+    // section 8).
+    let addr = serve_on(&server, listener_with_backlog(1024));
+    let hello = std::sync::Arc::new(a_client_hello(&pki));
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stallers: Vec<_> = (0..300)
+        .map(|_| staller(addr, hello.clone(), dropped.clone()))
+        .collect();
+    // Until the bound is reached and stallers are being shed.
+    let shedding = tokio::time::timeout(Duration::from_secs(10), async {
+        while dropped.load(std::sync::atomic::Ordering::Relaxed) < 100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(shedding.is_ok(), "the stallers were never shed");
+
+    for attempt in 0..3 {
+        let client = pki
+            .client(&format!("spiffe://{TD}/ns/shop/sa/web"))
+            .build()
+            .unwrap();
+        let start = Instant::now();
+        let served = tokio::time::timeout(Duration::from_secs(10), async {
+            let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            let (tls, _) = client
+                .connector()
+                .connect("localhost", tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut tls = BufReader::new(tls);
+            tls.get_mut()
+                .write_all(b"ping\n")
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut line = String::new();
+            tls.read_line(&mut line).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(line)
+        })
+        .await;
+        let took = start.elapsed();
+        eprintln!("flood: attempt {attempt}: served in {took:?}");
+        match served {
+            Ok(Ok(line)) => assert_eq!(line, "ping\n", "attempt {attempt}"),
+            Ok(Err(e)) => panic!(
+                "attempt {attempt}: a valid client was shed behind 300 stallers that sent a ClientHello, after {took:?}: {e}"
+            ),
+            Err(_) => panic!("attempt {attempt}: a valid client got no answer within 10 s"),
+        }
+        assert!(
+            took < Duration::from_secs(3),
+            "attempt {attempt}: a valid client waited {took:?} behind stallers that sent a ClientHello"
+        );
+    }
+
+    // What was shed, and why, is still said.
+    let said = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(Event::Rejected { detail, .. }) = events.recv().await
+                && detail.contains("100 handshakes pending")
+                && detail.contains("ClientHello in")
+            {
+                return detail;
+            }
+        }
+    })
+    .await
+    .expect("no event said that a staller past its ClientHello was shed, and why");
+    assert!(said.contains("handshake shed"), "{said}");
+    for s in stallers {
+        s.abort();
+    }
+}
+
+/// After its ClientHello, the rest of a handshake has its own deadline (the
+/// hello timeout again), not the whole handshake timeout: a peer that sends
+/// a hello and stalls holds its slot about twice the hello timeout.
+#[tokio::test]
+async fn a_peer_that_stalls_after_its_hello_is_dropped_at_the_hello_timeout_again() {
+    let pki = Pki::new();
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_trust_domain(TD))
+        .client_hello_timeout(Duration::from_secs(1))
+        .handshake_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let mut events = server.subscribe();
+    let addr = serve(&server).await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&a_client_hello(&pki)).await.unwrap();
+    let start = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "a peer that stalled after its ClientHello held its slot for over 10 s (hello timeout 1 s)"
+    );
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "dropped after {took:?}, before its deadline"
+    );
+    let said = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(Event::Rejected { detail, .. }) = events.recv().await
+                && detail.contains("after its ClientHello")
+            {
+                return detail;
+            }
+        }
+    })
+    .await
+    .expect("no event said why the stalled handshake was dropped");
+    assert!(said.contains("1s"), "{said}");
 }
