@@ -450,8 +450,10 @@ impl<Side, State> Builder<Side, State> {
     /// peer. By default, a connection made through the [`Acceptor`](crate::Acceptor),
     /// [`Connector`](crate::Connector) or an integration is judged again at
     /// every policy change, and closed (after [`live_connection_grace`](Self::live_connection_grace))
-    /// when its peer is revoked, removed from the allow-list or no longer
-    /// chains to a trusted root.
+    /// when a fresh handshake would refuse its peer (revoked, removed from
+    /// the allow-list, no longer chaining to a trusted root, ...), except
+    /// for a stale CRL and, unless [`close_at_peer_expiry`](Self::close_at_peer_expiry),
+    /// expiry (see the [`reload`](crate::reload) module).
     pub fn keep_live_connections(mut self) -> Self {
         self.settings.closing.enabled = false;
         self

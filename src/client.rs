@@ -144,7 +144,10 @@ impl Builder<Client, Ready> {
     /// SPIFFE trust domain. Once any are given, a server whose SPIFFE ID is
     /// in trust domain X must chain to X's roots only; a server of a trust
     /// domain without roots is refused; flat roots serve servers without a
-    /// SPIFFE ID.
+    /// SPIFFE ID. A trust domain's bundle vouches for its SPIFFE IDs only:
+    /// such a server never satisfies a dialled DNS name or IP (expect it by
+    /// SPIFFE ID with [`expect_server`](Builder::expect_server)), nor a DNS
+    /// or CN rule.
     pub fn server_roots_for(self, trust_domain: &str, path: impl Into<std::path::PathBuf>) -> Self {
         self.domain_roots(trust_domain, Source::file(path))
     }

@@ -23,6 +23,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
@@ -81,16 +82,23 @@ fn random_serial() -> Result<SerialNumber, DevError> {
     Ok(SerialNumber::from_slice(&bytes))
 }
 
-/// A CRL number that grows with `this_update`: its milliseconds since 1970,
-/// as a minimal positive DER integer.
-fn crl_number(this_update: SystemTime) -> SerialNumber {
+/// A CRL number that grows with `this_update` (its milliseconds since
+/// 1970) and, for one CA, strictly with every CRL issued (`last` holds the
+/// previous one): two CRLs made in the same millisecond are still ordered.
+fn crl_number(this_update: SystemTime, last: &AtomicU64) -> SerialNumber {
     let millis = this_update
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(1, |d| d.as_millis().clamp(1, u128::from(u64::MAX >> 1)));
-    let bytes = u64::try_from(millis).unwrap_or(1).to_be_bytes();
+        .map_or(1, |d| d.as_millis().clamp(1, u128::from(u64::MAX >> 2)));
+    let millis = u64::try_from(millis).unwrap_or(1);
+    let mut number = millis;
+    let _ = last.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |prev| {
+        number = millis.max(prev.saturating_add(1)).min(u64::MAX >> 1);
+        Some(number)
+    });
+    let bytes = number.to_be_bytes();
     let mut first = bytes.iter().position(|b| *b != 0).unwrap_or(7);
     if bytes[first] & 0x80 != 0 {
-        first -= 1; // a leading zero keeps it positive; `millis` < 2^63 leaves room
+        first -= 1; // a leading zero keeps it positive; `number` < 2^63 leaves room
     }
     SerialNumber::from_slice(&bytes[first..])
 }
@@ -102,6 +110,8 @@ fn hex_serial(serial: &SerialNumber) -> String {
 /// A development certificate authority (root or intermediate).
 pub struct DevCa {
     issuer: Issuer<'static, KeyPair>,
+    /// The number of the last CRL this CA issued.
+    crl_numbers: AtomicU64,
     cert_pem: String,
     key_pem: String,
     /// The chain above this CA, up to but excluding the root (PEM).
@@ -153,6 +163,7 @@ impl DevCa {
         let params = ca_params(name, CA_LIFETIME)?;
         let cert = params.self_signed(&key)?;
         Ok(Self {
+            crl_numbers: AtomicU64::new(0),
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
             issuer: Issuer::new(params, key),
@@ -170,6 +181,7 @@ impl DevCa {
         let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
         Ok(Self {
+            crl_numbers: AtomicU64::new(0),
             issuer,
             cert_pem: cert_pem.to_owned(),
             key_pem: key_pem.to_owned(),
@@ -189,6 +201,7 @@ impl DevCa {
         let cert = params.signed_by(&key, &self.issuer)?;
         let cert_pem = cert.pem();
         Ok(Self {
+            crl_numbers: AtomicU64::new(0),
             chain_above: format!("{cert_pem}{}", self.chain_above),
             cert_pem,
             key_pem: key.serialize_pem(),
@@ -276,7 +289,7 @@ impl DevCa {
             this_update: this_update.into(),
             next_update: next_update.into(),
             // Newer CRLs get larger numbers, as a real CA's do.
-            crl_number: crl_number(this_update),
+            crl_number: crl_number(this_update, &self.crl_numbers),
             issuing_distribution_point: None,
             revoked_certs,
             key_identifier_method: KeyIdMethod::Sha256,

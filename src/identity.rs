@@ -13,7 +13,7 @@ use x509_parser::prelude::FromDer;
 
 use crate::error::SpiffeIdError;
 use crate::observe::CertFacts;
-use crate::spiffe::{SCHEME, SpiffeId};
+use crate::spiffe::{SCHEME, SpiffeId, TrustDomain};
 
 /// Why a peer's leaf certificate cannot stand for an identity.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +60,60 @@ pub enum IdentityError {
         /// The SPIFFE ID.
         id: String,
     },
+    /// An X509-SVID leaf without a keyUsage extension (X509-SVID section
+    /// 4.3: it must be there, with digitalSignature).
+    #[error(
+        "the X509-SVID has no keyUsage extension; a workload certificate with a SPIFFE ID must carry keyUsage digitalSignature (openssl: -addext keyUsage=critical,digitalSignature)"
+    )]
+    NoKeyUsage,
+    /// An X509-SVID leaf whose keyUsage lacks digitalSignature.
+    #[error(
+        "the X509-SVID's keyUsage lacks digitalSignature, which a workload certificate with a SPIFFE ID must have (openssl: -addext keyUsage=critical,digitalSignature)"
+    )]
+    NoDigitalSignature,
+    /// A signing (CA) certificate in the chain whose keyUsage lacks
+    /// keyCertSign (RFC 5280 6.1.4(n); X509-SVID section 4.3).
+    #[error(
+        "the signing certificate {subject} has a keyUsage extension without keyCertSign, so it may not sign certificates"
+    )]
+    SigningWithoutKeyCertSign {
+        /// The signing certificate's subject (escaped, cut short).
+        subject: String,
+    },
+    /// A signing certificate whose SPIFFE ID has a path: it names a
+    /// workload, which signs nothing (X509-SVID section 5.1).
+    #[error(
+        "the signing certificate {subject} carries the SPIFFE ID {id}, which has a path: a signing certificate may name its trust domain only"
+    )]
+    SigningSpiffeIdWithPath {
+        /// The signing certificate's subject (escaped, cut short).
+        subject: String,
+        /// The SPIFFE ID (escaped, cut short).
+        id: String,
+    },
+}
+
+/// Which trust bundle vouched for a verified peer, and so which of its
+/// names are believed.
+///
+/// A chain that ends in a trust domain's bundle
+/// ([`client_roots_for`](crate::ServerTlsBuilder::client_roots_for),
+/// [`server_roots_for`](crate::ClientTlsBuilder::server_roots_for)) proves
+/// that trust domain's SPIFFE ID and nothing else: the peer's DNS names and
+/// CN are not believed (a partner's CA could write any name), so they are
+/// not reported, match no rule and satisfy no dialled name. DNS and CN
+/// identities are believed only from chains that end in the flat roots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VouchedBy {
+    /// The flat roots (`client_roots_file`, `server_roots_file`, ...): every
+    /// name in the certificate is believed.
+    FlatRoots,
+    /// The bundle of this trust domain: only the SPIFFE ID is believed.
+    TrustDomain(TrustDomain),
+    /// Nobody: read with [`PeerIdentity::from_leaf_der`], which verifies
+    /// nothing.
+    Unverified,
 }
 
 /// What meshtls reads from a leaf certificate, once.
@@ -87,6 +141,15 @@ pub(crate) struct LeafInfo {
     pub(crate) signs_certificates: bool,
     /// `None` when the certificate has no EKU extension (any use).
     pub(crate) eku: Option<Eku>,
+    /// `None` when the certificate has no keyUsage extension.
+    pub(crate) key_usage: Option<KeyUsageBits>,
+}
+
+/// The keyUsage bits meshtls checks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyUsageBits {
+    pub(crate) digital_signature: bool,
+    pub(crate) key_cert_sign: bool,
 }
 
 /// The extended key usages meshtls cares about.
@@ -162,6 +225,7 @@ impl LeafInfo {
             is_ca: false,
             signs_certificates: false,
             eku: None,
+            key_usage: None,
         };
         let bad = |what: &str, e: String| unparsable(format!("bad {what} extension: {e}"));
         let mut seen = [false; 4];
@@ -187,6 +251,10 @@ impl LeafInfo {
                     let (_, ku) = KeyUsage::from_der(ext.value)
                         .map_err(|e| bad("keyUsage", e.to_string()))?;
                     info.signs_certificates = ku.key_cert_sign() || ku.crl_sign();
+                    info.key_usage = Some(KeyUsageBits {
+                        digital_signature: ku.digital_signature(),
+                        key_cert_sign: ku.key_cert_sign(),
+                    });
                 }
                 2 => {
                     let (_, eku) = ExtendedKeyUsage::from_der(ext.value)
@@ -244,8 +312,34 @@ impl LeafInfo {
         !self.dns_names.is_empty() || !self.uris.is_empty() || self.has_ip_san
     }
 
+    /// The first URI SAN with the `spiffe` scheme, as written.
+    pub(crate) fn spiffe_uri(&self) -> Option<&str> {
+        self.uris
+            .iter()
+            .find(|u| {
+                u.get(..SCHEME.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(SCHEME))
+            })
+            .map(String::as_str)
+    }
+
+    /// The SPIFFE ID a `spiffe` URI SAN names, if it has one; an error when
+    /// it has one that breaks the SPIFFE ID rules.
+    pub(crate) fn claimed_spiffe_id(&self) -> Result<Option<SpiffeId>, IdentityError> {
+        let Some(uri) = self.spiffe_uri() else {
+            return Ok(None);
+        };
+        uri.parse()
+            .map(Some)
+            .map_err(|reason| IdentityError::InvalidSpiffeId {
+                uri: crate::error::untrusted(uri),
+                reason,
+            })
+    }
+
     /// The X509-SVID rules, which also apply to any workload leaf: not a CA,
-    /// cannot sign certificates, at most one URI SAN when one is a SPIFFE ID.
+    /// cannot sign certificates, at most one URI SAN when one is a SPIFFE
+    /// ID; and for an SVID, a path, and keyUsage with digitalSignature.
     pub(crate) fn spiffe_id(&self) -> Result<Option<SpiffeId>, IdentityError> {
         if self.is_ca {
             return Err(IdentityError::LeafIsCa);
@@ -253,31 +347,51 @@ impl LeafInfo {
         if self.signs_certificates {
             return Err(IdentityError::LeafSignsCertificates);
         }
-        let mut spiffe = self.uris.iter().filter(|u| {
-            u.get(..SCHEME.len())
-                .is_some_and(|p| p.eq_ignore_ascii_case(SCHEME))
-        });
-        let Some(uri) = spiffe.next() else {
+        if self.spiffe_uri().is_none() {
             return Ok(None);
-        };
+        }
         if self.uris.len() > 1 {
             return Err(IdentityError::MultipleUriSans {
                 count: self.uris.len(),
             });
         }
-        let id: SpiffeId = uri
-            .parse()
-            .map_err(|reason| IdentityError::InvalidSpiffeId {
-                uri: crate::error::untrusted(uri),
-                reason,
-            })?;
+        let Some(id) = self.claimed_spiffe_id()? else {
+            return Ok(None);
+        };
         if id.path().is_empty() {
             // X509-SVID 5.2: a leaf names a workload, never a trust domain.
             return Err(IdentityError::NoPath {
                 id: id.as_str().to_owned(),
             });
         }
+        // X509-SVID 4.3. A leaf without a SPIFFE ID keeps RFC 5280's
+        // "no keyUsage means any".
+        match self.key_usage {
+            None => return Err(IdentityError::NoKeyUsage),
+            Some(ku) if !ku.digital_signature => return Err(IdentityError::NoDigitalSignature),
+            Some(_) => {}
+        }
         Ok(Some(id))
+    }
+
+    /// The rules for a signing certificate (an intermediate CA): with a
+    /// keyUsage extension, keyCertSign (RFC 5280 6.1.4(n)); a SPIFFE ID, if
+    /// any, names a trust domain without a path (X509-SVID 5.1). Needs a
+    /// `LeafInfo` parsed with its subject.
+    pub(crate) fn signing_rules(&self) -> Result<(), IdentityError> {
+        let subject = || crate::error::untrusted(&self.subject);
+        if self.key_usage.is_some_and(|ku| !ku.key_cert_sign) {
+            return Err(IdentityError::SigningWithoutKeyCertSign { subject: subject() });
+        }
+        if let Ok(Some(id)) = self.claimed_spiffe_id()
+            && !id.path().is_empty()
+        {
+            return Err(IdentityError::SigningSpiffeIdWithPath {
+                subject: subject(),
+                id: crate::error::untrusted(id.as_str()),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -313,6 +427,7 @@ pub struct PeerIdentity(Arc<PeerInner>);
 
 struct PeerInner {
     spiffe_id: Option<SpiffeId>,
+    vouched_by: VouchedBy,
     /// Any subjectAltName entry: a CN rule then never applies.
     any_san: bool,
     dns_names: Vec<String>,
@@ -338,13 +453,35 @@ impl PeerIdentity {
     /// for a workload identity.
     pub fn from_leaf_der(der: &[u8]) -> Result<Self, IdentityError> {
         let info = LeafInfo::parse_with(der, false)?;
+        Self::from_info(info, der, VouchedBy::Unverified)
+    }
+
+    /// The leaf parsed without its subject (formatted only when asked for).
+    pub(crate) fn parse_leaf(der: &[u8]) -> Result<LeafInfo, IdentityError> {
+        LeafInfo::parse_with(der, false)
+    }
+
+    /// The identity of a leaf whose chain `vouched_by` verified: the
+    /// X509-SVID rules, and only the names that bundle vouches for.
+    pub(crate) fn from_info(
+        info: LeafInfo,
+        der: &[u8],
+        vouched_by: VouchedBy,
+    ) -> Result<Self, IdentityError> {
         let spiffe_id = info.spiffe_id()?;
         let serial = info.serial_hex();
+        let believe_names = !matches!(vouched_by, VouchedBy::TrustDomain(_));
+        let (dns_names, common_name) = if believe_names {
+            (info.dns_names, info.common_name)
+        } else {
+            (Vec::new(), None)
+        };
         Ok(Self(Arc::new(PeerInner {
             spiffe_id,
+            vouched_by,
             any_san: info.any_san,
-            dns_names: info.dns_names,
-            common_name: info.common_name,
+            dns_names,
+            common_name,
             subject: std::sync::OnceLock::new(),
             serial,
             not_before: info.not_before,
@@ -353,18 +490,28 @@ impl PeerIdentity {
         })))
     }
 
+    /// Which trust bundle vouched for this peer, and so which of its names
+    /// are believed (see [`VouchedBy`]).
+    #[must_use]
+    pub fn vouched_by(&self) -> &VouchedBy {
+        &self.0.vouched_by
+    }
+
     /// The peer's SPIFFE ID, if its certificate is an X509-SVID.
     #[must_use]
     pub fn spiffe_id(&self) -> Option<&SpiffeId> {
         self.0.spiffe_id.as_ref()
     }
 
-    /// The DNS names in the certificate's subjectAltName, as written.
+    /// The DNS names in the certificate's subjectAltName, as written; none
+    /// when a trust domain's bundle vouched for the peer (see
+    /// [`vouched_by`](Self::vouched_by)).
     pub fn dns_names(&self) -> &[String] {
         &self.0.dns_names
     }
 
-    /// The subject's first common name (CN), if any. Legacy: prefer SANs.
+    /// The subject's first common name (CN), if any (and none when a trust
+    /// domain's bundle vouched for the peer). Legacy: prefer SANs.
     #[must_use]
     pub fn common_name(&self) -> Option<&str> {
         self.0.common_name.as_deref()

@@ -22,12 +22,10 @@ use std::sync::{Arc, Mutex};
 use rustls::{AlertDescription, CertificateError, Error as TlsError, PeerIncompatible};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use webpki::{EndEntityCert, KeyUsage};
-use x509_parser::certificate::X509CertificateParser;
-use x509_parser::nom::Parser;
 
-use crate::error::{RejectReason, describe_webpki};
-use crate::identity::PeerIdentity;
-use crate::material::Trust;
+use crate::error::{RejectReason, describe_webpki, untrusted};
+use crate::identity::{IdentityError, LeafInfo, PeerIdentity, VouchedBy};
+use crate::material::{Revocation, Trust, Unanchored};
 use crate::policy::{Policy, describe};
 use crate::revocation::Algorithms;
 
@@ -111,16 +109,40 @@ impl Epoch {
         peer: Presented<'_>,
         now: UnixTime,
     ) -> Result<Admitted, Refusal> {
+        let admitted = self.judge_with(options, peer, now, Revocation::Enforced)?;
+        self.memo
+            .remember(peer.intermediates, peer.judged_name(options), &admitted);
+        Ok(admitted)
+    }
+
+    /// The judgment, with revocation judged as `revocation` says; nothing
+    /// remembered.
+    fn judge_with(
+        &self,
+        options: &Options,
+        peer: Presented<'_>,
+        now: UnixTime,
+        revocation: Revocation,
+    ) -> Result<Admitted, Refusal> {
         let Presented {
             end_entity,
             intermediates,
             ..
         } = peer;
         let name = peer.judged_name(options);
-        let anchors = match self.trust.anchors_for(end_entity) {
-            Ok(anchors) => anchors,
-            Err(domain) => {
+        // Read once: it picks the bundle, then becomes the identity.
+        let leaf = PeerIdentity::parse_leaf(end_entity).ok();
+        let (anchors, vouched_by) = match self.trust.anchors_for(leaf.as_ref()) {
+            Ok(found) => found,
+            Err(Unanchored::NoRootsFor(domain)) => {
                 return Err(self.no_roots_for(end_entity, &domain));
+            }
+            Err(Unanchored::BadSpiffeId(e)) => {
+                return Err(Refusal {
+                    reason: RejectReason::NotAWorkloadCertificate,
+                    detail: format!("peer {}: {e}", unverified_name(end_entity)),
+                    alert: CertificateError::ApplicationVerificationFailure,
+                });
             }
         };
         if let Err(e) = self.trust.verify_to(
@@ -130,10 +152,11 @@ impl Epoch {
             intermediates,
             now,
             options.usage,
+            revocation,
         ) {
             let (reason, alert) = classify_webpki(&e);
             // The certificate did not verify: what it says about itself is
-            // untrusted, and `describe` bounds and escapes it.
+            // untrusted, and `unverified_name` bounds and escapes it.
             let who = unverified_name(end_entity);
             return Err(Refusal {
                 reason,
@@ -141,48 +164,56 @@ impl Epoch {
                 alert,
             });
         }
-        let identity = PeerIdentity::from_leaf_der(end_entity).map_err(|e| Refusal {
-            reason: RejectReason::NotAWorkloadCertificate,
-            detail: format!("peer certificate refused: {e}"),
-            alert: CertificateError::ApplicationVerificationFailure,
-        })?;
-        match name {
-            Some(name) => {
-                let valid = EndEntityCert::try_from(end_entity)
-                    .and_then(|c| c.verify_is_valid_for_subject_name(name));
-                valid.map_err(|e| Refusal {
-                    reason: RejectReason::NotAllowed,
-                    detail: format!(
-                        "server {} is not valid for the name {:?} we dialled: {}",
-                        describe(&identity),
-                        name.to_str(),
-                        describe_webpki(&e)
-                    ),
-                    alert: CertificateError::NotValidForName,
-                })?;
+        // The signing certificates' rules, and the chain's earliest end.
+        let mut until = u64::MAX;
+        for der in intermediates {
+            let Ok(ca) = LeafInfo::parse(der) else {
+                // webpki verified the chain: one that does not parse took
+                // no part in it.
+                continue;
+            };
+            if let Err(e) = ca.signing_rules() {
+                return Err(Refusal {
+                    reason: RejectReason::BadCertificate,
+                    detail: format!("peer {}: {e}", unverified_name(end_entity)),
+                    alert: CertificateError::BadEncoding,
+                });
             }
+            until = until.min(unix_secs(ca.not_after).saturating_add(1));
+        }
+        let identity = leaf
+            .ok_or_else(|| IdentityError::Unparsable {
+                detail: "the leaf certificate does not parse".into(),
+            })
+            .and_then(|leaf| PeerIdentity::from_info(leaf, end_entity, vouched_by))
+            .map_err(|e| Refusal {
+                reason: RejectReason::NotAWorkloadCertificate,
+                detail: format!("peer certificate refused: {e}"),
+                alert: CertificateError::ApplicationVerificationFailure,
+            })?;
+        match name {
+            Some(name) => self.dialled(&identity, end_entity, name)?,
             None => self.policy.check(&identity).map_err(|e| Refusal {
                 reason: RejectReason::NotAllowed,
-                detail: e.to_string(),
+                detail: match identity.vouched_by() {
+                    VouchedBy::TrustDomain(td) => format!(
+                        "{e} (the bundle of trust domain {td} vouches for its SPIFFE ID only: its DNS names and CN match no rule)"
+                    ),
+                    _ => e.to_string(),
+                },
                 alert: CertificateError::ApplicationVerificationFailure,
             })?,
         }
         // webpki admits a certificate up to and including its notAfter
         // second, and a CRL up to (not including) its nextUpdate: `until`
         // is the first second the verdict no longer holds.
-        let until = intermediates
-            .iter()
-            .filter_map(|der| not_after(der))
-            .chain(std::iter::once(unix_secs(identity.not_after())))
-            .map(|t| t.saturating_add(1))
+        let until = std::iter::once(unix_secs(identity.not_after()).saturating_add(1))
             .chain(self.trust.crl_deadline(now))
-            .fold(u64::MAX, u64::min);
-        let admitted = Admitted {
+            .fold(until, u64::min);
+        Ok(Admitted {
             peer: identity,
             until,
-        };
-        self.memo.remember(intermediates, name, &admitted);
-        Ok(admitted)
+        })
     }
 
     /// The refusal of a peer whose trust domain has no roots here.
@@ -192,11 +223,38 @@ impl Epoch {
             reason: RejectReason::UnknownIssuer,
             detail: format!(
                 "peer {who}: trust domain {} has no roots here (roots are given per trust domain, for: {})",
-                crate::error::untrusted(domain),
+                untrusted(domain),
                 self.trust.domains().join(", ")
             ),
             alert: CertificateError::UnknownIssuer,
         }
+    }
+
+    /// A client built without expected identities checks the name it
+    /// dialled, which only the flat roots vouch for.
+    fn dialled(
+        &self,
+        identity: &PeerIdentity,
+        end_entity: &CertificateDer<'_>,
+        name: &ServerName<'_>,
+    ) -> Result<(), Refusal> {
+        let refuse = |why: String| Refusal {
+            reason: RejectReason::NotAllowed,
+            detail: format!(
+                "server {} is not valid for the name {:?} we dialled: {why}",
+                describe(identity),
+                name.to_str(),
+            ),
+            alert: CertificateError::NotValidForName,
+        };
+        if let VouchedBy::TrustDomain(td) = identity.vouched_by() {
+            return Err(refuse(format!(
+                "the bundle of trust domain {td} vouches for its SPIFFE ID only, not for DNS names or IP addresses (expect it by SPIFFE ID with expect_server)"
+            )));
+        }
+        EndEntityCert::try_from(end_entity)
+            .and_then(|c| c.verify_is_valid_for_subject_name(name))
+            .map_err(|e| refuse(describe_webpki(&e)))
     }
 
     /// A peer whose handshake is done (full or resumed), or whose session is
@@ -219,27 +277,125 @@ impl Epoch {
     }
 }
 
-/// How a refusal names a peer whose chain has not verified: bounded and
-/// escaped by `describe`.
-fn unverified_name(end_entity: &CertificateDer<'_>) -> String {
-    PeerIdentity::from_leaf_der(end_entity)
-        .map(|p| describe(&p))
-        .unwrap_or_else(|_| "with an unreadable certificate".into())
+/// Whether a refusal for `reason` leaves a live connection open: the one
+/// list of kept reasons. A stale CRL or a certificate no CRL covers
+/// (an outage of the CRL publisher must not cut every connection; new
+/// handshakes are refused meanwhile), and expiry unless the builder asked
+/// to close at the peer's expiry. Every other refusal closes, including
+/// reasons added later.
+pub(crate) fn keeps_live_connection(reason: RejectReason, close_at_expiry: bool) -> bool {
+    match reason {
+        RejectReason::RevocationUnknown => true,
+        RejectReason::Expired | RejectReason::NotYetValid => !close_at_expiry,
+        _ => false,
+    }
 }
 
-fn unix_secs(t: std::time::SystemTime) -> u64 {
+/// A live connection's peer, judged again.
+pub(crate) enum LiveVerdict {
+    /// Admitted now.
+    Admitted(Admitted),
+    /// Refused for kept reasons only: stays open; judged again at the next
+    /// policy change, or at `until` (Unix seconds; `u64::MAX`: never).
+    Kept { until: u64 },
+    /// Refused for a reason that closes.
+    Closes(Refusal),
+}
+
+impl Epoch {
+    /// Judges a live connection's peer again. A refusal for a kept reason
+    /// is not the whole story: the chain is judged once more where the kept
+    /// reasons cannot refuse (revocation by listed serials only; with
+    /// expiry kept, at the last second the chain was valid), so that a peer
+    /// both expired and revoked, or under a stale CRL and off the
+    /// allow-list, is closed for the reason that closes.
+    pub(crate) fn judge_live(
+        &self,
+        options: &Options,
+        peer: Presented<'_>,
+        now: UnixTime,
+        close_at_expiry: bool,
+    ) -> LiveVerdict {
+        let first = match self.admit(options, peer, now) {
+            Ok(admitted) => return LiveVerdict::Admitted(admitted),
+            Err(refusal) => refusal,
+        };
+        if !keeps_live_connection(first.reason, close_at_expiry) {
+            return LiveVerdict::Closes(first);
+        }
+        let then = if close_at_expiry {
+            now
+        } else {
+            last_valid(peer).map_or(now, |t| {
+                UnixTime::since_unix_epoch(std::time::Duration::from_secs(t.min(now.as_secs())))
+            })
+        };
+        match self.judge_with(options, peer, then, Revocation::RevokedOnly) {
+            Ok(lenient) => LiveVerdict::Kept {
+                until: if close_at_expiry {
+                    lenient.until
+                } else {
+                    u64::MAX
+                },
+            },
+            Err(second) if keeps_live_connection(second.reason, close_at_expiry) => {
+                LiveVerdict::Kept { until: u64::MAX }
+            }
+            Err(second) => LiveVerdict::Closes(second),
+        }
+    }
+}
+
+/// The last second at which every certificate of the chain is within its
+/// validity (the earliest notAfter), if they all parse.
+fn last_valid(peer: Presented<'_>) -> Option<u64> {
+    std::iter::once(peer.end_entity)
+        .chain(peer.intermediates)
+        .map(|der| LeafInfo::parse(der).ok().map(|c| unix_secs(c.not_after)))
+        .try_fold(u64::MAX, |min, t| t.map(|t| min.min(t)))
+}
+
+/// How a refusal names a peer whose chain has not verified (or whose
+/// certificate breaks a rule): by what the certificate says, bounded and
+/// escaped, whether or not it could stand for an identity.
+fn unverified_name(end_entity: &CertificateDer<'_>) -> String {
+    const MAX_NAMES: usize = 4;
+    let Ok(leaf) = LeafInfo::parse(end_entity) else {
+        return "with an unreadable certificate".into();
+    };
+    let mut parts: Vec<String> = leaf
+        .uris
+        .iter()
+        .take(MAX_NAMES)
+        .map(|u| untrusted(u))
+        .collect();
+    let dns: Vec<String> = leaf
+        .dns_names
+        .iter()
+        .take(MAX_NAMES)
+        .map(|n| untrusted(n))
+        .collect();
+    if !dns.is_empty() {
+        parts.push(format!("dns:{}", dns.join(",")));
+    }
+    if let Some(cn) = &leaf.common_name {
+        parts.push(format!("cn:{}", untrusted(cn)));
+    }
+    if parts.is_empty() {
+        parts.push(format!("subject \"{}\"", untrusted(&leaf.subject)));
+    }
+    let more = (leaf.uris.len() + leaf.dns_names.len()).saturating_sub(2 * MAX_NAMES);
+    let more = if more > 0 {
+        format!(" (+{more} more)")
+    } else {
+        String::new()
+    };
+    format!("{}{more} (serial {})", parts.join(" "), leaf.serial_hex())
+}
+
+pub(crate) fn unix_secs(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// A certificate's notAfter (Unix seconds), or `None` if it does not parse
-/// (it then took no part in a verdict that passed).
-fn not_after(der: &[u8]) -> Option<u64> {
-    let (_, cert) = X509CertificateParser::new()
-        .with_deep_parse_extensions(false)
-        .parse(der)
-        .ok()?;
-    u64::try_from(cert.validity().not_after.timestamp()).ok()
 }
 
 /// How many verdicts an epoch remembers. Only chains that passed are kept,
@@ -433,5 +589,44 @@ pub(crate) fn classify_tls(e: &TlsError) -> RejectReason {
             RejectReason::Io
         }
         _ => RejectReason::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one list of kept reasons, over every reason there is: only a
+    /// stale or missing CRL, and expiry unless asked to close at it, leave
+    /// a live connection open.
+    #[test]
+    fn every_refusal_closes_a_live_connection_but_the_kept_ones() {
+        for reason in RejectReason::ALL {
+            let kept_by_default = keeps_live_connection(reason, false);
+            let kept_closing_at_expiry = keeps_live_connection(reason, true);
+            let (default, at_expiry) = match reason {
+                RejectReason::RevocationUnknown => (true, true),
+                RejectReason::Expired | RejectReason::NotYetValid => (true, false),
+                _ => (false, false),
+            };
+            assert_eq!(kept_by_default, default, "{reason:?} by default");
+            assert_eq!(
+                kept_closing_at_expiry, at_expiry,
+                "{reason:?} with close_at_peer_expiry"
+            );
+        }
+        // A bad signature (a same-name CA dropped), an unknown CA, a
+        // revocation, the allow-list, a certificate that is no workload's:
+        // all close.
+        for reason in [
+            RejectReason::BadCertificate,
+            RejectReason::UnknownIssuer,
+            RejectReason::Revoked,
+            RejectReason::NotAllowed,
+            RejectReason::NotAWorkloadCertificate,
+            RejectReason::WrongUsage,
+        ] {
+            assert!(!keeps_live_connection(reason, false), "{reason:?}");
+        }
     }
 }

@@ -124,7 +124,7 @@ pub use client::{ClientTls, ClientTlsBuilder, Connector};
 pub use clock::{Clock, ManualClock};
 pub use error::{Error, HandshakeError, RejectReason};
 pub use handle::Mtls;
-pub use identity::{IdentityError, PeerIdentity};
+pub use identity::{IdentityError, PeerIdentity, VouchedBy};
 pub use live::ReloadOutcome;
 pub use material::RevocationScope;
 pub use observe::{CertFacts, Event, Stats};

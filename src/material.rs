@@ -17,10 +17,11 @@ use webpki::{
 };
 
 use crate::error::{Error, MaterialError, MaterialKind, Origin, Usage, describe_webpki};
-use crate::identity::LeafInfo;
+use crate::identity::{IdentityError, LeafInfo, VouchedBy};
 use crate::observe::CertFacts;
 use crate::revocation::{Algorithms, CrlInput, Crls};
 use crate::source::Source;
+use crate::spiffe::TrustDomain;
 
 /// Which side of the connection a service's own certificate serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,12 +128,32 @@ pub enum RevocationScope {
     LeafOnly,
 }
 
+/// How a chain's revocation is judged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Revocation {
+    /// Every certificate needs a fresh CRL from its issuer that does not
+    /// list it (unknown status and stale CRLs refuse).
+    Enforced,
+    /// Only a listed serial refuses: for telling whether a live connection
+    /// kept despite a stale CRL must close for another reason.
+    RevokedOnly,
+}
+
+/// Why no roots could be chosen for a peer.
+#[derive(Debug)]
+pub(crate) enum Unanchored {
+    /// Its trust domain has no roots here (roots are given per trust domain).
+    NoRootsFor(String),
+    /// Its SPIFFE URI is not a valid SPIFFE ID.
+    BadSpiffeId(IdentityError),
+}
+
 /// The trust side of a generation: who may sign peers, and what is revoked.
 pub(crate) struct Trust {
     anchors: Vec<TrustAnchor<'static>>,
     /// Roots per SPIFFE trust domain; when any are given, a peer with a
     /// SPIFFE ID chains only to its trust domain's.
-    domains: std::collections::HashMap<String, Vec<TrustAnchor<'static>>>,
+    domains: std::collections::HashMap<String, (TrustDomain, Vec<TrustAnchor<'static>>)>,
     crls: Crls,
     scope: RevocationScope,
     pub(crate) roots: Vec<CertFacts>,
@@ -149,14 +170,25 @@ impl Trust {
         now: UnixTime,
         usage: KeyUsage,
     ) -> Result<(), webpki::Error> {
-        match self.anchors_for(end_entity) {
-            Ok(anchors) => self.verify_to(anchors, algs, end_entity, intermediates, now, usage),
+        let leaf = LeafInfo::parse(end_entity).ok();
+        match self.anchors_for(leaf.as_ref()) {
+            Ok((anchors, _)) => self.verify_to(
+                anchors,
+                algs,
+                end_entity,
+                intermediates,
+                now,
+                usage,
+                Revocation::Enforced,
+            ),
             Err(_) => Err(webpki::Error::UnknownIssuer),
         }
     }
 
     /// [`Self::verify`] against `anchors`, from [`Self::anchors_for`] (for
-    /// a caller that looked them up already).
+    /// a caller that looked them up already), enforcing revocation as
+    /// `revocation` says.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn verify_to(
         &self,
         anchors: &[TrustAnchor<'static>],
@@ -165,12 +197,17 @@ impl Trust {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
         usage: KeyUsage,
+        revocation: Revocation,
     ) -> Result<(), webpki::Error> {
         let cert = EndEntityCert::try_from(end_entity)?;
         let crl_refs = if self.crls.is_empty() {
             Vec::new()
         } else {
             self.crls.for_chain(end_entity, intermediates, algs)
+        };
+        let (status, expiration) = match revocation {
+            Revocation::Enforced => (UnknownStatusPolicy::Deny, ExpirationPolicy::Enforce),
+            Revocation::RevokedOnly => (UnknownStatusPolicy::Allow, ExpirationPolicy::Ignore),
         };
         let revocation = match RevocationOptionsBuilder::new(&crl_refs) {
             Ok(builder) => Some(
@@ -179,8 +216,8 @@ impl Trust {
                         RevocationScope::WholeChain => RevocationCheckDepth::Chain,
                         RevocationScope::LeafOnly => RevocationCheckDepth::EndEntity,
                     })
-                    .with_status_policy(UnknownStatusPolicy::Deny)
-                    .with_expiration_policy(ExpirationPolicy::Enforce)
+                    .with_status_policy(status)
+                    .with_expiration_policy(expiration)
                     .build(),
             ),
             // No CRLs configured.
@@ -190,30 +227,30 @@ impl Trust {
             .map(|_| ())
     }
 
-    /// The roots a peer may chain to: its trust domain's when roots are
-    /// given per trust domain and it has a SPIFFE ID, else the flat ones.
-    /// `Err` names a trust domain that has no roots here. What the
-    /// certificate says is not trusted yet: it only picks the bundle, which
-    /// the chain must then verify against.
+    /// The roots a peer may chain to, and who vouches for it then: its
+    /// trust domain's bundle when roots are given per trust domain and it
+    /// has a SPIFFE ID, else the flat roots. What the certificate says is
+    /// not trusted yet: it only picks the bundle, which the chain must then
+    /// verify against. `leaf` is `None` for a certificate that does not
+    /// parse (it will not verify either).
     pub(crate) fn anchors_for(
         &self,
-        end_entity: &CertificateDer<'_>,
-    ) -> Result<&[TrustAnchor<'static>], String> {
+        leaf: Option<&LeafInfo>,
+    ) -> Result<(&[TrustAnchor<'static>], VouchedBy), Unanchored> {
+        let flat = || Ok((self.anchors.as_slice(), VouchedBy::FlatRoots));
         if self.domains.is_empty() {
-            return Ok(&self.anchors);
+            return flat();
         }
-        let Ok(leaf) = LeafInfo::parse(end_entity) else {
-            return Ok(&self.anchors);
+        let Some(leaf) = leaf else {
+            return flat();
         };
-        let mut ids = leaf
-            .uris
-            .iter()
-            .filter_map(|u| u.parse::<crate::spiffe::SpiffeId>().ok());
-        match ids.next() {
-            None => Ok(&self.anchors),
+        // A SPIFFE URI that does not parse names no trust domain: it is
+        // refused as what it is, rather than tried against the flat roots.
+        match leaf.claimed_spiffe_id().map_err(Unanchored::BadSpiffeId)? {
+            None => flat(),
             Some(id) => match self.domains.get(id.trust_domain()) {
-                Some(anchors) => Ok(anchors),
-                None => Err(id.trust_domain().to_owned()),
+                Some((td, anchors)) => Ok((anchors, VouchedBy::TrustDomain(td.clone()))),
+                None => Err(Unanchored::NoRootsFor(id.trust_domain().to_owned())),
             },
         }
     }
@@ -470,9 +507,14 @@ fn load_trust(
         let der = source.certificates(bytes, MaterialKind::TrustRoots)?;
         let anchors = parse_roots(&origin, &der, &mut roots, now)?;
         issuers.extend(der);
+        // `finish` refused roots for anything that is not a trust domain.
+        let Ok(domain) = td.parse::<TrustDomain>() else {
+            continue;
+        };
         domains
             .entry(td.clone())
-            .or_insert_with(Vec::new)
+            .or_insert_with(|| (domain, Vec::new()))
+            .1
             .extend(anchors);
     }
 

@@ -97,7 +97,8 @@ pub enum Event {
     },
     /// A live connection was closed because the policy no longer admits its
     /// peer (revoked, removed from the allow-list, its CA no longer
-    /// trusted; expired, with `close_at_peer_expiry`), after the grace period.
+    /// trusted, ...; expired, with `close_at_peer_expiry`), after the grace
+    /// period.
     ConnectionClosed {
         /// Why the peer is no longer admitted.
         reason: RejectReason,

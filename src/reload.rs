@@ -37,14 +37,18 @@
 //!   connections, full or resumed, and closes its open ones made through the
 //!   acceptor, the connector, axum or tonic: every tracked connection is
 //!   judged again at each policy change (and when its verdict runs out), and
-//!   one whose peer is revoked, removed from the allow-list or no longer
-//!   chains to a trusted root is closed after the grace period
+//!   one whose peer a fresh handshake would refuse (revoked, removed from
+//!   the allow-list, no longer chaining to a trusted root, its CA's key
+//!   rotated away, ...) is closed after the grace period
 //!   ([`live_connection_grace`](crate::Builder::live_connection_grace),
 //!   default 10 s), with [`Event::ConnectionClosed`](crate::Event::ConnectionClosed)
 //!   and a count in [`Stats`](crate::Stats). Reads and writes on it then fail
-//!   with the reason. A stale CRL closes nothing (a CRL publisher's outage
-//!   must not cut every connection; new handshakes are refused meanwhile);
-//!   expiry closes only with [`close_at_peer_expiry`](crate::Builder::close_at_peer_expiry);
+//!   with the reason. Every refusal closes except the *kept* reasons: a stale
+//!   CRL or a certificate no CRL covers (a CRL publisher's outage must not
+//!   cut every connection; new handshakes are refused meanwhile), and the
+//!   peer's expiry unless [`close_at_peer_expiry`](crate::Builder::close_at_peer_expiry)
+//!   was asked for. A peer kept for one of those is still closed for any
+//!   other: an expired peer that is then revoked is closed as revoked.
 //!   [`keep_live_connections`](crate::Builder::keep_live_connections) turns
 //!   closing off. Connections on a bare config (reqwest, axum-server) are
 //!   the application's: meshtls never sees them.

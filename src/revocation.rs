@@ -41,6 +41,10 @@ struct Issuer {
 /// One kept CRL.
 struct Kept {
     crl: CertRevocationList<'static>,
+    /// Where it was read, and its bytes (to tell a copy from a conflict).
+    origin: Origin,
+    index: usize,
+    der: Vec<u8>,
     issuer_name: Vec<u8>,
     /// The SPKI of the CA whose key signed it.
     key: Vec<u8>,
@@ -50,13 +54,13 @@ struct Kept {
 }
 
 impl Kept {
-    /// Newer by CRL number when both have one, else by thisUpdate.
-    fn newer_than(&self, other: &Self) -> bool {
+    /// Newer by CRL number when both have one, then by thisUpdate.
+    fn order(&self, other: &Self) -> Ordering {
         let by_number = match (&self.number, &other.number) {
             (Some(a), Some(b)) => a.cmp(b),
             _ => Ordering::Equal,
         };
-        by_number.then(self.this_update.cmp(&other.this_update)) == Ordering::Greater
+        by_number.then(self.this_update.cmp(&other.this_update))
     }
 }
 
@@ -144,6 +148,9 @@ impl Crls {
             };
             let candidate = Kept {
                 crl: CertRevocationList::Owned(owned),
+                origin: input.origin.clone(),
+                index: input.index,
+                der: input.der.to_vec(),
                 issuer_name: issuer_name.to_vec(),
                 key: signer.spki.clone(),
                 number: parsed.crl_number().cloned(),
@@ -151,8 +158,24 @@ impl Crls {
                 next_update,
             };
             match kept.iter_mut().find(|k| k.key == candidate.key) {
-                Some(older) if candidate.newer_than(older) => *older = candidate,
-                Some(_) => {}
+                Some(kept) => match candidate.order(kept) {
+                    Ordering::Greater => *kept = candidate,
+                    Ordering::Less => {}
+                    // Neither is newer: the same CRL twice is harmless; two
+                    // that differ cannot be read one way only (taking either
+                    // could hide the other's revocations).
+                    Ordering::Equal if candidate.der == kept.der => {}
+                    Ordering::Equal => {
+                        return Err(MaterialError::CrlConflict {
+                            first: kept.origin.clone(),
+                            first_index: kept.index,
+                            second: candidate.origin,
+                            second_index: candidate.index,
+                            issuer: parsed.issuer().to_string(),
+                        }
+                        .into());
+                    }
+                },
                 None => kept.push(candidate),
             }
         }

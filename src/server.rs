@@ -152,6 +152,13 @@ impl Builder<Server, Ready> {
     /// without a SPIFFE ID only. Without this call, flat roots serve
     /// everyone, as before.
     ///
+    /// A trust domain's bundle vouches for that trust domain's SPIFFE IDs
+    /// and nothing else: the DNS names and CN of a client it verified match
+    /// no rule (`Allow::dns`, `Allow::cn`) and are not reported in its
+    /// [`PeerIdentity`](crate::PeerIdentity) (see
+    /// [`VouchedBy`](crate::VouchedBy)), so a partner's CA cannot claim an
+    /// internal name.
+    ///
     /// ```no_run
     /// # fn f() -> Result<(), meshtls::Error> {
     /// use meshtls::{Allow, ServerTls};

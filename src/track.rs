@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::clock::{Alarm, at_unix, unix_time};
 use crate::error::RejectReason;
-use crate::judge::{Admitted, Epoch, Options, Presented};
+use crate::judge::{Admitted, Epoch, LiveVerdict, Options, Presented};
 
 /// What to do with live connections whose peer the policy stops admitting.
 #[derive(Clone, Copy, Debug)]
@@ -41,21 +41,6 @@ impl Default for Closing {
             enabled: true,
             grace: Duration::from_secs(10),
             at_expiry: false,
-        }
-    }
-}
-
-impl Closing {
-    /// Whether a refusal for `reason` closes a live connection. A stale CRL
-    /// does not: an outage of the CRL publisher must not cut every
-    /// connection (new handshakes are refused meanwhile).
-    fn closes_for(&self, reason: RejectReason) -> bool {
-        match reason {
-            RejectReason::Revoked | RejectReason::NotAllowed | RejectReason::UnknownIssuer => {
-                self.enabled
-            }
-            RejectReason::Expired | RejectReason::NotYetValid => self.enabled && self.at_expiry,
-            _ => false,
         }
     }
 }
@@ -115,6 +100,10 @@ pub(crate) struct Tracker {
     /// Entries kept after the last pruning of dead ones (pruning again when
     /// the list has doubled keeps tracking amortized O(1)).
     pruned: AtomicU64,
+    /// When the sweeper will look next (Unix seconds, rounded up; `NEVER`:
+    /// at the next ring; 0 while it sweeps). A connection whose verdict
+    /// runs out sooner rings it.
+    scheduled: AtomicU64,
     side: &'static str,
 }
 
@@ -143,6 +132,7 @@ impl Tracker {
             closing,
             live: Arc::new(AtomicU64::new(0)),
             pruned: AtomicU64::new(0),
+            scheduled: AtomicU64::new(0),
             side,
         }
     }
@@ -195,6 +185,13 @@ impl Tracker {
         entries.push(Arc::downgrade(&entry));
         drop(entries);
         self.started.call_once(start);
+        // The sweeper may be asleep toward a later deadline (or none): this
+        // connection's must reach it. A sweep in progress reads `scheduled`
+        // as 0 (anything rings) until it stores what it found, which covers
+        // an entry it did not see.
+        if admitted.until < self.scheduled.load(Ordering::SeqCst) {
+            self.alarm.ring();
+        }
         Guard(Some(entry))
     }
 
@@ -209,9 +206,11 @@ impl Tracker {
     pub(crate) fn sweep(&self, epoch: &Epoch, options: &Options, now: SystemTime) -> Swept {
         let entries: Vec<Arc<Entry>> = {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            self.scheduled.store(0, Ordering::SeqCst);
             entries.retain(|w| w.strong_count() > 0);
             self.pruned.store(entries.len() as u64, Ordering::Relaxed);
             if !self.closing.enabled {
+                self.scheduled.store(NEVER, Ordering::SeqCst);
                 return Swept {
                     closed: Vec::new(),
                     next: None,
@@ -263,26 +262,33 @@ impl Tracker {
                 intermediates,
                 server_name: entry.server_name.as_ref(),
             };
-            match epoch.admit(options, peer, unix) {
-                Ok(admitted) => {
+            match epoch.judge_live(options, peer, unix, self.closing.at_expiry) {
+                LiveVerdict::Admitted(admitted) => {
                     state.epoch = epoch.number;
                     state.until = admitted.until;
                     wake_at(at(admitted.until));
                 }
-                Err(refusal) if self.closing.closes_for(refusal.reason) => {
+                LiveVerdict::Kept { until } => {
+                    // A stale CRL, an expiry not asked to close: judged
+                    // again at the next policy change (or at `until`).
+                    state.epoch = epoch.number;
+                    state.until = until;
+                    wake_at(at(until));
+                }
+                LiveVerdict::Closes(refusal) => {
                     // A grace past what the platform can hold closes now.
                     let when = now.checked_add(self.closing.grace).unwrap_or(now);
                     state.closing = Some((when, refusal.reason, refusal.detail));
                     wake_at(Some(when));
                 }
-                Err(_) => {
-                    // Kept (a stale CRL, an expiry not asked to close):
-                    // judged again at the next policy change.
-                    state.epoch = epoch.number;
-                    state.until = NEVER;
-                }
             }
         }
+        let next = swept.next.map_or(NEVER, |t| {
+            let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            secs.as_secs()
+                .saturating_add(u64::from(secs.subsec_nanos() > 0))
+        });
+        self.scheduled.store(next, Ordering::SeqCst);
         swept
     }
 }

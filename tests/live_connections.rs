@@ -605,3 +605,208 @@ async fn the_sweeper_outlives_the_runtime_of_the_first_connection() {
         "the revoked peer is still connected"
     );
 }
+
+/// Issue 19, defect 3: a CA key rotation under one name ends by dropping the
+/// old CA. Its clients' chains no longer verify (webpki says the signature
+/// fails, not "unknown issuer"): their live connections must close too.
+#[tokio::test]
+async fn dropping_a_ca_after_a_same_name_rotation_closes_its_clients() {
+    let old = Pki::named("rotating root");
+    let new = DevCa::new("rotating root").unwrap();
+    let roots = old.write(
+        "roots.crt",
+        format!("{}{}", old.ca.cert_pem(), new.cert_pem()),
+    );
+    // The server's own certificate comes from elsewhere (its own chain is
+    // checked against these roots at every reload).
+    let server_pki = Pki::named("server root");
+    let (cert, key) = old.write_cert("server", &server_pki.server_cert());
+    let server = ServerTls::builder()
+        .identity_files(cert, key)
+        .client_roots_file(&roots)
+        .allow(Allow::spiffe_trust_domain(TD))
+        .debounce(DEBOUNCE)
+        .live_connection_grace(GRACE)
+        .watch()
+        .unwrap();
+    let mut events = server.subscribe();
+    let (addr, _ended) = echo_server(&server).await;
+    let client_of = |cert: &meshtls::dev::DevCert| {
+        let (c, k) = old.write_cert(&cert.serial().replace(':', ""), cert);
+        ClientTls::builder()
+            .identity_files(c, k)
+            .server_roots_file(server_pki.ca_file())
+            .build()
+            .unwrap()
+    };
+    let mut of_old = Line::open(&client_of(&old.client_cert(&id("old-key"))), addr).await;
+    let new_cert = new.leaf().spiffe(&id("new-key")).client().issue().unwrap();
+    let mut of_new = Line::open(&client_of(&new_cert), addr).await;
+    of_old.ping().await.unwrap();
+    of_new.ping().await.unwrap();
+
+    replace(&roots, new.cert_pem());
+    let (reason, detail) = next_closed(&mut events).await;
+    assert!(detail.contains(&id("old-key")), "{reason}: {detail}");
+    assert!(
+        of_old.ping().await.is_err(),
+        "the old CA's client is still connected"
+    );
+    of_new.ping().await.unwrap();
+}
+
+/// A server that closes at the peer's expiry, on a clock the test moves.
+fn expiring_server(pki: &Pki, time: &meshtls::ManualClock) -> ServerTls {
+    pki.server()
+        .allow(Allow::spiffe_trust_domain(TD))
+        .live_connection_grace(Duration::ZERO)
+        .close_at_peer_expiry()
+        .dangerous()
+        .clock(time.clock())
+        .build()
+        .unwrap()
+}
+
+/// A client whose certificate is valid for `life` from `start`.
+fn client_valid_for(
+    pki: &Pki,
+    name: &str,
+    start: std::time::SystemTime,
+    life: Duration,
+) -> ClientTls {
+    let cert = pki
+        .ca
+        .leaf()
+        .spiffe(&id(name))
+        .client()
+        .valid_between(start - Duration::from_secs(60), start + life)
+        .issue()
+        .unwrap();
+    pki.client_with(&cert).build().unwrap()
+}
+
+/// Issue 19, defect 4: a connection opened while the sweeper sleeps toward
+/// a later deadline must be scheduled for its own peer's expiry.
+#[tokio::test]
+async fn a_connection_opened_while_the_sweeper_waits_is_closed_at_its_peers_expiry() {
+    let pki = Pki::new();
+    let start = std::time::SystemTime::now();
+    let time = meshtls::ManualClock::new(start);
+    let server = expiring_server(&pki, &time);
+    let mut events = server.subscribe();
+    let (addr, _ended) = echo_server(&server).await;
+
+    // The first connection's peer is valid for a day: the sweeper sleeps
+    // toward that.
+    let mut long = Line::open(
+        &client_valid_for(&pki, "long", start, Duration::from_secs(86_400)),
+        addr,
+    )
+    .await;
+    long.ping().await.unwrap();
+    // Then a peer valid for an hour connects.
+    let mut short = Line::open(
+        &client_valid_for(&pki, "short", start, Duration::from_secs(3600)),
+        addr,
+    )
+    .await;
+    short.ping().await.unwrap();
+
+    time.advance(Duration::from_secs(2 * 3600));
+    let (reason, detail) = next_closed(&mut events).await;
+    assert_eq!(reason, RejectReason::Expired, "{detail}");
+    assert!(detail.contains(&id("short")), "{detail}");
+    assert!(
+        short.ping().await.is_err(),
+        "the expired peer is still connected"
+    );
+    long.ping().await.unwrap();
+}
+
+/// Found while fixing issue 19: a connection kept because its peer expired
+/// (expiry does not close by default) must still close when the peer is
+/// then revoked; the judgment used to report only the expiry.
+#[tokio::test]
+async fn a_connection_kept_past_its_peers_expiry_closes_when_the_peer_is_revoked() {
+    let pki = Pki::new();
+    let start = std::time::SystemTime::now();
+    let time = meshtls::ManualClock::new(start);
+    let day = Duration::from_secs(86_400);
+    let crl = pki.write("ca.crl", pki.ca.crl(&[], day).unwrap());
+    let server = revoking_server(&pki, &crl)
+        .live_connection_grace(Duration::ZERO)
+        .dangerous()
+        .clock(time.clock())
+        .build()
+        .unwrap();
+    let mut events = server.subscribe();
+    let (addr, _ended) = echo_server(&server).await;
+    let cert = pki
+        .ca
+        .leaf()
+        .spiffe(&id("expiring"))
+        .client()
+        .valid_between(
+            start - Duration::from_secs(60),
+            start + Duration::from_secs(3600),
+        )
+        .issue()
+        .unwrap();
+    let mut line = Line::open(&pki.client_with(&cert).build().unwrap(), addr).await;
+    line.ping().await.unwrap();
+
+    // Expired, and kept (the default).
+    time.advance(Duration::from_secs(2 * 3600));
+    assert_nothing_closed(&mut events, Duration::from_millis(300)).await;
+    line.ping().await.unwrap();
+
+    // Then revoked: the connection closes, as revoked.
+    std::fs::write(&crl, pki.ca.crl(&[&cert], day).unwrap()).unwrap();
+    server.reload().unwrap();
+    let (reason, detail) = next_closed(&mut events).await;
+    assert_eq!(reason, RejectReason::Revoked, "{detail}");
+    assert!(
+        line.ping().await.is_err(),
+        "an expired, revoked peer is still connected"
+    );
+}
+
+/// The same for a connection kept because its CRL went stale: removing the
+/// peer from the allow-list closes it.
+#[tokio::test]
+async fn a_connection_kept_under_a_stale_crl_closes_when_the_peer_leaves_the_allow_list() {
+    let pki = Pki::new();
+    let start = std::time::SystemTime::now();
+    let time = meshtls::ManualClock::new(start);
+    let crl = pki.write(
+        "ca.crl",
+        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
+    );
+    let server = pki
+        .server()
+        .crl_file(&crl)
+        .allow(Allow::spiffe_id(&id("a")))
+        .allow(Allow::spiffe_id(&id("b")))
+        .live_connection_grace(Duration::ZERO)
+        .dangerous()
+        .clock(time.clock())
+        .build()
+        .unwrap();
+    let mut events = server.subscribe();
+    let (addr, _ended) = echo_server(&server).await;
+    let mut a = Line::open(&pki.client(&id("a")).build().unwrap(), addr).await;
+    a.ping().await.unwrap();
+
+    // The CRL goes stale: kept (a CRL publisher's outage closes nothing).
+    time.advance(Duration::from_secs(2 * 3600));
+    assert_nothing_closed(&mut events, Duration::from_millis(300)).await;
+    a.ping().await.unwrap();
+
+    server.set_allow_list([Allow::spiffe_id(&id("b"))]).unwrap();
+    let (reason, detail) = next_closed(&mut events).await;
+    assert_eq!(reason, RejectReason::NotAllowed, "{detail}");
+    assert!(
+        a.ping().await.is_err(),
+        "a peer off the allow-list is still connected"
+    );
+}

@@ -209,3 +209,143 @@ async fn a_client_checks_servers_against_their_trust_domains_roots() {
         "{seen:?}"
     );
 }
+
+/// Issue 19, defect 2 (server side): a partner CA trusted only for its
+/// trust domain mints a leaf with its own SPIFFE ID plus an internal DNS
+/// name. The bundle vouches for the SPIFFE ID only: a DNS rule meant for
+/// peers of the flat roots does not admit it.
+#[tokio::test]
+async fn a_trust_domain_bundle_does_not_vouch_for_dns_names() {
+    let f = Federation::new();
+    let (cert, key) = f.pki.write_cert("server", &f.pki.server_cert());
+    let b = f.pki.write("b.pem", f.b.cert_pem());
+    let server = ServerTls::builder()
+        .identity_files(cert, key)
+        .client_roots_file(f.pki.ca_file())
+        .client_roots_for(B, b)
+        .allow(Allow::dns("billing.internal"))
+        .build()
+        .unwrap();
+    let mut running = serve(&server).await;
+
+    let impostor =
+        f.b.leaf()
+            .spiffe(&format!("spiffe://{B}/ns/partner/sa/app"))
+            .dns("billing.internal")
+            .client()
+            .issue()
+            .unwrap();
+    let client = f.pki.client_with(&impostor).build().unwrap();
+    let refusal = running
+        .assert_refused(&client, "AccessDenied", RejectReason::NotAllowed)
+        .await;
+    assert!(refusal.to_string().contains(B), "{refusal}");
+
+    // The same name from the flat roots is believed.
+    let billing = f
+        .pki
+        .ca
+        .leaf()
+        .dns("billing.internal")
+        .client()
+        .issue()
+        .unwrap();
+    let peer = running
+        .assert_admitted(&f.pki.client_with(&billing).build().unwrap())
+        .await;
+    assert_eq!(peer.vouched_by(), &meshtls::VouchedBy::FlatRoots);
+}
+
+/// Issue 19, defect 2 (client side): a client with flat roots and a
+/// partner's bundle, dialling an internal name with no expected identity,
+/// must not accept a partner-signed server that claims that name.
+#[tokio::test]
+async fn a_trust_domain_bundle_does_not_vouch_for_a_dialled_name() {
+    let f = Federation::new();
+    let impostor =
+        f.b.leaf()
+            .spiffe(&format!("spiffe://{B}/ns/partner/sa/api"))
+            .dns("billing.internal")
+            .server()
+            .issue()
+            .unwrap();
+    let (cert, key) = f.pki.write_cert("impostor", &impostor);
+    let server = ServerTls::builder()
+        .identity_files(cert, key)
+        .client_roots_file(f.pki.ca_file())
+        .dangerous()
+        .allow_any_authenticated()
+        .build()
+        .unwrap();
+    let running = serve(&server).await;
+
+    let b = f.pki.write("b.pem", f.b.cert_pem());
+    let client_cert = f
+        .pki
+        .ca
+        .leaf()
+        .dns("caller.internal")
+        .client()
+        .issue()
+        .unwrap();
+    let (c, k) = f.pki.write_cert("caller", &client_cert);
+    let client = ClientTls::builder()
+        .identity_files(c, k)
+        .server_roots_file(f.pki.ca_file())
+        .server_roots_for(B, b)
+        .build()
+        .unwrap();
+    let seen = common::call(&client, running.addr, "billing.internal").await;
+    let refusal = seen.handshake();
+    assert_eq!(refusal.reason(), RejectReason::NotAllowed, "{refusal}");
+    assert!(refusal.to_string().contains(B), "{refusal}");
+
+    // A server of the flat roots with that name is accepted.
+    let honest = f
+        .pki
+        .ca
+        .leaf()
+        .dns("billing.internal")
+        .server()
+        .issue()
+        .unwrap();
+    let (cert, key) = f.pki.write_cert("honest", &honest);
+    let honest_server = ServerTls::builder()
+        .identity_files(cert, key)
+        .client_roots_file(f.pki.ca_file())
+        .dangerous()
+        .allow_any_authenticated()
+        .build()
+        .unwrap();
+    let running = serve(&honest_server).await;
+    let seen = common::call(&client, running.addr, "billing.internal").await;
+    assert!(seen.reply().starts_with("hello"), "{seen:?}");
+}
+
+/// What a peer of a trust domain's bundle is believed to be: its SPIFFE ID,
+/// and the identity says which bundle vouched.
+#[tokio::test]
+async fn a_peer_identity_says_which_bundle_vouched_for_it() {
+    let f = Federation::new();
+    let server = f.server().build().unwrap();
+    let mut running = serve(&server).await;
+    let cert =
+        f.b.leaf()
+            .spiffe(&format!("spiffe://{B}/ns/app/sa/bob"))
+            .dns("bob.internal")
+            .client()
+            .issue()
+            .unwrap();
+    let peer = running
+        .assert_admitted(&f.pki.client_with(&cert).build().unwrap())
+        .await;
+    match peer.vouched_by() {
+        meshtls::VouchedBy::TrustDomain(td) => assert_eq!(td.to_string(), B),
+        other => panic!("vouched by {other:?}"),
+    }
+    assert!(peer.dns_names().is_empty(), "{:?}", peer.dns_names());
+    assert_eq!(
+        peer.spiffe_id().unwrap().to_string(),
+        format!("spiffe://{B}/ns/app/sa/bob")
+    );
+}

@@ -336,6 +336,23 @@ pub enum MaterialError {
         /// A trusted CA has the issuer's name, but another key.
         same_name: bool,
     },
+    /// Two CRLs of one CA with the same CRL number and thisUpdate but
+    /// different contents: which is current cannot be told.
+    #[error(
+        "the CRL #{first_index} in {first} and the CRL #{second_index} in {second} (issuer {issuer}) have the same CRL number and thisUpdate but different contents, so neither can be taken as the newer (either could hide the other's revocations); publish one CRL per CA, or give the newer a higher CRL number"
+    )]
+    CrlConflict {
+        /// Where the first was read.
+        first: Origin,
+        /// Its position there, from 0.
+        first_index: usize,
+        /// Where the second was read.
+        second: Origin,
+        /// Its position there, from 0.
+        second_index: usize,
+        /// The CRLs' issuer.
+        issuer: String,
+    },
     /// A CRL that does not parse or that webpki does not support.
     #[error("the CRL #{index} in {origin} cannot be used: {detail}")]
     BadCrl {

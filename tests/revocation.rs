@@ -1,0 +1,88 @@
+//! CRLs matched to the CA that signed them, newest first, and sets of CRLs
+//! that cannot be read one way only: refused at load, naming both.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::{Pki, TD, call, serve};
+use meshtls::dev::DevCa;
+use meshtls::error::MaterialError;
+use meshtls::{Allow, Error, RejectReason};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn caller() -> String {
+    format!("spiffe://{TD}/ns/shop/sa/web")
+}
+
+/// Issue 19, defect 8: two CRLs of one CA with the same CRL number and
+/// thisUpdate but different contents. Which is "newest" cannot be told, and
+/// taking the first listed hid the second's revocation: refuse the set.
+#[test]
+fn two_crls_of_one_ca_that_tie_but_differ_are_refused() {
+    let pki = Pki::new();
+    let revoked = pki.client_cert(&caller());
+    let this_update = SystemTime::now() - Duration::from_secs(60);
+    // Two handles on one CA key that each count their own CRL numbers: a
+    // CA that reissued without moving its number on.
+    let twin = DevCa::from_pem(pki.ca.cert_pem(), pki.ca.key_pem()).unwrap();
+    let clean = pki
+        .ca
+        .crl_between(&[], this_update, this_update + HOUR)
+        .unwrap();
+    let revoking = twin
+        .crl_between(&[revoked.serial()], this_update, this_update + HOUR)
+        .unwrap();
+    let crl = pki.write("ca.crl", format!("{clean}{revoking}"));
+    let err = pki
+        .server()
+        .crl_file(&crl)
+        .allow(Allow::spiffe_trust_domain(TD))
+        .build()
+        .map(|_| ())
+        .expect_err("a set of CRLs that contradict each other was accepted");
+    assert!(
+        matches!(err, Error::Material(MaterialError::CrlConflict { .. })),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("#0") && text.contains("#1"), "{text}");
+
+    // The same CRL twice is no conflict.
+    let twice = pki.write("twice.crl", format!("{revoking}{revoking}"));
+    pki.server()
+        .crl_file(&twice)
+        .allow(Allow::spiffe_trust_domain(TD))
+        .build()
+        .unwrap();
+}
+
+/// `DevCa::crl` issued twice in a row (the same millisecond, the same
+/// thisUpdate second): the second is newer, and its revocation holds.
+#[tokio::test]
+async fn dev_ca_crls_issued_back_to_back_are_ordered() {
+    let pki = Pki::new();
+    let revoked = pki.client_cert(&caller());
+    let mut pem = String::new();
+    for _ in 0..5 {
+        pem.push_str(&pki.ca.crl(&[], HOUR).unwrap());
+    }
+    pem.push_str(&pki.ca.crl(&[&revoked], HOUR).unwrap());
+    let crl = pki.write("ca.crl", pem);
+    let server = pki
+        .server()
+        .crl_file(&crl)
+        .allow(Allow::spiffe_trust_domain(TD))
+        .build()
+        .unwrap();
+    let mut running = serve(&server).await;
+    let seen = call(
+        &pki.client_with(&revoked).build().unwrap(),
+        running.addr,
+        "localhost",
+    )
+    .await;
+    assert!(seen.refused().contains("CertificateRevoked"), "{seen:?}");
+    running.expect_refused(RejectReason::Revoked).await;
+}
