@@ -167,12 +167,19 @@ impl Epoch {
         // The signing certificates' rules, and the chain's earliest end.
         let mut until = u64::MAX;
         for der in intermediates {
-            let Ok(ca) = LeafInfo::parse(der) else {
+            let Ok(ca) = PeerIdentity::parse_leaf(der) else {
                 // webpki verified the chain: one that does not parse took
                 // no part in it.
                 continue;
             };
-            if let Err(e) = ca.signing_rules() {
+            if ca.signing_rules().is_err() {
+                // Named by its subject, formatted only now.
+                let e = LeafInfo::parse(der)
+                    .and_then(|named| named.signing_rules())
+                    .err()
+                    .unwrap_or(IdentityError::Unparsable {
+                        detail: "a signing certificate".into(),
+                    });
                 return Err(Refusal {
                     reason: RejectReason::BadCertificate,
                     detail: format!("peer {}: {e}", unverified_name(end_entity)),
