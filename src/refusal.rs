@@ -2,6 +2,12 @@
 //! tonic and plain I/O errors bury the TLS alert or meshtls's own
 //! [`HandshakeError`] several `source()`s deep (and `std::io::Error` hides its
 //! inner error from `source()` altogether).
+//!
+//! Only transport-layer errors are believed: a `rustls::Error`, meshtls's
+//! [`HandshakeError`], and the I/O error an HTTP/2 connection (h2) kept as
+//! words (in an `h2::Error`, or held by a `hyper::Error` of the connection). Text an application or a peer chose (a gRPC status message, an
+//! HTTP body, a GOAWAY's debug data, any error's `Display`) is never read
+//! as a verdict, whatever it says.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -81,6 +87,12 @@ fn alert_reason(alert: AlertDescription) -> RejectReason {
 /// server refuses a client's certificate *after* the client's handshake is
 /// done, so a client sees the refusal on its first request, not on connect.
 ///
+/// Only the transport's own errors count: rustls's, meshtls's, and the I/O
+/// error an HTTP/2 connection kept (h2 keeps only its kind and words, in an
+/// `h2::Error` or a `hyper::Error`; read with the `tonic` or `axum`
+/// feature). A status message, a body, a GOAWAY's
+/// debug data or any other text that quotes an alert is not a refusal.
+///
 /// ```no_run
 /// # async fn call(client: reqwest::Client) {
 /// match client.get("https://billing.internal/").send().await {
@@ -96,6 +108,8 @@ fn alert_reason(alert: AlertDescription) -> RejectReason {
 pub fn refused(error: &(dyn StdError + 'static)) -> Option<Refused> {
     let mut next = Some(error);
     let mut words = None;
+    // Whether `next` is what a transport-layer error (hyper's) holds.
+    let mut from_transport = false;
     // Bounded: a chain that loops must not hang the caller.
     for _ in 0..32 {
         let Some(e) = next else {
@@ -128,7 +142,8 @@ pub fn refused(error: &(dyn StdError + 'static)) -> Option<Refused> {
                 },
             });
         }
-        words = words.or_else(|| alert_in_words(&e.to_string()));
+        words = words.or_else(|| transport_words(e, from_transport));
+        from_transport = holds_transport_io(e);
         // `io::Error::source()` skips the error it wraps: look inside.
         next = match e.downcast_ref::<std::io::Error>() {
             Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
@@ -140,7 +155,50 @@ pub fn refused(error: &(dyn StdError + 'static)) -> Option<Refused> {
     words
 }
 
-/// A peer's alert, from rustls's words for it.
+/// A peer's alert in the words a transport-layer error kept of it. HTTP/2
+/// (h2) keeps the I/O error of its connection only as its kind and the
+/// words of the error it wrapped, as an `h2::Error`, or as the I/O error
+/// that a `hyper::Error` holds. Nothing else is read: h2's other errors
+/// carry text the peer chose (a GOAWAY's debug data), and an I/O error
+/// anywhere else may be an application's.
+#[cfg(any(feature = "tonic", feature = "axum"))]
+fn transport_words(e: &(dyn StdError + 'static), from_transport: bool) -> Option<Refused> {
+    let io = match e.downcast_ref::<h2::Error>() {
+        Some(h2) => h2.get_io()?,
+        None if from_transport => e.downcast_ref::<std::io::Error>()?,
+        None => return None,
+    };
+    // tokio-rustls and rustls wrap a TLS error as `InvalidData`.
+    if io.kind() != std::io::ErrorKind::InvalidData {
+        return None;
+    }
+    alert_in_words(&io.to_string())
+}
+
+/// Whether `e` is an error of the connection (not of the application's
+/// body or request) whose source is the connection's own I/O error.
+#[cfg(any(feature = "tonic", feature = "axum"))]
+fn holds_transport_io(e: &(dyn StdError + 'static)) -> bool {
+    e.downcast_ref::<hyper::Error>()
+        .is_some_and(|h| !h.is_user())
+}
+
+/// Without HTTP/2 support, there are no kept words to read.
+#[cfg(not(any(feature = "tonic", feature = "axum")))]
+fn transport_words(_: &(dyn StdError + 'static), _: bool) -> Option<Refused> {
+    None
+}
+
+/// Without HTTP/2 support, there are no kept words to read.
+#[cfg(not(any(feature = "tonic", feature = "axum")))]
+fn holds_transport_io(_: &(dyn StdError + 'static)) -> bool {
+    false
+}
+
+/// A peer's alert, from rustls's words for it: exactly the text of
+/// `rustls::Error::AlertReceived` ("received fatal alert: AccessDenied"),
+/// nothing before it or after it.
+#[cfg_attr(not(any(feature = "tonic", feature = "axum")), allow(dead_code))]
 fn alert_in_words(text: &str) -> Option<Refused> {
     const KNOWN: [AlertDescription; 12] = [
         AlertDescription::AccessDenied,
@@ -156,11 +214,7 @@ fn alert_in_words(text: &str) -> Option<Refused> {
         AlertDescription::UnsupportedCertificate,
         AlertDescription::CertificateUnknown,
     ];
-    let (_, name) = text.split_once("received fatal alert: ")?;
-    let name: String = name
-        .chars()
-        .take_while(char::is_ascii_alphanumeric)
-        .collect();
+    let name = text.strip_prefix("received fatal alert: ")?;
     let alert = KNOWN.into_iter().find(|a| format!("{a:?}") == name)?;
     Some(Refused {
         reason: alert_reason(alert),

@@ -79,6 +79,40 @@ async fn reqwest_refused_by_the_allow_list_and_by_a_crl() {
     assert_eq!(found.alert, Some(AlertDescription::CertificateRevoked));
 }
 
+/// Over HTTP/2 only the alert's words reach the client (h2 keeps an I/O
+/// error as its kind and words): they are still found, there.
+#[tokio::test]
+async fn reqwest_over_http2_refused_by_the_allow_list() {
+    let pki = Pki::new();
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_id(&id("web")))
+        .alpn_protocols([b"h2".to_vec()])
+        .build()
+        .unwrap();
+    let addr = axum_server(&server).await;
+    let other = pki
+        .client(&id("other"))
+        .alpn_protocols([b"h2".to_vec()])
+        .build()
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured((*other.config()).clone())
+        .resolve("localhost", addr)
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let error = http
+        .get(format!("https://localhost:{}/", addr.port()))
+        .send()
+        .await
+        .expect_err("the request went through");
+    let found = refused(&error).unwrap_or_else(|| panic!("nothing found in {error:?}"));
+    assert_eq!(found.reason, RejectReason::NotAllowed, "{found}");
+    assert_eq!(found.by, RefusedBy::Peer);
+    assert_eq!(found.alert, Some(AlertDescription::AccessDenied));
+}
+
 #[tokio::test]
 async fn reqwest_refusing_a_server_from_another_ca() {
     let pki = Pki::new();
@@ -190,4 +224,171 @@ async fn tonic_refused_with_the_reason() {
     assert_eq!(found.reason, RejectReason::NotAllowed, "{found}");
     assert_eq!(found.by, RefusedBy::Peer);
     assert_eq!(found.alert, Some(AlertDescription::AccessDenied));
+}
+
+/// Words a server chose, made to look like rustls's.
+const SPOOF: &str = "upstream said: received fatal alert: CertificateRevoked";
+
+/// A Greeter whose every answer is an error status carrying [`SPOOF`].
+struct Liar(tonic::Code);
+
+#[tonic::async_trait]
+impl greeter::proto::greeter_server::Greeter for Liar {
+    async fn say_hello(
+        &self,
+        _request: tonic::Request<greeter::proto::HelloRequest>,
+    ) -> Result<tonic::Response<greeter::proto::HelloReply>, tonic::Status> {
+        Err(tonic::Status::new(self.0, SPOOF))
+    }
+}
+
+/// A gRPC status message is the server's text, not a TLS alert: over a
+/// connection both sides admitted, a status whose message quotes rustls's
+/// words is not a refusal (issue 19, defect 7).
+#[tokio::test]
+async fn a_status_message_that_quotes_an_alert_is_not_a_refusal() {
+    let pki = Pki::new();
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_id(&id("web")))
+        .alpn_protocols([b"h2".to_vec()])
+        .build()
+        .unwrap();
+    let web = pki
+        .client(&id("web"))
+        .alpn_protocols([b"h2".to_vec()])
+        .build()
+        .unwrap();
+    for code in [
+        tonic::Code::PermissionDenied,
+        tonic::Code::Unavailable,
+        tonic::Code::Internal,
+        tonic::Code::Unknown,
+    ] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = greeter::proto::greeter_server::GreeterServer::new(Liar(code));
+        let serving = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(server.acceptor().incoming(listener)),
+        );
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+        let channel = meshtls::tonic::channel(&web, endpoint, "localhost")
+            .await
+            .expect("the mTLS connection itself was refused");
+        let status = greeter::say_hello(channel, "hi").await.unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(
+            status.message().contains("CertificateRevoked"),
+            "{status:?}"
+        );
+        assert_eq!(
+            refused(&status),
+            None,
+            "a {code:?} status whose message the server chose was read as a refusal: {status:?}"
+        );
+        serving.abort();
+    }
+}
+
+/// An HTTP/2 server that admits the client (mTLS), then ends the connection
+/// with a GOAWAY whose debug data (text the server chose) quotes rustls's
+/// words for an alert.
+async fn goaway_server(server: &ServerTls) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = server.acceptor();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok((mut tls, _peer)) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                // The client's preface (24 bytes) and whatever follows.
+                let mut buf = [0u8; 4096];
+                let _ = tls.read(&mut buf).await;
+                let debug = b"received fatal alert: CertificateRevoked";
+                let mut frames = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0]; // SETTINGS, empty
+                let len = 8 + debug.len();
+                frames.extend_from_slice(&[0, 0, len as u8, 0x7, 0, 0, 0, 0, 0]); // GOAWAY
+                frames.extend_from_slice(&[0, 0, 0, 0]); // last stream: none
+                frames.extend_from_slice(&[0, 0, 0, 0x2]); // INTERNAL_ERROR
+                frames.extend_from_slice(debug);
+                let _ = tls.write_all(&frames).await;
+                let _ = tls.flush().await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Text a peer put in an HTTP/2 GOAWAY, and I/O errors whose message
+/// quotes an alert, are not TLS refusals either (issue 19, defect 7).
+#[tokio::test]
+async fn alert_words_outside_a_tls_failure_are_not_a_refusal() {
+    let pki = Pki::new();
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_id(&id("web")))
+        .alpn_protocols([b"h2".to_vec()])
+        .build()
+        .unwrap();
+    let web = pki
+        .client(&id("web"))
+        .alpn_protocols([b"h2".to_vec()])
+        .build()
+        .unwrap();
+    let addr = goaway_server(&server).await;
+
+    // reqwest over HTTP/2: the GOAWAY's debug data is in its error's words.
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured((*web.config()).clone())
+        .resolve("localhost", addr)
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let error = http
+        .get(format!("https://localhost:{}/", addr.port()))
+        .send()
+        .await
+        .expect_err("the GOAWAY server answered");
+    let mut words = String::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(e) = next {
+        words.push_str(&format!("{e} / "));
+        next = e.source();
+    }
+    assert!(words.contains("CertificateRevoked"), "{words}");
+    assert_eq!(
+        refused(&error),
+        None,
+        "a GOAWAY's debug data was read as a refusal: {words}"
+    );
+
+    // tonic over the same.
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    match meshtls::tonic::channel(&web, endpoint, "localhost").await {
+        Err(e) => assert_eq!(refused(&e), None, "{e:?}"),
+        Ok(channel) => {
+            let status = greeter::say_hello(channel, "hi").await.unwrap_err();
+            assert_eq!(refused(&status), None, "{status:?}");
+        }
+    }
+
+    // I/O errors an application made, with rustls's words or close to them.
+    for error in [
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "received fatal alert: CertificateRevoked",
+        ),
+        std::io::Error::new(std::io::ErrorKind::ConnectionReset, SPOOF),
+        std::io::Error::other(format!("body: {SPOOF}")),
+    ] {
+        assert_eq!(refused(&error), None, "{error}");
+    }
 }
