@@ -23,8 +23,8 @@ use meshtls::{Allow, ClientTls, PeerIdentity, ServerTls};
 
 use crate::args::{Args, Spec};
 use crate::files::{self, Body};
-use crate::probe::{self, Role, Verdict};
-use crate::text::{left, relative, rfc3339, shell, validity};
+use crate::probe::{self, CrlLoad, Role, Verdict};
+use crate::text::{left, rfc3339, shell, validity};
 use crate::x509::{CertView, CrlView, load_der_key, load_key};
 use crate::{Done, Failure, usage};
 
@@ -172,11 +172,14 @@ pub(crate) fn run(argv: &[String]) -> Result<Done, Failure> {
         &paths,
         chain.as_ref().map(|(c, _)| c.as_slice()),
     );
-    if let Some((chain, views)) = &chain {
-        peer_view(&mut report, role, &paths, chain, views, key);
-    }
-    if let (Some(crl), Some(leaf)) = (paths.crl, &leaf) {
-        revocation(&mut report, crl, leaf);
+    let verdict = chain.as_ref().map(|(chain, views)| {
+        let real_key = key.is_some();
+        let verdict = probe::judge(role, chain, key, paths.ca, paths.crl);
+        peer_view(&mut report, role, &paths, views, real_key, &verdict);
+        verdict
+    });
+    if let (Some(crl), Some(leaf), Some(verdict)) = (paths.crl, &leaf, &verdict) {
+        revocation(&mut report, role, &paths, crl, leaf, verdict);
     }
     if let Some(leaf_der) = chain.as_ref().and_then(|(chain, _)| chain.first()) {
         allow_rules(&mut report, role, &rules, leaf_der);
@@ -707,12 +710,10 @@ fn peer_view(
     report: &mut Report,
     role: Role,
     paths: &Paths<'_>,
-    chain: &[Vec<u8>],
     views: &[CertView],
-    key: Option<Arc<dyn SigningKey>>,
+    real_key: bool,
+    verdict: &Verdict,
 ) {
-    let real_key = key.is_some();
-    let verdict = probe::judge(role, chain, key, paths.ca, paths.crl);
     let cas = ca_views(paths.ca);
     let Some(top) = views.last() else {
         return;
@@ -755,7 +756,7 @@ fn peer_view(
                 "chain",
                 format!("{trusting} refuses it ({reason}): {detail}"),
             );
-            chain_fix(finding, reason, paths, views, &cas);
+            chain_fix(finding, *reason, paths, views, &cas);
         }
         Verdict::PeerSetup(e) => {
             report.add(
@@ -837,106 +838,158 @@ fn chain_fix(
     }
 }
 
-/// What the CRL file says about the certificate: revoked or not, stale or not,
-/// and whether it covers the certificate's issuer at all.
-fn revocation(report: &mut Report, crl: &str, leaf: &CertView) {
+/// Whether the certificate is revoked, by meshtls's own CRL matching: the
+/// CRL file is loaded with the CA file as a peer would load them (each CRL
+/// matched to the CA key that signed it; a CRL no CA there signed, a stale
+/// or an unreadable one, is refused), and the verdict is the peer's
+/// judgment of the chain with them. What the CRL says (dates, entries) is
+/// read alongside, only to explain that verdict.
+fn revocation(
+    report: &mut Report,
+    role: Role,
+    paths: &Paths<'_>,
+    crl: &str,
+    leaf: &CertView,
+    verdict: &Verdict,
+) {
     let now = crate::text::now();
-    let bytes = match files::read(crl) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            report.add(Level::Fail, "revocation", e.to_string());
-            return;
-        }
-    };
-    let ders: Vec<Vec<u8>> = if files::is_pem(&bytes) {
-        files::pem_blocks(&bytes)
-            .into_iter()
-            .filter_map(|b| match b.body {
-                Body::Der(SectionKind::Crl, der) => Some(der),
-                _ => None,
-            })
-            .collect()
-    } else {
-        vec![bytes]
-    };
-    let crls: Vec<CrlView> = ders.iter().filter_map(|d| CrlView::parse(d).ok()).collect();
-    if crls.is_empty() {
-        report.add(
-            Level::Fail,
-            "revocation",
-            format!("{crl} holds no CRL (-----BEGIN X509 CRL-----)"),
-        );
-        return;
-    }
-    let Some(covering) = crls
-        .iter()
-        .filter(|c| c.issuer_der == leaf.issuer_der)
-        .max_by_key(|c| c.this_update)
-    else {
-        let issuers: Vec<&str> = crls.iter().map(|c| c.issuer.as_str()).collect();
-        report
-            .add(
-                Level::Fail,
-                "revocation",
-                format!(
-                    "{crl} holds CRLs of {} but none of {}, the certificate's issuer: a peer with this CRL cannot tell whether it is revoked, and refuses it",
-                    issuers.join("; "),
-                    leaf.issuer
-                ),
-            )
-            .fix(format!("fix: give the CRL of {} (both, concatenated, when peers come from several CAs)", leaf.issuer));
-        return;
-    };
-    let next = match covering.next_update {
-        Some(t) if t < now => {
-            report
-                .add(
-                    Level::Fail,
-                    "revocation",
-                    format!(
-                        "the CRL of {} in {crl} is past its nextUpdate ({}, {}): peers refuse every certificate it covers",
-                        covering.issuer,
-                        rfc3339(t),
-                        relative(t, now)
-                    ),
-                )
-                .fix("fix: publish a fresh CRL (`meshtls mint crl` for a development CA, `openssl ca -gencrl` for an openssl CA)");
-            return;
-        }
-        Some(t) => format!("next update {} ({})", rfc3339(t), left(t, now)),
-        None => "no nextUpdate".to_owned(),
-    };
-    match covering.entry(&leaf.serial) {
-        Some((_, when, reason)) => {
+    let e = match probe::load_crls(role, paths.ca, crl) {
+        CrlLoad::Accepted => None,
+        CrlLoad::Refused(e) => Some(e),
+        CrlLoad::NotJudged(why) => {
             report.add(
                 Level::Fail,
                 "revocation",
+                format!("{crl} could not be judged: {why}"),
+            );
+            return;
+        }
+    };
+    if let Some(e) = e {
+        use meshtls::error::MaterialError as M;
+        let (text, fix) = match &e {
+            meshtls::Error::Material(m @ M::CrlIssuerUnknown { .. }) => (
+                format!("{crl} is not the CA's: {m}"),
                 format!(
+                    "fix: give the CRL that the CA in {} signed (`meshtls mint crl --ca DIR` for a development CA, `openssl ca -gencrl` for an openssl CA)",
+                    paths.ca
+                ),
+            ),
+            meshtls::Error::Material(m @ M::CrlExpired { .. }) => (
+                m.to_string(),
+                "fix: publish a fresh CRL (`meshtls mint crl` for a development CA, `openssl ca -gencrl` for an openssl CA)".to_owned(),
+            ),
+            other => (
+                format!("{crl} cannot be used with {}: {other}", paths.ca),
+                "fix: see the message; a peer refuses to start with this CRL".to_owned(),
+            ),
+        };
+        report.add(Level::Fail, "revocation", text).fix(fix);
+        return;
+    }
+    // The CA's CRLs, as the file holds them: for the explanation only.
+    let crls: Vec<CrlView> = files::read(crl)
+        .map(|bytes| {
+            let ders: Vec<Vec<u8>> = if files::is_pem(&bytes) {
+                files::pem_blocks(&bytes)
+                    .into_iter()
+                    .filter_map(|b| match b.body {
+                        Body::Der(SectionKind::Crl, der) => Some(der),
+                        _ => None,
+                    })
+                    .collect()
+            } else {
+                vec![bytes]
+            };
+            ders.iter().filter_map(|d| CrlView::parse(d).ok()).collect()
+        })
+        .unwrap_or_default();
+    // meshtls accepted every CRL in the file as signed by a CA in the CA
+    // file; the leaf's are those of its issuer's name and key identifier.
+    let of_issuer = |c: &&CrlView| {
+        c.issuer_der == leaf.issuer_der
+            && (c.authority_key_id.is_none()
+                || leaf.authority_key_id.is_none()
+                || c.authority_key_id == leaf.authority_key_id)
+    };
+    let covering = crls.iter().filter(of_issuer).max_by_key(|c| c.this_update);
+    match verdict {
+        Verdict::Refused {
+            reason: RejectReason::Revoked,
+            detail,
+        } => {
+            let entry = crls
+                .iter()
+                .filter(of_issuer)
+                .find_map(|c| c.entry(&leaf.serial).map(|e| (c, e)));
+            let text = match entry {
+                Some((c, (_, when, reason))) => format!(
                     "serial {} is revoked by the CRL of {} in {crl}, since {}{}",
                     leaf.serial,
-                    covering.issuer,
+                    c.issuer,
                     rfc3339(*when),
                     reason
                         .as_ref()
                         .map(|r| format!(" ({r})"))
                         .unwrap_or_default()
                 ),
-            );
+                None => format!("serial {} is revoked: {detail}", leaf.serial),
+            };
+            report.add(Level::Fail, "revocation", text);
         }
-        None => {
-            report.add(
-                Level::Ok,
-                "revocation",
+        Verdict::Refused {
+            reason: RejectReason::RevocationUnknown,
+            detail,
+        } => {
+            let issuers: Vec<&str> = crls.iter().map(|c| c.issuer.as_str()).collect();
+            report
+                .add(
+                    Level::Fail,
+                    "revocation",
+                    format!(
+                        "{crl} holds CRLs of {} but none that covers the chain: a peer with this CRL cannot tell whether it is revoked, and refuses it ({detail})",
+                        if issuers.is_empty() { "nobody".to_owned() } else { issuers.join("; ") }
+                    ),
+                )
+                .fix(format!(
+                    "fix: give the CRL of {} too (concatenated, when peers come from several CAs)",
+                    leaf.issuer
+                ));
+        }
+        Verdict::Admitted | Verdict::ChainAccepted => {
+            let said = covering.map(|c| {
+                let next = match c.next_update {
+                    Some(t) => format!("next update {} ({})", rfc3339(t), left(t, now)),
+                    None => "no nextUpdate".to_owned(),
+                };
                 format!(
-                    "not revoked: the CRL of {} in {crl} {}; {next}",
-                    covering.issuer,
-                    match covering.revoked.len() {
+                    "the CRL of {} in {crl} {}; {next}",
+                    c.issuer,
+                    match c.revoked.len() {
                         0 => "revokes nothing".to_owned(),
                         n => format!(
                             "revokes {}, not this one",
                             crate::text::count(n, "serial", "serials")
                         ),
                     }
+                )
+            });
+            report.add(
+                Level::Ok,
+                "revocation",
+                format!(
+                    "not revoked: {}",
+                    said.unwrap_or_else(|| format!("a {} with {crl} admits it", role.peer()))
+                ),
+            );
+        }
+        Verdict::Refused { .. } | Verdict::PeerSetup(_) | Verdict::Inconclusive(_) => {
+            report.add(
+                Level::Info,
+                "revocation",
+                format!(
+                    "not judged: the {} refuses the chain before revocation matters (see chain)",
+                    role.peer()
                 ),
             );
         }

@@ -130,6 +130,75 @@ pub(crate) fn certificates(path: &str, bytes: &[u8]) -> Result<Vec<Vec<u8>>, Fai
     Ok(certs)
 }
 
+/// Who may read a file `mint` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Readers {
+    /// A private key: its owner only (0600), from the moment it exists.
+    Owner,
+    /// A certificate or a CRL: anyone (0644, less what the umask takes).
+    Anyone,
+}
+
+/// Whether `write_new` may replace a file that exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Existing {
+    /// Never: the write fails, and the file is left as it was.
+    Keep,
+    /// Yes, all at once (`--force`).
+    Replace,
+}
+
+/// Writes `contents` to `path` all at once: into a new file beside it,
+/// created with the mode `readers` calls for (never wider, not even for a
+/// moment), then renamed into place (or linked, when an existing file must
+/// be kept, so two writers cannot both win). A file that exists is never
+/// written into: with `Existing::Replace` it is replaced by the new one.
+pub(crate) fn write_new(
+    path: &Path,
+    contents: &[u8],
+    readers: Readers,
+    existing: Existing,
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{name}.meshtls-{}-{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(match readers {
+        Readers::Owner => 0o600,
+        Readers::Anyone => 0o644,
+    });
+    let written = options.open(&tmp).and_then(|mut file| {
+        file.write_all(contents)?;
+        file.sync_all()
+    });
+    let placed = written.and_then(|()| match existing {
+        Existing::Replace => std::fs::rename(&tmp, path),
+        // A link fails if `path` exists: nothing is replaced, ever.
+        Existing::Keep => std::fs::hard_link(&tmp, path),
+    });
+    // After a rename there is nothing left to remove.
+    let _ = std::fs::remove_file(&tmp);
+    placed
+}
+
 /// `path` with its extension replaced (`tls.crt` -> `tls.csr`).
 pub(crate) fn with_extension(path: &str, ext: &str) -> String {
     Path::new(path).with_extension(ext).display().to_string()
@@ -138,6 +207,32 @@ pub(crate) fn with_extension(path: &str, ext: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_new_keeps_or_replaces_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("tls.key");
+        write_new(&path, b"one", Readers::Owner, Existing::Keep).unwrap_or_else(|e| panic!("{e}"));
+        let again = write_new(&path, b"two", Readers::Owner, Existing::Keep);
+        assert_eq!(
+            again.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::AlreadyExists)
+        );
+        assert_eq!(std::fs::read(&path).unwrap_or_default(), b"one");
+        write_new(&path, b"three", Readers::Owner, Existing::Replace)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(std::fs::read(&path).unwrap_or_default(), b"three");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777);
+            assert_eq!(mode.ok(), Some(0o600));
+        }
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert_eq!(names, vec![std::ffi::OsString::from("tls.key")]);
+    }
 
     #[test]
     fn blocks_in_order_with_unknown_and_encrypted() {

@@ -66,8 +66,9 @@ pub(crate) fn usage(topic: Option<&str>) -> String {
       a development CA: writes DIR/ca.crt and DIR/ca.key (never over an existing CA)";
     const MINT_LEAF: &str =
         "  meshtls mint leaf --ca DIR --out DIR2 [--spiffe ID] [--dns NAME]... [--cn NAME]
-                    [--server] [--client] [--hours N]
-      a certificate the CA in DIR signs: writes DIR2/tls.crt (chain) and DIR2/tls.key;
+                    [--server] [--client] [--hours N] [--force]
+      a certificate the CA in DIR signs: writes DIR2/tls.crt (chain) and DIR2/tls.key
+      (readable by its owner only; existing files are replaced only with --force);
       both usages without --server/--client; subject CN = the first name unless --cn;
       valid for N hours (default 24)";
     const MINT_CRL: &str =

@@ -9,6 +9,7 @@ use meshtls::dev::DevCa;
 use meshtls::rustls::pki_types::DnsName;
 
 use crate::args::{Args, Spec};
+use crate::files::{Existing, Readers};
 use crate::text::{count, now, rfc3339, span};
 use crate::x509::CertView;
 use crate::{Done, Failure, files, usage};
@@ -25,7 +26,7 @@ const CA: Spec = Spec {
 const LEAF: Spec = Spec {
     once: &["ca", "out", "spiffe", "cn", "hours"],
     repeated: &["dns"],
-    switches: &["server", "client"],
+    switches: &["server", "client", "force"],
     positionals: 0,
 };
 
@@ -61,9 +62,12 @@ pub(crate) fn ca(argv: &[String]) -> Result<Done, Failure> {
         }
     }
     let ca = DevCa::new(name).map_err(|e| Failure::Failed(e.to_string()))?;
-    let (cert, key) = ca
-        .write_to(&out)
-        .map_err(|e| Failure::Failed(format!("cannot write into {}: {e}", out.display())))?;
+    let (cert, key) = write_pair(
+        &out,
+        ("ca.crt", ca.cert_pem()),
+        ("ca.key", ca.key_pem()),
+        Existing::Keep,
+    )?;
     let view = CertView::parse(&pem_cert(ca.cert_pem())?).map_err(Failure::Failed)?;
     Ok(Done::ok(format!(
         "wrote {} and {}\n  subject  {}\n  valid    until {}\n  trust it with --ca {} (check) or as a service's client/server roots",
@@ -83,6 +87,25 @@ pub(crate) fn leaf(argv: &[String]) -> Result<Done, Failure> {
     }
     let ca_dir = args.required("ca")?;
     let out = PathBuf::from(args.required("out")?);
+    let existing = if args.switch("force") {
+        Existing::Replace
+    } else {
+        Existing::Keep
+    };
+    if existing == Existing::Keep {
+        for name in ["tls.crt", "tls.key"] {
+            let path = out.join(name);
+            if path.symlink_metadata().is_ok() {
+                return Err(Failure::Failed(format!(
+                    "{} exists: a new leaf would replace it (and its key: what the old certificate was issued for stops working); \
+                     pass --force to replace {} and {}, or pick another --out",
+                    path.display(),
+                    out.join("tls.crt").display(),
+                    out.join("tls.key").display()
+                )));
+            }
+        }
+    }
     let lifetime = hours(&args, 24)?;
     let spiffe = args.optional("spiffe").map(spiffe_id).transpose()?;
     let dns: Vec<&str> = args.all("dns");
@@ -125,9 +148,12 @@ pub(crate) fn leaf(argv: &[String]) -> Result<Done, Failure> {
     let cert = builder
         .issue()
         .map_err(|e| Failure::Failed(e.to_string()))?;
-    let (crt, key) = cert
-        .write_to(&out)
-        .map_err(|e| Failure::Failed(format!("cannot write into {}: {e}", out.display())))?;
+    let (crt, key) = write_pair(
+        &out,
+        ("tls.crt", cert.chain_pem()),
+        ("tls.key", cert.key_pem()),
+        existing,
+    )?;
     let view = CertView::parse(cert.der()).map_err(Failure::Failed)?;
     let mut lines = vec![
         format!("wrote {} (chain) and {}", crt.display(), key.display()),
@@ -230,6 +256,35 @@ pub(crate) fn crl(argv: &[String]) -> Result<Done, Failure> {
         rfc3339(now().saturating_add(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX))),
         span(lifetime.as_secs())
     )))
+}
+
+/// Writes a certificate and its key into `dir` (made if missing): the key
+/// first, created readable by its owner only, then the certificate. With
+/// `Existing::Keep`, a file that exists is left alone and the write fails.
+fn write_pair(
+    dir: &Path,
+    (cert_name, cert_pem): (&str, &str),
+    (key_name, key_pem): (&str, &str),
+    existing: Existing,
+) -> Result<(PathBuf, PathBuf), Failure> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Failure::Failed(format!("cannot create {}: {e}", dir.display())))?;
+    let (cert, key) = (dir.join(cert_name), dir.join(key_name));
+    let write = |path: &Path, pem: &str, readers: Readers| {
+        files::write_new(path, pem.as_bytes(), readers, existing).map_err(|e| {
+            Failure::Failed(if e.kind() == std::io::ErrorKind::AlreadyExists {
+                format!(
+                    "{} exists; nothing was replaced (pass --force to replace it)",
+                    path.display()
+                )
+            } else {
+                format!("cannot write {}: {e}", path.display())
+            })
+        })
+    };
+    write(&key, key_pem, Readers::Owner)?;
+    write(&cert, cert_pem, Readers::Anyone)?;
+    Ok((cert, key))
 }
 
 /// `--hours N`: a whole number of hours, at least 1, at most ten years.

@@ -285,6 +285,57 @@ fn run(
     }
 }
 
+/// What meshtls made of a CRL file with a CA file.
+#[derive(Debug)]
+pub(crate) enum CrlLoad {
+    /// Every CRL in it is signed by a CA there, current and readable.
+    Accepted,
+    /// meshtls refuses the set (its error names the CRL and why).
+    Refused(meshtls::Error),
+    /// It could not be tried (the stand-in peer could not be made).
+    NotJudged(String),
+}
+
+/// Loads `crl` with the roots in `ca` as the peer judging a `role` would
+/// (a meshtls server with client roots, or a client with server roots):
+/// meshtls matches each CRL to the CA key that signed it, and refuses a CRL
+/// no CA there signed, a stale one and an unreadable one.
+pub(crate) fn load_crls(role: Role, ca: &str, crl: &str) -> CrlLoad {
+    let stand_in = match stand_in() {
+        Ok(stand_in) => stand_in,
+        Err(e) => return CrlLoad::NotJudged(format!("cannot set up the stand-in peer: {e}")),
+    };
+    let cert = Source::pem(
+        "the stand-in peer's certificate",
+        stand_in.chain_pem().as_bytes().to_vec(),
+    );
+    let key = Source::pem(
+        "the stand-in peer's key",
+        stand_in.key_pem().as_bytes().to_vec(),
+    );
+    let built = match role {
+        Role::Client => ServerTls::builder()
+            .identity(cert, key)
+            .client_roots(Source::file(ca))
+            .crl_file(crl)
+            .dangerous()
+            .allow_any_authenticated()
+            .build()
+            .map(drop),
+        Role::Server => ClientTls::builder()
+            .identity(cert, key)
+            .server_roots(Source::file(ca))
+            .crl_file(crl)
+            .expect_server(Allow::custom("any server the CA signed", |_| true))
+            .build()
+            .map(drop),
+    };
+    match built {
+        Ok(()) => CrlLoad::Accepted,
+        Err(e) => CrlLoad::Refused(e),
+    }
+}
+
 /// The stand-in peer: a leaf of a CA minted for this check alone.
 fn stand_in() -> Result<DevCert, meshtls::dev::DevError> {
     DevCa::new("meshtls check stand-in peer CA")?

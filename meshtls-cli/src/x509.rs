@@ -59,6 +59,9 @@ pub(crate) struct CertView {
     pub(crate) key: String,
     /// The SubjectPublicKeyInfo, DER.
     pub(crate) spki: Vec<u8>,
+    /// The authorityKeyIdentifier's key identifier: which key of the
+    /// issuer signed it (to tell same-named CAs apart in explanations).
+    pub(crate) authority_key_id: Option<Vec<u8>>,
     /// The SPIFFE ID (leaves), or why the certificate cannot stand for a
     /// workload identity (meshtls's X509-SVID rules).
     pub(crate) identity: Result<Option<String>, String>,
@@ -120,6 +123,7 @@ impl CertView {
             eku,
             key: describe_spki(cert.public_key()),
             spki: cert.public_key().raw.to_vec(),
+            authority_key_id: authority_key_id(cert.extensions()),
             identity: Ok(None),
         };
         if let Some(san) = cert
@@ -338,6 +342,18 @@ pub(crate) struct CrlView {
     pub(crate) revoked: Vec<(String, i64, Option<String>)>,
     /// The cRLNumber, in decimal.
     pub(crate) number: Option<String>,
+    /// The authorityKeyIdentifier's key identifier: which key signed it.
+    pub(crate) authority_key_id: Option<Vec<u8>>,
+}
+
+/// The key identifier of an authorityKeyIdentifier extension among `extensions`.
+fn authority_key_id(extensions: &[x509_parser::extensions::X509Extension<'_>]) -> Option<Vec<u8>> {
+    extensions.iter().find_map(|e| match e.parsed_extension() {
+        x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+            aki.key_identifier.as_ref().map(|k| k.0.to_vec())
+        }
+        _ => None,
+    })
 }
 
 impl CrlView {
@@ -361,6 +377,7 @@ impl CrlView {
                 })
                 .collect(),
             number: crl.crl_number().map(|n| n.to_string()),
+            authority_key_id: authority_key_id(crl.extensions()),
         })
     }
 

@@ -845,3 +845,231 @@ fn inspect_opens_a_pkcs12_file_made_by_openssl() {
         empty.all()
     );
 }
+
+/// `mint leaf --ca ca --out DIR --dns NAME [extra]`.
+fn mint_leaf(dir: &Path, out: &str, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "mint",
+        "leaf",
+        "--ca",
+        "ca",
+        "--out",
+        out,
+        "--dns",
+        "api.example.com",
+    ];
+    args.extend_from_slice(extra);
+    meshtls(dir, &args)
+}
+
+/// The permission bits of `path`.
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .expect("the file exists")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// An existing key (and certificate) is never replaced unless `--force`
+/// says so; with it, the new key replaces the old one, readable by its
+/// owner only (issue 19, defect 10).
+#[test]
+fn mint_leaf_does_not_overwrite_a_key_without_force() {
+    let dir = minted();
+    let d = dir.path();
+    let key = d.join("server/tls.key");
+    let cert = d.join("server/tls.crt");
+    let (old_key, old_cert) = (
+        std::fs::read_to_string(&key).expect("the key"),
+        std::fs::read_to_string(&cert).expect("the certificate"),
+    );
+
+    let refused = mint_leaf(d, "server", &[]);
+    assert_eq!(refused.code, 1, "{}", refused.all());
+    assert_eq!(
+        std::fs::read_to_string(&key).expect("the key"),
+        old_key,
+        "mint leaf overwrote an existing key without --force:\n{}",
+        refused.all()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&cert).expect("the certificate"),
+        old_cert,
+        "mint leaf overwrote an existing certificate without --force:\n{}",
+        refused.all()
+    );
+    assert!(
+        refused.stderr.contains("exists") && refused.stderr.contains("--force"),
+        "{}",
+        refused.all()
+    );
+
+    // Made world-readable by someone: --force replaces it with a new key
+    // that is not.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let forced = mint_leaf(d, "server", &["--force"]);
+    assert_eq!(forced.code, 0, "{}", forced.all());
+    assert_ne!(std::fs::read_to_string(&key).expect("the key"), old_key);
+    assert_ne!(std::fs::read_to_string(&cert).expect("the cert"), old_cert);
+    assert_eq!(mode(&key), 0o600, "{}", forced.all());
+}
+
+/// A key is created readable by its owner only: it is never, for any
+/// moment, readable by others (a watcher polls its mode while `mint`
+/// writes it, with a umask that would let anyone read it).
+#[test]
+fn a_minted_key_is_never_readable_by_others() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    let dir = minted();
+    let d = dir.path();
+    let mut seen = Vec::new();
+    for i in 0..40 {
+        for (kind, out, key) in [
+            ("leaf", format!("leaf{i}"), "tls.key"),
+            ("ca", format!("ca{i}"), "ca.key"),
+        ] {
+            let out_dir = d.join(&out);
+            std::fs::create_dir_all(&out_dir).expect("mkdir");
+            let key = out_dir.join(key);
+            let done = Arc::new(AtomicBool::new(false));
+            let worst = Arc::new(AtomicU32::new(0));
+            let watcher = {
+                let (done, worst, key) = (done.clone(), worst.clone(), key.clone());
+                std::thread::spawn(move || {
+                    use std::os::unix::fs::PermissionsExt;
+                    while !done.load(Ordering::Relaxed) {
+                        if let Ok(m) = std::fs::symlink_metadata(&key) {
+                            worst.fetch_or(m.permissions().mode() & 0o077, Ordering::Relaxed);
+                        }
+                    }
+                })
+            };
+            let bin = env!("CARGO_BIN_EXE_meshtls");
+            let args: Vec<&str> = match kind {
+                "leaf" => vec![
+                    "mint",
+                    "leaf",
+                    "--ca",
+                    "ca",
+                    "--out",
+                    &out,
+                    "--dns",
+                    "a.example",
+                ],
+                _ => vec!["mint", "ca", "--out", &out],
+            };
+            let status = Command::new("sh")
+                .arg("-c")
+                .arg("umask 000 && exec \"$@\"")
+                .arg("sh")
+                .arg(bin)
+                .args(&args)
+                .current_dir(d)
+                .output()
+                .expect("sh runs");
+            done.store(true, Ordering::Relaxed);
+            watcher.join().expect("the watcher");
+            assert!(
+                status.status.success(),
+                "{}",
+                String::from_utf8_lossy(&status.stderr)
+            );
+            let bits = worst.load(Ordering::Relaxed);
+            if bits != 0 {
+                seen.push(format!(
+                    "mint {kind} run {i}: {key:?} was mode ...{bits:03o} for others"
+                ));
+            }
+            assert_eq!(mode(&key), 0o600);
+        }
+    }
+    assert!(
+        seen.is_empty(),
+        "a private key was readable by others while being written ({} of 80 runs):\n{}",
+        seen.len(),
+        seen.join("\n")
+    );
+}
+
+/// A CRL with the CA's name but signed by another key (a CA minted with the
+/// same name) is not the CA's CRL: `check` says so, and never reports the
+/// certificate "not revoked" on its word (issue 19, defect 10).
+#[test]
+fn check_refuses_a_crl_of_the_same_name_signed_by_another_key() {
+    let dir = minted();
+    let d = dir.path();
+    ok(
+        d,
+        &["mint", "ca", "--out", "impostor", "--name", "cli test CA"],
+    );
+    ok(
+        d,
+        &["mint", "crl", "--ca", "impostor", "--out", "impostor.crl"],
+    );
+    let run = meshtls(
+        d,
+        &[
+            "check",
+            "--cert",
+            "web/tls.crt",
+            "--key",
+            "web/tls.key",
+            "--ca",
+            "ca/ca.crt",
+            "--crl",
+            "impostor.crl",
+            "--as",
+            "client",
+        ],
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    let revocation: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" revocation "))
+        .collect();
+    assert!(
+        !revocation
+            .iter()
+            .any(|l| l.contains("not revoked") || l.starts_with("ok")),
+        "a CRL signed by another key was believed:\n{}",
+        run.all()
+    );
+    assert!(
+        revocation
+            .iter()
+            .any(|l| l.starts_with("FAIL") && l.contains("not signed by")),
+        "the revocation finding does not say the CRL is not signed by the CA:\n{}",
+        run.all()
+    );
+
+    // The CA's own CRL, beside it, is still read (control).
+    let good = meshtls(
+        d,
+        &[
+            "check",
+            "--cert",
+            "web/tls.crt",
+            "--key",
+            "web/tls.key",
+            "--ca",
+            "ca/ca.crt",
+            "--crl",
+            "ca/ca.crl",
+            "--as",
+            "client",
+        ],
+    );
+    assert_eq!(good.code, 0, "{}", good.all());
+    assert!(
+        good.stdout.contains("ok    revocation   not revoked"),
+        "{}",
+        good.all()
+    );
+}
