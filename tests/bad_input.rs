@@ -5,7 +5,8 @@
 mod common;
 
 use common::Pki;
-use meshtls::{Allow, PeerIdentity, ServerTls, Source, SpiffeId, TrustDomain};
+use meshtls::error::MaterialError;
+use meshtls::{Allow, PeerIdentity, Policy, ServerTls, Source, SpiffeId, TrustDomain};
 
 /// xorshift64*: small, deterministic, good enough to mutate inputs.
 struct Rng(u64);
@@ -82,6 +83,10 @@ fn mutated_pem_material_never_panics_and_always_explains() {
         .crl(&[&cert], std::time::Duration::from_secs(3600))
         .unwrap();
     let mut rng = Rng(42);
+    // Per source mutated: how many builds it made fail.
+    let names = ["chain", "key", "roots", "crl"];
+    let mut refused = [0usize; 4];
+    let mut misattributed = 0;
     for i in 0..600 {
         let (mut chain, mut key, mut roots, mut crl_pem) = (
             cert.chain_pem().as_bytes().to_vec(),
@@ -89,7 +94,8 @@ fn mutated_pem_material_never_panics_and_always_explains() {
             pki.ca.cert_pem().as_bytes().to_vec(),
             crl.as_bytes().to_vec(),
         );
-        match i % 4 {
+        let mutated = i % 4;
+        match mutated {
             0 => chain = rng.mutate(&chain),
             1 => key = rng.mutate(&key),
             2 => roots = rng.mutate(&roots),
@@ -103,9 +109,46 @@ fn mutated_pem_material_never_panics_and_always_explains() {
             .allow_any_authenticated()
             .build();
         if let Err(e) = built {
-            assert!(!e.to_string().is_empty());
+            refused[mutated] += 1;
+            // The error names the source that was mutated, as the builder
+            // names in-memory sources.
+            let named = format!("in-memory {}", names[mutated]);
+            let said = e.to_string();
+            // Known defect, left to the owner of `material.rs`: a leaf that
+            // x509-parser reads but webpki does not (a mutated signature
+            // algorithm or encoding) fails `CertifiedKey::keys_match`, and
+            // `load_key` reports that as an unusable *key*, naming only the
+            // key. It is the chain's fault; remove this arm once it says so.
+            let blames_the_key_for_the_chain = mutated == 0
+                && matches!(
+                    &e,
+                    meshtls::Error::Material(MaterialError::UnusableKey {
+                        source: meshtls::rustls::Error::InvalidCertificate(_),
+                        ..
+                    })
+                );
+            if blames_the_key_for_the_chain {
+                misattributed += 1;
+                eprintln!("known defect: mutation {i} of the chain: {said}");
+                continue;
+            }
+            assert!(
+                said.contains(&named),
+                "mutation {i} of {} was refused without naming it ({named:?}): {said}",
+                names[mutated]
+            );
         }
     }
+    // Each kind of material was broken by some mutations (most of them:
+    // a mutation in a comment or past the END line changes nothing).
+    for (name, n) in names.iter().zip(refused) {
+        assert!(n > 0 && n <= 150, "{name}: {n} of 150 refused");
+    }
+    assert!(
+        misattributed * 10 < refused[0],
+        "{misattributed} of {} refused chains were blamed on the key",
+        refused[0]
+    );
 }
 
 #[test]
@@ -119,16 +162,71 @@ fn arbitrary_strings_never_panic() {
         "dns:é.example",
     ];
     let mut rng = Rng(7);
+    let (mut rules, mut ids, mut domains, mut built) = (0, 0, 0, 0);
     for _ in 0..20_000 {
         let seed = seeds[rng.below(seeds.len())].as_bytes();
         let bytes = rng.mutate(seed);
         let text = String::from_utf8_lossy(&bytes);
-        let _ = text.parse::<Allow>().map(|rule| rule.to_string());
-        let _ = text
-            .parse::<SpiffeId>()
-            .map(|id| (id.trust_domain().len(), id.segments().count()));
-        let _ = text.parse::<TrustDomain>();
-        let _ = Allow::spiffe_pattern(&text).to_string();
-        let _ = Allow::dns(&text).to_string();
+
+        // A rule that parses displays as a rule that parses to the same
+        // display, and compiles (CN rules with legacy CN on).
+        if let Ok(rule) = text.parse::<Allow>() {
+            rules += 1;
+            let shown = rule.to_string();
+            let again = shown.parse::<Allow>().unwrap_or_else(|e| {
+                panic!("{text:?} displays as {shown:?}, which does not parse: {e}")
+            });
+            assert_eq!(again.to_string(), shown, "{text:?}");
+            if let Err(e) = Policy::with_legacy_cn([rule]) {
+                panic!("{text:?} parsed as {shown:?} but does not compile: {e}");
+            }
+        }
+
+        // An ID that parses is exactly its text, and round-trips.
+        if let Ok(id) = text.parse::<SpiffeId>() {
+            ids += 1;
+            assert_eq!(id.to_string(), text, "{text:?}");
+            assert_eq!(id.as_str().parse::<SpiffeId>().ok(), Some(id.clone()));
+            assert_eq!(
+                format!("spiffe://{}{}", id.trust_domain(), id.path()),
+                id.as_str()
+            );
+            assert_eq!(
+                id.segments().count(),
+                id.path().matches('/').count(),
+                "{text:?}"
+            );
+        }
+        if let Ok(td) = text.parse::<TrustDomain>() {
+            domains += 1;
+            assert_eq!(td.to_string().parse::<TrustDomain>().ok(), Some(td));
+        }
+
+        // The constructors never panic: a malformed rule shows as invalid
+        // and is refused when compiled; a valid one round-trips.
+        for rule in [Allow::spiffe_pattern(&text), Allow::dns(&text)] {
+            let shown = rule.to_string();
+            match Policy::new([rule]) {
+                Ok(_) => {
+                    built += 1;
+                    let again = shown.parse::<Allow>().unwrap_or_else(|e| {
+                        panic!("{text:?} made the rule {shown:?}, which does not parse: {e}")
+                    });
+                    assert_eq!(again.to_string(), shown, "{text:?}");
+                }
+                Err(_) => assert!(
+                    shown.starts_with("<invalid rule"),
+                    "{text:?} made {shown:?}, refused when compiled but not shown as invalid"
+                ),
+            }
+        }
     }
+    // Mutations both keep and break each kind of input.
+    for (what, n) in [("rules", rules), ("IDs", ids), ("trust domains", domains)] {
+        assert!(n > 0 && n < 20_000, "{what}: {n} of 20,000 parsed");
+    }
+    assert!(
+        built > 0 && built < 40_000,
+        "{built} constructed rules compiled"
+    );
 }

@@ -141,13 +141,28 @@ fn a_late_ticket_does_not_resume_a_server_revoked_since() {
     assert!(err.contains("Revoked"), "{err}");
 
     first.feed_client(&held).unwrap();
+    let mut events = client.subscribe();
     let mut again = Wire::new(server.config(), client.config());
-    let admitted =
-        again.complete().is_ok() && connector.identify(&again.client, "localhost").is_ok();
+    let result = again.complete();
+    // The late ticket was not kept: no resumption, a full handshake, and the
+    // client refuses the server as revoked.
     assert!(
-        !admitted,
-        "a late ticket resumed a revoked server (resumed: {})",
-        again.resumed()
+        !again.resumed() && again.client.handshake_kind() != Some(rustls::HandshakeKind::Resumed),
+        "a late ticket resumed a revoked server ({result:?})"
+    );
+    let err = result.expect_err("the client completed a handshake with a revoked server");
+    assert!(
+        err.starts_with("client: "),
+        "refused by the wrong side: {err}"
+    );
+    assert!(err.contains("Revoked"), "{err}");
+    let refusal = std::iter::from_fn(|| events.try_recv().ok()).find_map(|e| match e {
+        Event::Rejected { reason, detail } => Some((reason, detail)),
+        _ => None,
+    });
+    assert!(
+        matches!(refusal, Some((RejectReason::Revoked, _))),
+        "the client refused for another reason: {refusal:?} ({err})"
     );
 }
 
@@ -256,13 +271,27 @@ fn a_client_does_not_resume_to_a_server_under_a_stale_crl() {
     connector.identify(&first.client, "localhost").unwrap();
 
     time.advance(Duration::from_secs(3));
+    let mut events = client.subscribe();
     let mut again = Wire::new(server.config(), client.config());
-    let admitted =
-        again.complete().is_ok() && connector.identify(&again.client, "localhost").is_ok();
+    let result = again.complete();
+    // The ticket went with the verdict that ran out: no resumption, a full
+    // handshake, and the client refuses the server, for the stale CRL.
     assert!(
-        !admitted,
-        "resumed to a server under a stale CRL (resumed: {})",
-        again.resumed()
+        !again.resumed() && again.client.handshake_kind() != Some(rustls::HandshakeKind::Resumed),
+        "resumed to a server under a stale CRL ({result:?})"
+    );
+    let err = result.expect_err("the client completed a handshake under a stale CRL");
+    assert!(
+        err.starts_with("client: "),
+        "refused by the wrong side: {err}"
+    );
+    let refusal = std::iter::from_fn(|| events.try_recv().ok()).find_map(|e| match e {
+        Event::Rejected { reason, detail } => Some((reason, detail)),
+        _ => None,
+    });
+    assert!(
+        matches!(refusal, Some((RejectReason::RevocationUnknown, _))),
+        "the client refused for another reason: {refusal:?} ({err})"
     );
 }
 
