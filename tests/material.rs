@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use common::{Pki, openssl};
+use common::{INSTALL_OPENSSL, Pki, openssl, require_peer, require_peer_for};
 use meshtls::error::{MaterialError, Usage};
 use meshtls::{ClientTls, Error, ServerTls};
 
@@ -77,6 +77,8 @@ impl Setup {
 /// One row: the file, made how; the files; the error expected.
 struct Case {
     what: &'static str,
+    /// A program `make` runs (skipped without it, see `require_peer`).
+    needs: Option<&'static str>,
     make: fn(&Pki) -> Setup,
     expect: fn(&MaterialError) -> bool,
 }
@@ -85,6 +87,7 @@ fn cases() -> Vec<Case> {
     vec![
         Case {
             what: "an empty certificate file",
+            needs: None,
             make: |pki| {
                 let s = Setup::server(pki);
                 let cert = pki.write("empty.crt", "");
@@ -98,6 +101,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "text that is not PEM",
+            needs: None,
             make: |pki| {
                 let s = Setup::server(pki);
                 let cert = pki.write("garbage.crt", "this is not a certificate\n");
@@ -112,6 +116,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "a certificate in binary DER",
+            needs: None,
             make: |pki| {
                 let server = pki.server_cert();
                 let s = Setup::server(pki);
@@ -129,6 +134,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "a PEM certificate cut in half",
+            needs: None,
             make: |pki| {
                 let server = pki.server_cert();
                 let s = Setup::server(pki);
@@ -146,6 +152,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "a key encrypted with `openssl pkey -aes256`",
+            needs: Some("openssl"),
             make: |pki| {
                 let s = Setup::server(pki);
                 openssl(
@@ -173,6 +180,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "the key of another certificate",
+            needs: None,
             make: |pki| {
                 let s = Setup::server(pki);
                 let key = pki.write("other.key", pki.server_cert().key_pem());
@@ -188,6 +196,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "a leaf that expired an hour ago",
+            needs: None,
             make: |pki| {
                 let now = SystemTime::now();
                 let expired = pki
@@ -211,6 +220,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "a leaf valid from the next hour",
+            needs: None,
             make: |pki| {
                 let now = SystemTime::now();
                 let future = pki
@@ -233,6 +243,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "the CA's own certificate and key as the identity",
+            needs: None,
             make: |pki| {
                 let cert = pki.write("ca-as-leaf.crt", pki.ca.cert_pem());
                 let key = pki.write("ca-as-leaf.key", pki.ca.key_pem());
@@ -247,6 +258,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "a client certificate with extendedKeyUsage=serverAuth only",
+            needs: None,
             make: |pki| {
                 let leaf = pki
                     .ca
@@ -282,6 +294,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "a server certificate with extendedKeyUsage=clientAuth only",
+            needs: None,
             make: |pki| {
                 let leaf = pki.ca.leaf().dns("localhost").client().issue().unwrap();
                 let (cert, key) = pki.write_cert("client-only", &leaf);
@@ -305,6 +318,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "a 2 MiB file where the certificate should be",
+            needs: None,
             make: |pki| {
                 let big = pki.write("huge.crt", vec![b'A'; 2 * 1024 * 1024]);
                 Setup {
@@ -317,6 +331,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "a key file that does not exist",
+            needs: None,
             make: |pki| {
                 let key = pki.path("nope.key");
                 Setup {
@@ -329,6 +344,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "the private key given as the trust roots",
+            needs: None,
             make: |pki| {
                 let s = Setup::server(pki);
                 let key = s.key.clone();
@@ -343,6 +359,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "a leaf certificate given as the trust roots (the slip: server cert for CA)",
+            needs: None,
             make: |pki| {
                 let client = pki.client_cert("spiffe://prod.example/ns/a/sa/b");
                 let (roots, _) = pki.write_cert("client", &client);
@@ -358,6 +375,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "a CRL past its nextUpdate",
+            needs: None,
             make: |pki| {
                 let now = SystemTime::now();
                 let crl = pki.write(
@@ -377,6 +395,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "a CRL block whose body is garbage",
+            needs: None,
             make: |pki| {
                 let crl = pki.write(
                     "garbage.crl",
@@ -392,6 +411,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "a CRL from a CA that is not trusted",
+            needs: None,
             make: |pki| {
                 let other = Pki::named("some other root");
                 let crl = pki.write("other.crl", other.ca.crl(&[], HOUR).unwrap());
@@ -414,6 +434,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "a CRL from a CA with the trusted CA's name but another key",
+            needs: None,
             make: |pki| {
                 let impostor = Pki::named("meshtls test root");
                 let crl = pki.write("impostor.crl", impostor.ca.crl(&[], HOUR).unwrap());
@@ -441,6 +462,11 @@ fn cases() -> Vec<Case> {
 fn every_material_problem_has_its_own_error() {
     let mut wrong = Vec::new();
     for case in cases() {
+        if let Some(program) = case.needs
+            && !require_peer_for(case.what, program, INSTALL_OPENSSL)
+        {
+            continue;
+        }
         let pki = Pki::new();
         let setup = (case.make)(&pki);
         let err = match setup.build() {
@@ -475,6 +501,9 @@ fn every_material_problem_has_its_own_error() {
 
 #[test]
 fn classic_openssl_cn_only_server_certificate() {
+    if !require_peer("openssl", INSTALL_OPENSSL) {
+        return;
+    }
     // The certificate every mTLS tutorial makes: RSA CA, RSA leaf, CN only.
     let pki = Pki::new();
     let dir = pki.dir.path();
@@ -606,6 +635,9 @@ fn classic_openssl_cn_only_server_certificate() {
 
 #[test]
 fn pkcs1_and_sec1_keys_from_openssl_load() {
+    if !require_peer("openssl", INSTALL_OPENSSL) {
+        return;
+    }
     let pki = Pki::new();
     let dir = pki.dir.path();
     let ca = pki.ca_file();

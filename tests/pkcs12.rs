@@ -1,12 +1,17 @@
 //! PKCS#12 keystores and truststores, as made by `openssl pkcs12 -export` and
-//! by Java's `keytool`.
+//! by Java's `keytool`. Without those programs on PATH the tests that need
+//! them say they were skipped (with `MESHTLS_REQUIRE_PEERS=1`, as in CI,
+//! they fail).
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Pki, TD, call, openssl, serve};
+use common::{
+    INSTALL_JDK, INSTALL_OPENSSL, Pki, TD, call, find_program, missing_peer, openssl, require_peer,
+    serve,
+};
 use meshtls::error::Pkcs12Error;
 use meshtls::{Allow, Error, ServerTls, Source};
 
@@ -63,6 +68,9 @@ fn client_id() -> String {
 
 #[tokio::test]
 async fn openssl_keystore_and_truststore_serve_mtls() {
+    if !require_peer("openssl", INSTALL_OPENSSL) {
+        return;
+    }
     let pki = Pki::new();
     let (keystore, serial) = server_keystore(&pki, "server");
     let server = ServerTls::builder()
@@ -93,6 +101,9 @@ async fn openssl_keystore_and_truststore_serve_mtls() {
 
 #[test]
 fn wrong_password() {
+    if !require_peer("openssl", INSTALL_OPENSSL) {
+        return;
+    }
     let pki = Pki::new();
     let (keystore, _) = server_keystore(&pki, "server");
     let err = ServerTls::builder()
@@ -111,6 +122,9 @@ fn wrong_password() {
 
 #[test]
 fn truststore_as_identity_has_no_key_entry() {
+    if !require_peer("openssl", INSTALL_OPENSSL) {
+        return;
+    }
     let pki = Pki::new();
     let err = ServerTls::builder()
         .identity_pkcs12(truststore(&pki), PASS)
@@ -200,6 +214,9 @@ fn pem_handed_as_pkcs12_says_so() {
 
 #[tokio::test]
 async fn rotated_keystore_is_reloaded() {
+    if !require_peer("openssl", INSTALL_OPENSSL) {
+        return;
+    }
     let pki = Pki::new();
     let (first, serial) = server_keystore(&pki, "one");
     let live = pki.path("live.p12");
@@ -224,15 +241,12 @@ async fn rotated_keystore_is_reloaded() {
     panic!("the rotated keystore was not picked up");
 }
 
+/// `$JAVA_HOME/bin/keytool`, or `keytool` on PATH.
 fn keytool() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("JAVA_HOME").map(|h| Path::new(&h).join("bin/keytool")),
-        Some(PathBuf::from("keytool")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|k| std::process::Command::new(k).arg("-help").output().is_ok())
+    std::env::var_os("JAVA_HOME")
+        .map(|h| Path::new(&h).join("bin/keytool"))
+        .filter(|k| k.is_file())
+        .or_else(|| find_program("keytool"))
 }
 
 fn run(dir: &Path, program: &Path, args: &[&str]) {
@@ -254,10 +268,12 @@ fn run(dir: &Path, program: &Path, args: &[&str]) {
 #[tokio::test]
 async fn keytool_keystore_and_truststore_serve_mtls() {
     let Some(keytool) = keytool() else {
-        // .ci/run installs a JDK, so CI always runs this.
-        eprintln!("SKIPPED: no keytool (install a JDK to run this test)");
+        missing_peer("keytool", INSTALL_JDK);
         return;
     };
+    if !require_peer("openssl", INSTALL_OPENSSL) {
+        return;
+    }
     let pki = Pki::new();
     let dir = pki.dir.path();
     let (openssl_p12, serial) = server_keystore(&pki, "server");

@@ -441,3 +441,75 @@ impl Wire {
         self.server.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
     }
 }
+
+/// Where to get the peers the interop tests run (for skip messages).
+pub const INSTALL_GO: &str = "the Go toolchain: https://go.dev/dl or apt-get install golang-go";
+/// A JDK: `java` (with its compiler, to run a source file), `javac`, `keytool`.
+pub const INSTALL_JDK: &str = "a JDK 17 or later: apt-get install default-jdk-headless";
+/// The OpenSSL command-line tool.
+pub const INSTALL_OPENSSL: &str = "apt-get install openssl";
+/// Python 3.
+pub const INSTALL_PYTHON: &str = "apt-get install python3";
+/// curl.
+pub const INSTALL_CURL: &str = "apt-get install curl";
+
+/// The set in CI (`.ci/run`): a peer program that is missing fails the test
+/// instead of skipping it, so CI runs every peer.
+pub const REQUIRE_PEERS: &str = "MESHTLS_REQUIRE_PEERS";
+
+/// Where `program` is on `PATH` (an executable file), if it is.
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Whether the peer `program` this test runs is on `PATH`. When it is not,
+/// prints `SKIPPED: <test>: no <program> on PATH (install: <install>)` and
+/// returns `false` (the test then returns early), or, with
+/// `MESHTLS_REQUIRE_PEERS=1` (CI), fails the test.
+pub fn require_peer(program: &str, install: &str) -> bool {
+    require_peer_for("", program, install)
+}
+
+/// [`require_peer`] for one part of a test (`part` says which, in the
+/// message): the part is skipped, the rest runs.
+pub fn require_peer_for(part: &str, program: &str, install: &str) -> bool {
+    if find_program(program).is_some() {
+        return true;
+    }
+    report_missing(part, program, install);
+    false
+}
+
+/// [`require_peer`]'s answer to a peer that is missing (for a test that
+/// looked for it another way): skipped loudly, or a failure under
+/// `MESHTLS_REQUIRE_PEERS=1`.
+pub fn missing_peer(program: &str, install: &str) {
+    report_missing("", program, install);
+}
+
+fn report_missing(part: &str, program: &str, install: &str) {
+    let current = std::thread::current();
+    let name = current.name().unwrap_or("a test");
+    let test = if part.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name} ({part})")
+    };
+    if std::env::var(REQUIRE_PEERS).is_ok_and(|v| v == "1") {
+        panic!("{test}: no {program} on PATH (install: {install}), and {REQUIRE_PEERS}=1");
+    }
+    // Straight to the process's stderr: the test harness captures
+    // `eprintln!` of a test that passes, and a skip must be seen.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {test}: no {program} on PATH (install: {install})"
+    );
+}
