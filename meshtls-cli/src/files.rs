@@ -192,7 +192,17 @@ pub(crate) fn write_new(
     let placed = written.and_then(|()| match existing {
         Existing::Replace => std::fs::rename(&tmp, path),
         // A link fails if `path` exists: nothing is replaced, ever.
-        Existing::Keep => std::fs::hard_link(&tmp, path),
+        Existing::Keep => match std::fs::hard_link(&tmp, path) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                // A file system without hard links: create the file itself,
+                // only if it does not exist, with the same mode.
+                options.open(path).and_then(|mut file| {
+                    file.write_all(contents)?;
+                    file.sync_all()
+                })
+            }
+            linked => linked,
+        },
     });
     // After a rename there is nothing left to remove.
     let _ = std::fs::remove_file(&tmp);
