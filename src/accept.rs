@@ -199,7 +199,7 @@ async fn handshake_until<T>(
 
 /// `from + after`, or a moment far beyond any handshake when that is past
 /// what an `Instant` can hold ("never" is not a point in time).
-fn deadline_after(from: Instant, after: Duration) -> tokio::time::Instant {
+pub(crate) fn deadline_after(from: Instant, after: Duration) -> tokio::time::Instant {
     const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
     let at = from
         .checked_add(after)

@@ -18,7 +18,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::client::TlsStream;
 
-use crate::accept::{admit, handshake};
+use crate::accept::{admit, deadline_after, handshake};
 use crate::allow::Allow;
 use crate::builder::{Builder, NeedsIdentity, NeedsRoots, Ready, Settings};
 use crate::clock::RustlsTime;
@@ -257,7 +257,7 @@ impl Connector {
             )
         })?;
         let started = Instant::now();
-        let deadline = tokio::time::Instant::from_std(started + self.timeout);
+        let deadline = deadline_after(started, self.timeout);
         let stream = handshake(
             &self.live,
             self.timeout,

@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::UnixTime;
 
@@ -58,27 +58,44 @@ impl Clock {
         unix_time(self.now())
     }
 
-    /// Waits until `alarm` rings or, by this clock, `deadline` is reached
-    /// (`None`: no deadline). Real waits are cut to `MAX_WAIT`, so that a
-    /// system clock that jumps is read again.
-    pub(crate) fn sleep(&self, alarm: &Arc<Alarm>, deadline: Option<SystemTime>) {
+    /// Waits until `alarm` rings, this clock reaches `deadline`, or the
+    /// monotonic clock reaches `instant` (`None`: no such deadline). Real
+    /// waits are cut to `MAX_WAIT`, so that a system clock that jumps is
+    /// read again.
+    pub(crate) fn sleep(
+        &self,
+        alarm: &Arc<Alarm>,
+        deadline: Option<SystemTime>,
+        instant: Option<Instant>,
+    ) {
+        let until_instant = instant.map(|i| i.saturating_duration_since(Instant::now()));
         match &self.0 {
             Kind::System => {
-                let wait = deadline.map(|d| {
+                let until_deadline = deadline.map(|d| {
                     d.duration_since(SystemTime::now())
                         .unwrap_or(Duration::ZERO)
-                        .min(MAX_WAIT)
                 });
-                alarm.wait(wait.or(Some(MAX_WAIT)));
+                let wait = [until_deadline, until_instant, Some(MAX_WAIT)]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                alarm.wait(wait);
             }
             Kind::Manual(m) => {
                 if let Some(d) = deadline {
+                    // Read the time and set the timer under one lock, so a
+                    // `set` in between cannot pass the deadline unseen.
+                    let mut timers = m.lock_timers();
                     if m.now() >= d {
                         return;
                     }
-                    m.lock_timers().push((d, Arc::downgrade(alarm)));
+                    // One timer per sleeper: an earlier one woken by a ring
+                    // is replaced.
+                    let me = Arc::downgrade(alarm);
+                    timers.retain(|(_, a)| !a.ptr_eq(&me) && a.strong_count() > 0);
+                    timers.push((d, me));
                 }
-                alarm.wait(None);
+                alarm.wait(until_instant);
             }
         }
     }
@@ -156,9 +173,9 @@ impl ManualClock {
     /// Sets the clock to `to` (also backwards), waking whatever was to wake
     /// by then.
     pub fn set(&self, to: SystemTime) {
-        *self.0.now.lock().unwrap_or_else(|p| p.into_inner()) = to;
         let due: Vec<Arc<Alarm>> = {
             let mut timers = self.0.lock_timers();
+            *self.0.now.lock().unwrap_or_else(|p| p.into_inner()) = to;
             let mut due = Vec::new();
             timers.retain(|(at, alarm)| match alarm.upgrade() {
                 Some(alarm) if *at <= to => {
@@ -249,7 +266,7 @@ mod tests {
         let sleeper = {
             let alarm = alarm.clone();
             std::thread::spawn(move || {
-                clock.sleep(&alarm, Some(start + Duration::from_secs(10)));
+                clock.sleep(&alarm, Some(start + Duration::from_secs(10)), None);
                 tx.send(()).unwrap();
             })
         };
@@ -266,10 +283,10 @@ mod tests {
     fn a_ring_before_the_wait_is_not_lost() {
         let alarm = Arc::new(Alarm::default());
         alarm.ring();
-        Clock::system().sleep(&alarm, None);
+        Clock::system().sleep(&alarm, None, None);
         let time = ManualClock::new(SystemTime::now());
         alarm.ring();
-        time.clock().sleep(&alarm, None);
+        time.clock().sleep(&alarm, None, None);
     }
 
     #[test]
@@ -278,7 +295,7 @@ mod tests {
         let alarm = Arc::new(Alarm::default());
         alarm.ring();
         let far = SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 40);
-        Clock::system().sleep(&alarm, Some(far));
+        Clock::system().sleep(&alarm, Some(far), None);
         let time = ManualClock::new(SystemTime::now());
         time.advance(Duration::MAX);
     }

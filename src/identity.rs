@@ -517,9 +517,14 @@ impl PeerIdentity {
         self.0.common_name.as_deref()
     }
 
-    /// The whole subject, e.g. `CN=billing, O=Example`.
+    /// The whole subject, e.g. `CN=billing, O=Example`; empty when a trust
+    /// domain's bundle vouched for the peer (it vouches for the SPIFFE ID
+    /// only, and a subject is whatever its CA wrote).
     pub fn subject(&self) -> &str {
         self.0.subject.get_or_init(|| {
+            if matches!(self.0.vouched_by, VouchedBy::TrustDomain(_)) {
+                return String::new();
+            }
             X509Certificate::from_der(&self.0.der)
                 .map(|(_, cert)| cert.subject().to_string())
                 .unwrap_or_default()

@@ -79,6 +79,17 @@ pub(crate) struct Refusal {
     pub(crate) reason: RejectReason,
     pub(crate) detail: String,
     pub(crate) alert: CertificateError,
+    /// For a refusal by time, the bound the chain crossed (webpki's).
+    pub(crate) bound: Option<Bound>,
+}
+
+/// The validity bound a chain was refused for crossing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Bound {
+    /// A certificate of the chain is valid until this second (inclusive).
+    NotAfter(u64),
+    /// A certificate of the chain is valid from this second.
+    NotBefore(u64),
 }
 
 /// One policy epoch: the roots, CRLs and allow-list that judge peers, and
@@ -142,10 +153,11 @@ impl Epoch {
                     reason: RejectReason::NotAWorkloadCertificate,
                     detail: format!("peer {}: {e}", unverified_name(end_entity)),
                     alert: CertificateError::ApplicationVerificationFailure,
+                    bound: None,
                 });
             }
         };
-        if let Err(e) = self.trust.verify_to(
+        let on_path = match self.trust.verify_to(
             anchors,
             options.algs,
             end_entity,
@@ -154,19 +166,34 @@ impl Epoch {
             options.usage,
             revocation,
         ) {
-            let (reason, alert) = classify_webpki(&e);
-            // The certificate did not verify: what it says about itself is
-            // untrusted, and `unverified_name` bounds and escapes it.
-            let who = unverified_name(end_entity);
-            return Err(Refusal {
-                reason,
-                detail: format!("peer {who}: {}", describe_webpki(&e)),
-                alert,
-            });
-        }
-        // The signing certificates' rules, and the chain's earliest end.
+            Ok(on_path) => on_path,
+            Err(e) => {
+                let (reason, alert) = classify_webpki(&e);
+                let bound = match &e {
+                    webpki::Error::CertExpired { not_after, .. } => {
+                        Some(Bound::NotAfter(not_after.as_secs()))
+                    }
+                    webpki::Error::CertNotValidYet { not_before, .. } => {
+                        Some(Bound::NotBefore(not_before.as_secs()))
+                    }
+                    _ => None,
+                };
+                // The certificate did not verify: what it says about itself
+                // is untrusted, and `unverified_name` bounds and escapes it.
+                let who = unverified_name(end_entity);
+                return Err(Refusal {
+                    reason,
+                    detail: format!("peer {who}: {}", describe_webpki(&e)),
+                    alert,
+                    bound,
+                });
+            }
+        };
+        // The signing certificates' rules; the verdict holds until the
+        // earliest end of the verified path (not of whatever else the peer
+        // appended to its chain).
         let mut until = u64::MAX;
-        for der in intermediates {
+        for (index, der) in intermediates.iter().enumerate() {
             let Ok(ca) = PeerIdentity::parse_leaf(der) else {
                 // webpki verified the chain: one that does not parse took
                 // no part in it.
@@ -184,9 +211,12 @@ impl Epoch {
                     reason: RejectReason::BadCertificate,
                     detail: format!("peer {}: {e}", unverified_name(end_entity)),
                     alert: CertificateError::BadEncoding,
+                    bound: None,
                 });
             }
-            until = until.min(unix_secs(ca.not_after).saturating_add(1));
+            if on_path.contains(&index) {
+                until = until.min(unix_secs(ca.not_after).saturating_add(1));
+            }
         }
         let identity = leaf
             .ok_or_else(|| IdentityError::Unparsable {
@@ -197,6 +227,7 @@ impl Epoch {
                 reason: RejectReason::NotAWorkloadCertificate,
                 detail: format!("peer certificate refused: {e}"),
                 alert: CertificateError::ApplicationVerificationFailure,
+                bound: None,
             })?;
         match name {
             Some(name) => self.dialled(&identity, end_entity, name)?,
@@ -209,6 +240,7 @@ impl Epoch {
                     _ => e.to_string(),
                 },
                 alert: CertificateError::ApplicationVerificationFailure,
+                bound: None,
             })?,
         }
         // webpki admits a certificate up to and including its notAfter
@@ -234,6 +266,7 @@ impl Epoch {
                 self.trust.domains().join(", ")
             ),
             alert: CertificateError::UnknownIssuer,
+            bound: None,
         }
     }
 
@@ -253,6 +286,7 @@ impl Epoch {
                 name.to_str(),
             ),
             alert: CertificateError::NotValidForName,
+            bound: None,
         };
         if let VouchedBy::TrustDomain(td) = identity.vouched_by() {
             return Err(refuse(format!(
@@ -309,13 +343,18 @@ pub(crate) enum LiveVerdict {
     Closes(Refusal),
 }
 
+/// How many moments a kept peer's re-judgment tries before it gives up (a
+/// chain's certificates bound it: each try moves inside one more of them).
+const MOMENTS: usize = 8;
+
 impl Epoch {
     /// Judges a live connection's peer again. A refusal for a kept reason
     /// is not the whole story: the chain is judged once more where the kept
-    /// reasons cannot refuse (revocation by listed serials only; with
-    /// expiry kept, at the last second the chain was valid), so that a peer
-    /// both expired and revoked, or under a stale CRL and off the
-    /// allow-list, is closed for the reason that closes.
+    /// reasons cannot refuse (revocation by listed serials only; with time
+    /// kept, at a moment inside the validity of the path webpki verifies,
+    /// found from webpki's own bounds), so that a peer both expired and
+    /// revoked, or under a stale CRL and off the allow-list, is closed for
+    /// the reason that closes. A chain with no such moment closes.
     pub(crate) fn judge_live(
         &self,
         options: &Options,
@@ -330,36 +369,46 @@ impl Epoch {
         if !keeps_live_connection(first.reason, close_at_expiry) {
             return LiveVerdict::Closes(first);
         }
-        let then = if close_at_expiry {
-            now
-        } else {
-            last_valid(peer).map_or(now, |t| {
-                UnixTime::since_unix_epoch(std::time::Duration::from_secs(t.min(now.as_secs())))
-            })
+        let until = match (first.reason, first.bound) {
+            // Judged again when the clock reaches the notBefore (a clock
+            // stepped back recovers).
+            (RejectReason::NotYetValid, Some(Bound::NotBefore(t))) => t,
+            _ => u64::MAX,
         };
-        match self.judge_with(options, peer, then, Revocation::RevokedOnly) {
-            Ok(lenient) => LiveVerdict::Kept {
-                until: if close_at_expiry {
-                    lenient.until
-                } else {
-                    u64::MAX
-                },
-            },
-            Err(second) if keeps_live_connection(second.reason, close_at_expiry) => {
-                LiveVerdict::Kept { until: u64::MAX }
+        let mut then = now.as_secs();
+        for _ in 0..MOMENTS {
+            let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(then));
+            let second = match self.judge_with(options, peer, at, Revocation::RevokedOnly) {
+                Ok(lenient) => {
+                    let until = if close_at_expiry {
+                        until.min(lenient.until)
+                    } else {
+                        until
+                    };
+                    return LiveVerdict::Kept { until };
+                }
+                Err(second) => second,
+            };
+            if !keeps_live_connection(second.reason, close_at_expiry) {
+                return LiveVerdict::Closes(second);
             }
-            Err(second) => LiveVerdict::Closes(second),
+            // Refused by time again: try the moment webpki says the chain
+            // crossed, if that moves us.
+            then = match second.bound {
+                Some(Bound::NotAfter(t)) if t < then => t,
+                Some(Bound::NotBefore(t)) if t > then => t,
+                // A kept reason that is not time (revocation status): the
+                // only one left, so kept.
+                _ if second.reason == RejectReason::RevocationUnknown => {
+                    return LiveVerdict::Kept { until };
+                }
+                _ => break,
+            };
         }
+        // No moment when the whole chain was valid: nothing shows it would
+        // be admitted but for the kept reasons, so it closes.
+        LiveVerdict::Closes(first)
     }
-}
-
-/// The last second at which every certificate of the chain is within its
-/// validity (the earliest notAfter), if they all parse.
-fn last_valid(peer: Presented<'_>) -> Option<u64> {
-    std::iter::once(peer.end_entity)
-        .chain(peer.intermediates)
-        .map(|der| LeafInfo::parse(der).ok().map(|c| unix_secs(c.not_after)))
-        .try_fold(u64::MAX, |min, t| t.map(|t| min.min(t)))
 }
 
 /// How a refusal names a peer whose chain has not verified (or whose

@@ -218,16 +218,17 @@ impl Live {
             let spawned = std::thread::Builder::new()
                 .name("meshtls-sweep".into())
                 .spawn(move || sweeper(&live));
-            if let Err(e) = spawned {
-                tracing::error!(error = %e, "cannot start the sweeper thread: live connections will not be closed when the policy changes");
+            if let Err(e) = &spawned {
+                tracing::error!(error = %e, "cannot start the sweeper thread (tried again with the next connection): live connections will not be closed when the policy changes meanwhile");
             }
+            spawned.is_ok()
         })
     }
 
     /// Judges the tracked connections against the serving epoch; closes
-    /// those due and reports them. Returns when to look again (by the
-    /// clock).
-    pub(crate) fn sweep(&self) -> Option<SystemTime> {
+    /// those due and reports them. Returns when to look again: by the
+    /// clock, and by the monotonic clock for a grace ending.
+    pub(crate) fn sweep(&self) -> (Option<SystemTime>, Option<std::time::Instant>) {
         #[cfg(test)]
         if self.fault.swap(false, Ordering::Relaxed) {
             panic!("a fault injected by a test");
@@ -239,7 +240,7 @@ impl Live {
         for (reason, detail) in swept.closed {
             self.observer.connection_closed(reason, detail);
         }
-        swept.next
+        (swept.next, swept.next_grace)
     }
 
     /// Reads the sources again and swaps in a new generation if they changed
@@ -370,7 +371,7 @@ fn sweeper(live: &std::sync::Weak<Live>) {
             return;
         };
         let swept = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| strong.sweep()));
-        let next = match swept {
+        let (next, next_grace) = match swept {
             Ok(next) => {
                 failures = 0;
                 next
@@ -389,7 +390,7 @@ fn sweeper(live: &std::sync::Weak<Live>) {
         let alarm = strong.tracker.alarm();
         let clock = strong.fixed.clock.clone();
         drop(strong);
-        clock.sleep(&alarm, next);
+        clock.sleep(&alarm, next, next_grace);
     }
 }
 

@@ -172,22 +172,25 @@ impl Trust {
     ) -> Result<(), webpki::Error> {
         let leaf = LeafInfo::parse(end_entity).ok();
         match self.anchors_for(leaf.as_ref()) {
-            Ok((anchors, _)) => self.verify_to(
-                anchors,
-                algs,
-                end_entity,
-                intermediates,
-                now,
-                usage,
-                Revocation::Enforced,
-            ),
+            Ok((anchors, _)) => self
+                .verify_to(
+                    anchors,
+                    algs,
+                    end_entity,
+                    intermediates,
+                    now,
+                    usage,
+                    Revocation::Enforced,
+                )
+                .map(|_| ()),
             Err(_) => Err(webpki::Error::UnknownIssuer),
         }
     }
 
     /// [`Self::verify`] against `anchors`, from [`Self::anchors_for`] (for
     /// a caller that looked them up already), enforcing revocation as
-    /// `revocation` says.
+    /// `revocation` says. Returns the positions in `intermediates` of the
+    /// certificates on the verified path.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn verify_to(
         &self,
@@ -198,7 +201,7 @@ impl Trust {
         now: UnixTime,
         usage: KeyUsage,
         revocation: Revocation,
-    ) -> Result<(), webpki::Error> {
+    ) -> Result<Vec<usize>, webpki::Error> {
         let cert = EndEntityCert::try_from(end_entity)?;
         let crl_refs = if self.crls.is_empty() {
             Vec::new()
@@ -223,8 +226,20 @@ impl Trust {
             // No CRLs configured.
             Err(_) => None,
         };
-        cert.verify_for_usage(algs, anchors, intermediates, now, usage, revocation, None)
-            .map(|_| ())
+        let path =
+            cert.verify_for_usage(algs, anchors, intermediates, now, usage, revocation, None)?;
+        // Which of the presented intermediates the verified path uses: only
+        // those bound the verdict (a peer may append anything else).
+        let on_path = path
+            .intermediate_certificates()
+            .filter_map(|c| {
+                let der = c.der();
+                intermediates
+                    .iter()
+                    .position(|i| i.as_ref() == der.as_ref())
+            })
+            .collect();
+        Ok(on_path)
     }
 
     /// The roots a peer may chain to, and who vouches for it then: its

@@ -41,10 +41,11 @@ struct Issuer {
 /// One kept CRL.
 struct Kept {
     crl: CertRevocationList<'static>,
-    /// Where it was read, and its bytes (to tell a copy from a conflict).
+    /// Where it was read, and what it revokes (to tell a copy, or a
+    /// re-signed copy, from a conflict).
     origin: Origin,
     index: usize,
-    der: Vec<u8>,
+    revoked: Vec<Vec<u8>>,
     issuer_name: Vec<u8>,
     /// The SPKI of the CA whose key signed it.
     key: Vec<u8>,
@@ -150,7 +151,15 @@ impl Crls {
                 crl: CertRevocationList::Owned(owned),
                 origin: input.origin.clone(),
                 index: input.index,
-                der: input.der.to_vec(),
+                revoked: {
+                    let mut serials: Vec<Vec<u8>> = parsed
+                        .iter_revoked_certificates()
+                        .map(|r| r.raw_serial().to_vec())
+                        .collect();
+                    serials.sort_unstable();
+                    serials.dedup();
+                    serials
+                },
                 issuer_name: issuer_name.to_vec(),
                 key: signer.spki.clone(),
                 number: parsed.crl_number().cloned(),
@@ -161,10 +170,11 @@ impl Crls {
                 Some(kept) => match candidate.order(kept) {
                     Ordering::Greater => *kept = candidate,
                     Ordering::Less => {}
-                    // Neither is newer: the same CRL twice is harmless; two
-                    // that differ cannot be read one way only (taking either
-                    // could hide the other's revocations).
-                    Ordering::Equal if candidate.der == kept.der => {}
+                    // Neither is newer: two that revoke the same serials are
+                    // one CRL (twice, or signed twice); two that differ
+                    // cannot be read one way only (taking either could hide
+                    // the other's revocations).
+                    Ordering::Equal if candidate.revoked == kept.revoked => {}
                     Ordering::Equal => {
                         return Err(MaterialError::CrlConflict {
                             first: kept.origin.clone(),

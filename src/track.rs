@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -72,8 +72,10 @@ struct State {
     /// [`NEVER`]: until the next policy change).
     epoch: u64,
     until: u64,
-    /// Refused: close at this moment (by the clock), for this reason.
-    closing: Option<(SystemTime, RejectReason, String)>,
+    /// Refused: close at this moment, for this reason. The grace is a real
+    /// duration (time to finish requests), so it runs on the monotonic
+    /// clock: a wall clock stepped back does not stretch it.
+    closing: Option<(Instant, RejectReason, String)>,
     /// Closed, and why (for the connection's own error).
     closed: Option<String>,
 }
@@ -93,8 +95,8 @@ pub(crate) struct Tracker {
     entries: Mutex<Vec<Weak<Entry>>>,
     /// Wakes the sweeper: a policy change, or the state going away.
     alarm: Arc<Alarm>,
-    /// Whether the sweeper thread runs.
-    started: std::sync::Once,
+    /// Whether the sweeper thread runs (or is being started).
+    started: std::sync::atomic::AtomicBool,
     pub(crate) closing: Closing,
     live: Arc<AtomicU64>,
     /// Entries kept after the last pruning of dead ones (pruning again when
@@ -116,19 +118,26 @@ impl Drop for Tracker {
 /// A verdict that holds until the next policy change: no wake-up for it.
 const NEVER: u64 = u64::MAX;
 
-/// What a sweep reports: connections closed now, and when to look again
-/// (by the clock; `None`: at the next policy change).
+/// What a sweep reports: connections closed now, and when to look again:
+/// a verdict running out (by the clock) or a grace ending (monotonic);
+/// `None` for both: at the next ring.
 pub(crate) struct Swept {
     pub(crate) closed: Vec<(RejectReason, String)>,
     pub(crate) next: Option<SystemTime>,
+    pub(crate) next_grace: Option<Instant>,
 }
+
+/// The soonest a verdict's deadline wakes the sweeper: a verdict that has
+/// run out already (it should not) is looked at again a second later, not
+/// in a loop.
+const MIN_WAKE: Duration = Duration::from_secs(1);
 
 impl Tracker {
     pub(crate) fn new(closing: Closing, side: &'static str) -> Self {
         Self {
             entries: Mutex::new(Vec::new()),
             alarm: Arc::new(Alarm::default()),
-            started: std::sync::Once::new(),
+            started: std::sync::atomic::AtomicBool::new(false),
             closing,
             live: Arc::new(AtomicU64::new(0)),
             pruned: AtomicU64::new(0),
@@ -148,14 +157,15 @@ impl Tracker {
     }
 
     /// Starts tracking a connection whose peer `admitted` was judged in
-    /// `epoch`. `start` is called once per tracker, to start the sweeper.
+    /// `epoch`. `start` starts the sweeper, once per tracker (again with
+    /// the next connection if it returns false: the thread did not start).
     pub(crate) fn track(
         &self,
         epoch: u64,
         admitted: &Admitted,
         peer: Presented<'_>,
         socket: Option<std::net::TcpStream>,
-        start: impl FnOnce(),
+        start: impl FnOnce() -> bool,
     ) -> Guard {
         let entry = Arc::new(Entry {
             chain: std::iter::once(peer.end_entity)
@@ -184,12 +194,15 @@ impl Tracker {
         }
         entries.push(Arc::downgrade(&entry));
         drop(entries);
-        self.started.call_once(start);
+        if !self.started.swap(true, Ordering::SeqCst) && !start() {
+            self.started.store(false, Ordering::SeqCst);
+        }
         // The sweeper may be asleep toward a later deadline (or none): this
         // connection's must reach it. A sweep in progress reads `scheduled`
         // as 0 (anything rings) until it stores what it found, which covers
         // an entry it did not see.
-        if admitted.until < self.scheduled.load(Ordering::SeqCst) {
+        let scheduled = self.scheduled.load(Ordering::SeqCst);
+        if scheduled == 0 || admitted.until < scheduled {
             self.alarm.ring();
         }
         Guard(Some(entry))
@@ -214,22 +227,33 @@ impl Tracker {
                 return Swept {
                     closed: Vec::new(),
                     next: None,
+                    next_grace: None,
                 };
             }
             entries.iter().filter_map(Weak::upgrade).collect()
         };
         let unix = unix_time(now);
-        // A verdict's deadline as a moment; "never" (or past what the
-        // platform can hold) is no wake-up at all.
-        let at = |secs: u64| if secs == NEVER { None } else { at_unix(secs) };
-        let mut swept = Swept {
-            closed: Vec::new(),
-            next: None,
+        let instant = Instant::now();
+        let soonest = now.checked_add(MIN_WAKE).unwrap_or(now);
+        // A verdict's deadline as a moment, never sooner than `soonest`;
+        // "never" (or past what the platform can hold) is no wake-up at all.
+        let at = |secs: u64| {
+            if secs == NEVER {
+                None
+            } else {
+                at_unix(secs).map(|t| t.max(soonest))
+            }
         };
+        let mut next: Option<SystemTime> = None;
+        let mut next_grace: Option<Instant> = None;
+        let mut closed = Vec::new();
         let mut wake_at = |t: Option<SystemTime>| {
             if let Some(t) = t {
-                swept.next = Some(swept.next.map_or(t, |n: SystemTime| n.min(t)));
+                next = Some(next.map_or(t, |n| n.min(t)));
             }
+        };
+        let mut grace_ends = |t: Instant| {
+            next_grace = Some(next_grace.map_or(t, |n| n.min(t)));
         };
         for entry in entries {
             let mut state = entry.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -237,15 +261,15 @@ impl Tracker {
                 continue;
             }
             if let Some((when, reason, detail)) = state.closing.clone() {
-                if now >= when {
+                if instant >= when {
                     if let Some(socket) = &entry.socket {
                         // Already gone is fine: the connection ended itself.
                         let _ = socket.shutdown(std::net::Shutdown::Both);
                     }
                     state.closed = Some(format!("closed by meshtls: {reason}: {detail}"));
-                    swept.closed.push((reason, detail));
+                    closed.push((reason, detail));
                 } else {
-                    wake_at(Some(when));
+                    grace_ends(when);
                 }
                 continue;
             }
@@ -277,19 +301,30 @@ impl Tracker {
                 }
                 LiveVerdict::Closes(refusal) => {
                     // A grace past what the platform can hold closes now.
-                    let when = now.checked_add(self.closing.grace).unwrap_or(now);
+                    let when = instant.checked_add(self.closing.grace).unwrap_or(instant);
                     state.closing = Some((when, refusal.reason, refusal.detail));
-                    wake_at(Some(when));
+                    grace_ends(when);
                 }
             }
         }
-        let next = swept.next.map_or(NEVER, |t| {
-            let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            secs.as_secs()
-                .saturating_add(u64::from(secs.subsec_nanos() > 0))
-        });
-        self.scheduled.store(next, Ordering::SeqCst);
-        swept
+        // A grace ending is looked at whatever the clock says; a verdict
+        // deadline is compared with new connections' (rounded up).
+        let scheduled = match (next, next_grace) {
+            (_, Some(_)) => 1,
+            (Some(t), None) => {
+                let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                secs.as_secs()
+                    .saturating_add(u64::from(secs.subsec_nanos() > 0))
+                    .max(1)
+            }
+            (None, None) => NEVER,
+        };
+        self.scheduled.store(scheduled, Ordering::SeqCst);
+        Swept {
+            closed,
+            next,
+            next_grace,
+        }
     }
 }
 

@@ -441,3 +441,48 @@ fn certificate_facts_read_as_one_line_with_rfc3339_dates() {
         "{text}"
     );
 }
+
+// Found by the red team of issue 19: deadlines saturate on both sides.
+
+/// Control: the acceptor's handshake deadline saturates (issue 19 fixed it
+/// there).
+#[tokio::test]
+async fn control_a_server_with_a_huge_handshake_timeout_accepts() {
+    let pki = Pki::new();
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_trust_domain(TD))
+        .handshake_timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    let mut running = serve(&server).await;
+    let client = pki.client(&format!("spiffe://{TD}/a")).build().unwrap();
+    running.assert_admitted(&client).await;
+}
+
+/// The connector computes `Instant + timeout` unchecked (src/client.rs):
+/// a client built with a timeout meant as "no limit" panics on connect.
+#[tokio::test]
+async fn a_client_with_a_huge_handshake_timeout_connects_without_panicking() {
+    let pki = Pki::new();
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_trust_domain(TD))
+        .build()
+        .unwrap();
+    let running = serve(&server).await;
+    let client = pki
+        .client(&format!("spiffe://{TD}/a"))
+        .handshake_timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    let addr = running.addr;
+    let joined = tokio::spawn(async move { call(&client, addr, "localhost").await }).await;
+    match joined {
+        Ok(seen) => assert!(seen.reply().starts_with("hello"), "{seen:?}"),
+        Err(e) => panic!(
+            "Connector::connect panicked with handshake_timeout(Duration::MAX): {e} (the acceptor \
+             saturates the same deadline)"
+        ),
+    }
+}

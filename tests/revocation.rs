@@ -86,3 +86,54 @@ async fn dev_ca_crls_issued_back_to_back_are_ordered() {
     assert!(seen.refused().contains("CertificateRevoked"), "{seen:?}");
     running.expect_refused(RejectReason::Revoked).await;
 }
+
+// Found by the red team of issue 19: a CA that signs one CRL twice (ECDSA
+// signatures differ) must not be read as a conflict.
+
+/// Two CRLs that say exactly the same thing (same issuer key, number,
+/// thisUpdate, nextUpdate, no entries): two signers of one CA (a CA
+/// cluster, two runs of a CRL job from the same CA files in one
+/// millisecond, a mirror that re-signs), each signature its own (ECDSA).
+fn same_crl_signed_twice(pki: &Pki) -> (String, String) {
+    let twin = DevCa::from_pem(pki.ca.cert_pem(), pki.ca.key_pem()).unwrap();
+    let this_update = SystemTime::now() - Duration::from_secs(60);
+    let next_update = this_update + Duration::from_secs(86_400);
+    let a = pki.ca.crl_between(&[], this_update, next_update).unwrap();
+    let b = twin.crl_between(&[], this_update, next_update).unwrap();
+    assert_ne!(a, b, "the two signatures should differ (ECDSA)");
+    (a, b)
+}
+
+#[test]
+fn control_the_same_crl_bytes_twice_load() {
+    let pki = Pki::new();
+    let (a, _) = same_crl_signed_twice(&pki);
+    let first = pki.write("first.crl", &a);
+    let second = pki.write("second.crl", &a);
+    pki.server()
+        .allow(Allow::spiffe_trust_domain(TD))
+        .crl_file(first)
+        .crl_file(second)
+        .build()
+        .expect("the same CRL twice is refused");
+}
+
+#[test]
+fn the_same_crl_signed_twice_loads() {
+    let pki = Pki::new();
+    let (a, b) = same_crl_signed_twice(&pki);
+    let first = pki.write("first.crl", &a);
+    let second = pki.write("second.crl", &b);
+    let built = pki
+        .server()
+        .allow(Allow::spiffe_trust_domain(TD))
+        .crl_file(first)
+        .crl_file(second)
+        .build();
+    if let Err(e) = built {
+        panic!(
+            "two CRLs with the same issuer key, number, dates and (no) entries, differing only in \
+             their signatures, refuse the whole set (a reload would keep the old generation): {e}"
+        );
+    }
+}

@@ -7,10 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Pki, replace, serve};
+use common::{Pki, Seen, call, replace, serve};
 use meshtls::dev::DevCa;
 use meshtls::error::ConfigError;
-use meshtls::{Allow, ClientTls, Error, RejectReason, ServerTls};
+use meshtls::{Allow, ClientTls, Error, RejectReason, ServerTls, VouchedBy};
 
 const A: &str = "td-a.example";
 const B: &str = "td-b.example";
@@ -348,4 +348,65 @@ async fn a_peer_identity_says_which_bundle_vouched_for_it() {
         peer.spiffe_id().unwrap().to_string(),
         format!("spiffe://{B}/ns/app/sa/bob")
     );
+}
+
+// Found by the red team of issue 19: the subject of a peer a trust domain's
+// bundle vouched for must not reach a rule either.
+
+const PARTNER: &str = "partner.example";
+
+/// A server trusting our CA as flat roots and a partner CA for the
+/// partner's trust domain only, with `rule`; a client of the partner CA
+/// whose leaf carries the partner's SPIFFE ID and the subject CN=billing.
+async fn partner_calls_with(
+    rule: Allow,
+) -> (Seen, Result<meshtls::PeerIdentity, meshtls::HandshakeError>) {
+    let pki = Pki::new();
+    let partner = DevCa::new("partner root").unwrap();
+    let partner_roots = pki.write("partner.crt", partner.cert_pem());
+    let server = pki
+        .server()
+        .client_roots_for(PARTNER, partner_roots)
+        .allow(rule)
+        .build()
+        .unwrap();
+    let mut running = serve(&server).await;
+    let cert = partner
+        .leaf()
+        .spiffe(&format!("spiffe://{PARTNER}/ns/anything/sa/anything"))
+        .cn("billing")
+        .client()
+        .issue()
+        .unwrap();
+    let client = pki.client_with(&cert).build().unwrap();
+    let seen = call(&client, running.addr, "localhost").await;
+    let server_side = running.next().await;
+    (seen, server_side)
+}
+
+#[tokio::test]
+async fn control_a_partner_cn_satisfies_no_custom_rule_on_common_name() {
+    let rule = Allow::custom("billing by CN", |p| p.common_name() == Some("billing"));
+    let (_, server_side) = partner_calls_with(rule).await;
+    let err = server_side.expect_err("a partner-vouched CN satisfied a custom rule");
+    assert_eq!(err.reason(), RejectReason::NotAllowed, "{err}");
+}
+
+#[tokio::test]
+async fn a_partner_cn_satisfies_no_custom_rule_on_the_subject() {
+    // What an application that authorizes on the subject DN writes (the
+    // docs' own example of `subject()` is `CN=billing, O=Example`).
+    let rule = Allow::custom("billing by subject", |p| p.subject() == "CN=billing");
+    let (seen, server_side) = partner_calls_with(rule).await;
+    if let Ok(peer) = &server_side {
+        assert!(
+            !matches!(peer.vouched_by(), VouchedBy::TrustDomain(_)),
+            "a leaf vouched for by the bundle of trust domain {PARTNER} only was admitted by a \
+             rule on its subject: PeerIdentity::subject() still reports {:?} (common_name() is \
+             {:?}, dns_names() {:?}); client saw {seen:?}",
+            peer.subject(),
+            peer.common_name(),
+            peer.dns_names(),
+        );
+    }
 }

@@ -173,6 +173,8 @@ pub(crate) fn describe_webpki(e: &webpki::Error) -> String {
         W::RequiredEkuNotFoundContext(_) => "the certificate's extendedKeyUsage does not allow this use".into(),
         W::CaUsedAsEndEntity => "a CA certificate was presented as the leaf".into(),
         W::InvalidSignatureForPublicKey => "a signature in the chain does not verify (a CA with the same name but another key?)".into(),
-        other => format!("{other:?}"),
+        // Anything else (a name mismatch lists the names the certificate
+        // presented): bounded, escaped.
+        other => super::untrusted(&format!("{other:?}")),
     }
 }

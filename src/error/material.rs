@@ -339,7 +339,7 @@ pub enum MaterialError {
     /// Two CRLs of one CA with the same CRL number and thisUpdate but
     /// different contents: which is current cannot be told.
     #[error(
-        "the CRL #{first_index} in {first} and the CRL #{second_index} in {second} (issuer {issuer}) have the same CRL number and thisUpdate but different contents, so neither can be taken as the newer (either could hide the other's revocations); publish one CRL per CA, or give the newer a higher CRL number"
+        "the CRL #{first_index} in {first} and the CRL #{second_index} in {second} (issuer {issuer}) have the same CRL number and thisUpdate but revoke different certificates, so neither can be taken as the newer (either could hide the other's revocations); publish one CRL per CA, or give the newer a higher CRL number"
     )]
     CrlConflict {
         /// Where the first was read.
