@@ -8,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -389,18 +389,26 @@ impl AsyncWrite for MtlsStream {
 /// arriving after it cannot push it out before it had its chance.
 const SHED_GRACE: Duration = Duration::from_millis(500);
 
-/// The handshakes an [`Incoming`] has in flight, oldest first, so that the
-/// oldest can be shed when there are too many or descriptors run out.
+/// The handshakes an [`Incoming`] has in flight, in the order they were
+/// accepted, apart by whether the peer's ClientHello is in, so that the
+/// oldest of either kind is found at once when one must be shed.
 #[derive(Default)]
 struct Pending {
-    slots: std::sync::Mutex<std::collections::BTreeMap<u64, Slot>>,
+    slots: std::sync::Mutex<Slots>,
     next: std::sync::atomic::AtomicU64,
 }
 
+/// The slots, by id (ids grow: the first is the oldest).
+#[derive(Default)]
+struct Slots {
+    /// No complete ClientHello yet.
+    silent: std::collections::BTreeMap<u64, Slot>,
+    /// The ClientHello is in, the handshake not finished.
+    stalled: std::collections::BTreeMap<u64, Slot>,
+}
+
 struct Slot {
-    /// Whether its ClientHello is in (peers that sent one are shed last).
-    hello: Arc<AtomicBool>,
-    /// When it was accepted: never shed before [`SHED_GRACE`] has passed.
+    /// When it was accepted: never shed before the grace has passed.
     born: Instant,
     abort: Option<tokio::task::AbortHandle>,
 }
@@ -424,41 +432,52 @@ struct SlotGuard {
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
-        self.pending.lock().remove(&self.id);
+        let mut slots = self.pending.lock();
+        if slots.silent.remove(&self.id).is_none() {
+            slots.stalled.remove(&self.id);
+        }
     }
 }
 
 impl Pending {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, Slot>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn len(&self) -> usize {
-        self.lock().len()
+        let slots = self.lock();
+        slots.silent.len().saturating_add(slots.stalled.len())
     }
 
-    /// A slot for a new handshake: its guard and its hello flag.
-    fn add(self: &Arc<Self>) -> (SlotGuard, Arc<AtomicBool>) {
+    /// A slot for a new handshake (silent until [`hello`](Self::hello)).
+    fn add(self: &Arc<Self>) -> SlotGuard {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let hello = Arc::new(AtomicBool::new(false));
-        self.lock().insert(
+        self.lock().silent.insert(
             id,
             Slot {
-                hello: hello.clone(),
                 born: Instant::now(),
                 abort: None,
             },
         );
-        let guard = SlotGuard {
+        SlotGuard {
             pending: self.clone(),
             id,
-        };
-        (guard, hello)
+        }
+    }
+
+    /// The peer of slot `id` has sent its whole ClientHello.
+    fn hello(&self, id: u64) {
+        let mut slots = self.lock();
+        if let Some(slot) = slots.silent.remove(&id) {
+            slots.stalled.insert(id, slot);
+        }
     }
 
     /// Lets the slot's handshake be aborted (if it has not ended already).
     fn set_abort(&self, id: u64, abort: tokio::task::AbortHandle) {
-        if let Some(slot) = self.lock().get_mut(&id) {
+        let mut slots = self.lock();
+        let Slots { silent, stalled } = &mut *slots;
+        if let Some(slot) = silent.get_mut(&id).or_else(|| stalled.get_mut(&id)) {
             slot.abort = Some(abort);
         }
     }
@@ -470,30 +489,42 @@ impl Pending {
     /// the oldest will not be.
     fn shed_oldest(&self, now: Instant, grace: Duration) -> Shed {
         let mut slots = self.lock();
-        let mut old = slots.iter().filter(|(_, s)| s.abort.is_some()).peekable();
-        let Some((_, oldest)) = old.peek() else {
-            return Shed::Nothing;
+        // The oldest of each kind that can be aborted (only the newest slot
+        // can still lack its handle).
+        let oldest = |map: &std::collections::BTreeMap<u64, Slot>| {
+            map.iter()
+                .find(|(_, s)| s.abort.is_some())
+                .map(|(id, s)| (*id, s.born))
         };
-        let oldest_born = oldest.born;
-        // Slots are in the order they were accepted: the ones past the
-        // grace come first.
-        let mut past = old.take_while(|(_, s)| now.saturating_duration_since(s.born) >= grace);
-        let mut first_past = None;
-        let silent = past.find(|(id, s)| {
-            first_past.get_or_insert(**id);
-            !s.hello.load(Ordering::Relaxed)
-        });
-        let Some(id) = silent.map(|(id, _)| *id).or(first_past) else {
-            return Shed::NotBefore(oldest_born.checked_add(grace).unwrap_or(now));
+        let (silent, stalled) = (oldest(&slots.silent), oldest(&slots.stalled));
+        let past = |born: Instant| now.saturating_duration_since(born) >= grace;
+        let (id, hello) = match (silent, stalled) {
+            (Some((id, born)), _) if past(born) => (id, false),
+            (_, Some((id, born))) if past(born) => (id, true),
+            (None, None) => return Shed::Nothing,
+            _ => {
+                let first = [silent, stalled]
+                    .into_iter()
+                    .flatten()
+                    .map(|(_, born)| born)
+                    .min()
+                    .unwrap_or(now);
+                return Shed::NotBefore(first.checked_add(grace).unwrap_or(now));
+            }
         };
-        let Some(slot) = slots.remove(&id) else {
+        let map = if hello {
+            &mut slots.stalled
+        } else {
+            &mut slots.silent
+        };
+        let Some(slot) = map.remove(&id) else {
             return Shed::Nothing;
         };
         if let Some(abort) = slot.abort {
             abort.abort();
         }
         Shed::Ended {
-            hello: slot.hello.load(Ordering::Relaxed),
+            hello,
             age: now.saturating_duration_since(slot.born),
         }
     }
@@ -631,13 +662,13 @@ impl Acceptor {
                     };
                     tokio::time::sleep(pause).await;
                 }
-                let (slot, hello) = pending.add();
+                let slot = pending.add();
                 let id = slot.id;
                 let acceptor = acceptor.clone();
                 let sender = tx.clone();
                 let handle = tokio::spawn(async move {
                     let accepted = acceptor
-                        .accept_noting(tcp, || hello.store(true, Ordering::Relaxed))
+                        .accept_noting(tcp, || slot.pending.hello(slot.id))
                         .await;
                     drop(slot);
                     if let Ok((inner, identity)) = accepted {
@@ -664,8 +695,8 @@ impl Acceptor {
 mod tests {
     use super::*;
 
-    /// `n` slots accepted at `born`, each with a task to abort; whether
-    /// each sent its hello.
+    /// Slots for `hellos` (whether each peer sent its hello), each with a
+    /// task to abort.
     fn slots(pending: &Arc<Pending>, hellos: &[bool]) -> Vec<SlotGuard> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -673,8 +704,10 @@ mod tests {
         hellos
             .iter()
             .map(|&sent| {
-                let (guard, hello) = pending.add();
-                hello.store(sent, Ordering::Relaxed);
+                let guard = pending.add();
+                if sent {
+                    pending.hello(guard.id);
+                }
                 let task = runtime.spawn(std::future::pending::<()>());
                 pending.set_abort(guard.id, task.abort_handle());
                 guard
@@ -726,6 +759,19 @@ mod tests {
             pending.shed_oldest(now, grace),
             Shed::NotBefore(_)
         ));
+    }
+
+    #[test]
+    fn an_ended_handshake_leaves_its_slot_whatever_its_kind() {
+        let pending = Arc::new(Pending::default());
+        let guards = slots(&pending, &[true, false]);
+        assert_eq!(pending.len(), 2);
+        drop(guards);
+        assert_eq!(pending.len(), 0);
+        assert_eq!(
+            pending.shed_oldest(Instant::now(), Duration::ZERO),
+            Shed::Nothing
+        );
     }
 
     #[test]
