@@ -328,12 +328,23 @@ fn parse_hex(serial: &str) -> Result<Vec<u8>, DevError> {
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), DevError> {
-    std::fs::write(path, contents)?;
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    // Created 0600: the key is never readable by others, not even for a
+    // moment (an existing file keeps its mode, so it is narrowed too).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     }
+    file.write_all(contents.as_bytes())?;
     Ok(())
 }
 

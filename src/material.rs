@@ -427,6 +427,17 @@ fn check_leaf(
             .into());
         }
     }
+    // What x509-parser reads, webpki may not (an odd signature algorithm or
+    // encoding): peers would refuse it, and without this the key would be
+    // blamed (its match against the certificate fails).
+    if let Err(e) = EndEntityCert::try_from(der) {
+        return Err(MaterialError::BadCertificate {
+            origin: origin.clone(),
+            index: 0,
+            detail: describe_webpki(&e),
+        }
+        .into());
+    }
     Ok(leaf)
 }
 
