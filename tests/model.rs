@@ -143,6 +143,9 @@ const CLOSE_WITHIN: Duration = Duration::from_secs(2);
 /// How long the sweeper is given, after something that may wake it, before
 /// a connection that must stay is looked at.
 const SETTLE: Duration = Duration::from_millis(80);
+/// How long a sweeper is given to finish a sweep before a new connection
+/// is tracked.
+const SWEEP: Duration = Duration::from_millis(25);
 
 fn after(start: SystemTime, secs: u64) -> SystemTime {
     start + Duration::from_secs(secs)
@@ -1437,6 +1440,12 @@ struct Case {
     held: Vec<Held>,
     /// Something happened that may wake a side's sweeper.
     woken: [bool; 2],
+    /// A side's sweeper may still be busy with what woke it (or with its
+    /// first sweep): a new connection waits for it, so that whether the
+    /// sweep sees the connection does not depend on thread timing.
+    busy: [bool; 2],
+    /// A side has tracked a connection (its sweeper runs).
+    tracked: [bool; 2],
     /// What the last handshake came to (for `MESHTLS_MODEL_TRACE`).
     note: std::cell::RefCell<String>,
     runtime: tokio::runtime::Runtime,
@@ -1550,6 +1559,8 @@ impl Case {
             live: Vec::new(),
             held: Vec::new(),
             woken: [false; 2],
+            busy: [false; 2],
+            tracked: [false; 2],
             note: std::cell::RefCell::default(),
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -2228,8 +2239,23 @@ impl Case {
 
     // --- handshakes -------------------------------------------------------
 
+    /// Before `side` tracks a new connection: lets its sweeper finish.
+    fn let_sweeper_settle(&mut self, side: Side) {
+        if std::mem::take(&mut self.busy[side.idx()]) {
+            std::thread::sleep(SWEEP);
+        }
+    }
+
+    /// `side` has tracked a connection: the first one starts its sweeper.
+    fn tracked(&mut self, side: Side) {
+        if !std::mem::replace(&mut self.tracked[side.idx()], true) {
+            self.busy[side.idx()] = true;
+        }
+    }
+
     /// Workload `w` calls the server's acceptor over TCP.
     fn accept(&mut self, w: W, keep: bool, throwaway: bool) -> Result<(), Fail> {
+        self.let_sweeper_settle(Side::Server);
         let judged = self.judge(Side::Server, w, None);
         let config = self.bare[w.idx()].clone();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -2271,6 +2297,7 @@ impl Case {
         };
         match accepted {
             Ok((tracked, peer_identity)) => {
+                self.tracked(Side::Server);
                 self.same_peer(path, w, peer_identity.leaf_der())?;
                 if !judged.admits() {
                     self.admitted_wrongly(path, Side::Server, w, &judged)?;
@@ -2301,6 +2328,7 @@ impl Case {
 
     /// The client's connector calls workload `w` over TCP.
     fn connect(&mut self, w: W, name: Name, keep: bool) -> Result<(), Fail> {
+        self.let_sweeper_settle(Side::Client);
         let judged = self.judge(Side::Client, w, Some(name));
         let config = self.peers[w.idx()].clone();
         let connector = self.connector.clone();
@@ -2320,6 +2348,7 @@ impl Case {
         });
         match connected {
             Ok((tracked, server_identity)) => {
+                self.tracked(Side::Client);
                 if tracked.get_ref().1.handshake_kind() != Some(HandshakeKind::Resumed) {
                     self.passed.insert(name, self.client_epoch);
                 }
@@ -2611,6 +2640,11 @@ impl Case {
     /// (waiting a bounded time for the sweeper), the others stay open.
     fn check_live(&mut self) -> Result<(), Fail> {
         let woken = std::mem::take(&mut self.woken);
+        for side in [Side::Server, Side::Client] {
+            if woken[side.idx()] && self.tracked[side.idx()] {
+                self.busy[side.idx()] = true;
+            }
+        }
         if self.live.is_empty() {
             return Ok(());
         }
@@ -2648,11 +2682,14 @@ impl Case {
             .any(|(l, v)| v.is_none() && woken[l.side.idx()])
         {
             std::thread::sleep(SETTLE);
+            self.busy = [false; 2];
         }
         let mut problems = Vec::new();
+        let mut gone = Vec::new();
         let runtime = &self.runtime;
-        for (i, (l, v)) in self.live.iter_mut().zip(&verdicts).enumerate() {
+        for (l, v) in self.live.iter_mut().zip(&verdicts) {
             let closed = l.closed_by_policy();
+            gone.push(closed.is_some());
             let who = format!(
                 "the {}'s live connection with {:?}{}",
                 l.side.name(),
@@ -2662,7 +2699,7 @@ impl Case {
             );
             match (v, closed) {
                 (Some(why), None) => problems.push((
-                    Some(i),
+                    Some(gone.len() - 1),
                     format!("live-kept:{}:{}", l.side.name(), why.tag),
                     format!(
                         "{who} is still open {CLOSE_WITHIN:?} after the step, but a full handshake now would be refused for a reason that closes live connections: {}",
@@ -2688,17 +2725,15 @@ impl Case {
                 (None, None) => {}
             }
         }
-        let mut forget = Vec::new();
         for (kept, tag, what) in problems {
             self.fail(&tag, false, what)?;
             // Ignored: stop following that connection.
-            forget.extend(kept);
+            if let Some(i) = kept {
+                gone[i] = true;
+            }
         }
-        let mut i = 0;
-        self.live.retain(|l| {
-            i += 1;
-            l.closed_by_policy().is_none() && !forget.contains(&(i - 1))
-        });
+        let mut gone = gone.into_iter();
+        self.live.retain(|_| !gone.next().unwrap_or(true));
         Ok(())
     }
 }
