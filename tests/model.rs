@@ -10,9 +10,15 @@
 //! `MESHTLS_MODEL_CASES=2000 cargo test --all-features --test model`
 //! (`MESHTLS_MODEL_MAX_OPS` changes the length of the sequences). A failure found is
 //! kept in `tests/model.proptest-regressions` and replayed first on every
-//! run; commit that file. `MESHTLS_MODEL_IGNORE=rule3,live-kept` (parts of
-//! the `tag:` printed with a failure) lets an exploration go past a
-//! divergence that is already known; CI never sets it.
+//! run; commit that file. The shortest sequences found for each hole are
+//! also kept by hand at the end of this file, next to a control sequence
+//! that exercises every operation where meshtls holds.
+//!
+//! Exploring: `MESHTLS_MODEL_IGNORE=rule3,live-kept` (parts of the `tag:`
+//! printed with a failure) goes past a divergence that is already known (a
+//! divergence of state, such as a reload that should have failed, ends the
+//! case instead); `MESHTLS_MODEL_TRACE=1` prints every step, what it came
+//! to, and the divergences ignored. CI sets neither.
 //!
 //! # The world (minted once, valid relative to a fixed start time)
 //!
