@@ -318,7 +318,9 @@ impl Material {
 
         // Our own chain should build to our roots when the same CA signs both
         // sides; if it does not, peers will likely refuse it too. A different CA
-        // (UnknownIssuer) is normal and not an error.
+        // (UnknownIssuer) is normal and not an error, and so is a CA of the
+        // same name with another key (a bad signature): the old CA of a key
+        // rotation signed us, and the bundle trusts only its successor.
         let usage = match role {
             Role::Server => KeyUsage::server_auth(),
             Role::Client => KeyUsage::client_auth(),
@@ -333,8 +335,12 @@ impl Material {
             ),
             usage,
         ) {
-            Ok(()) | Err(webpki::Error::UnknownIssuer | webpki::Error::UnknownRevocationStatus) => {
-            }
+            Ok(())
+            | Err(
+                webpki::Error::UnknownIssuer
+                | webpki::Error::UnknownRevocationStatus
+                | webpki::Error::InvalidSignatureForPublicKey,
+            ) => {}
             Err(e) => {
                 return Err(MaterialError::ChainInvalid {
                     origin: cert_origin,

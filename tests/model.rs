@@ -50,7 +50,7 @@
 //!   A, B) while that CA is trusted. Operations revoke and unrevoke
 //!   workloads (and I), shorten a CA's nextUpdate so that the clock passes
 //!   it, refresh it, and publish two CRLs of one CA: an older one first, or
-//!   two with the same thisUpdate (so the same DevCa CRL number) and
+//!   two with the same thisUpdate and CRL number (two handles on the CA's key) and
 //!   different contents, which must be refused at load.
 //!
 //! Every notAfter and nextUpdate is an odd number of seconds after the
@@ -1137,6 +1137,9 @@ fn svid_rules(wl: &Workload) -> Vec<Why> {
             }
         }
     }
+    // A signing certificate that breaks its rules makes the chain bad, not
+    // the leaf a non-workload: meshtls says BadCertificate.
+    let mut refuse = |text: String| whys.push(Why::new(BAD_CERTIFICATE, "rule3", text));
     for int in &wl.intermediates {
         let name = int.cn.unwrap_or("an intermediate");
         if let Some(ku) = &int.key_usage
@@ -1224,9 +1227,12 @@ fn pem_crl_der(pem: &str) -> Vec<Vec<u8>> {
 }
 
 /// Mints `ca`'s CRL revoking `revoked` (its leaves among them) and I if
-/// `revoked_i`, plus `extra` serials.
+/// `revoked_i`, plus `extra` serials; signed by `signer` (another handle on
+/// `ca`'s key), or by `ca` itself.
+#[allow(clippy::too_many_arguments)]
 fn crl_pem(
     world: &World,
+    signer: Option<&DevCa>,
     ca: Ca,
     revoked: &BTreeSet<W>,
     revoked_i: bool,
@@ -1244,8 +1250,8 @@ fn crl_pem(
         serials.push(&world.i_serial);
     }
     serials.extend(extra);
-    world
-        .ca(ca)
+    signer
+        .unwrap_or_else(|| world.ca(ca))
         .crl_between(&serials, this_update, next_update)
         .expect("a CRL")
 }
@@ -1272,6 +1278,7 @@ impl Crl {
         }
         self.text = crl_pem(
             world,
+            None,
             ca,
             &self.revoked,
             self.revoked_i,
@@ -1290,6 +1297,7 @@ impl Crl {
         }
         let older = crl_pem(
             world,
+            None,
             ca,
             &BTreeSet::new(),
             false,
@@ -1303,14 +1311,23 @@ impl Crl {
 
     /// Publishes two CRLs with one thisUpdate (one CRL number) and different
     /// contents: the second also revokes every leaf of the CA and one more
-    /// serial.
+    /// serial. `DevCa` numbers each CA's CRLs strictly upward, so the two are
+    /// signed by two fresh handles on the CA's key (a CA that reissued
+    /// without moving its number on): each numbers its first CRL by the
+    /// thisUpdate alone.
     fn publish_same_number(&mut self, world: &World, ca: Ca, now: SystemTime) {
         if self.next_update <= now {
             self.next_update = after(now, CRL_FRESH);
         }
         let this_update = now - Duration::from_secs(10);
+        let handle = || {
+            let ca = world.ca(ca);
+            DevCa::from_pem(ca.cert_pem(), ca.key_pem()).expect("a second handle on a CA")
+        };
+        let (one, two) = (handle(), handle());
         let first = crl_pem(
             world,
+            Some(&one),
             ca,
             &self.revoked,
             self.revoked_i,
@@ -1321,6 +1338,7 @@ impl Crl {
         let all: BTreeSet<W> = W::ALL.into_iter().collect();
         let second = crl_pem(
             world,
+            Some(&two),
             ca,
             &all,
             self.revoked_i,

@@ -766,3 +766,40 @@ async fn symlinked_file_changed_in_place_is_seen() {
     let (_, serial, _) = expect_reloaded(&mut events).await;
     assert_eq!(serial, next.serial());
 }
+
+/// Found by the model test of issue 19: a service whose own certificate
+/// comes from the old CA of a same-name key rotation must be able to reload
+/// a bundle that keeps only the new CA (its own chain then fails with a bad
+/// signature, which says no more than "another CA": the sanity check of the
+/// service's own chain tolerates it as it tolerates an unknown issuer).
+#[test]
+fn a_service_of_the_old_ca_reloads_a_bundle_of_its_same_name_successor() {
+    let old = Pki::named("rotating root");
+    let new = meshtls::dev::DevCa::new("rotating root").unwrap();
+    let roots = old.write(
+        "roots.crt",
+        format!("{}{}", old.ca.cert_pem(), new.cert_pem()),
+    );
+    let (cert, key) = old.write_cert("server", &old.server_cert());
+    let server = ServerTls::builder()
+        .identity_files(cert, key)
+        .client_roots_file(&roots)
+        .dangerous()
+        .allow_any_authenticated()
+        .build()
+        .unwrap();
+    std::fs::write(&roots, new.cert_pem()).unwrap();
+    let outcome = server
+        .reload()
+        .unwrap_or_else(|e| panic!("the new CA's bundle was refused: {e}"));
+    assert!(
+        matches!(
+            outcome,
+            ReloadOutcome::Swapped {
+                policy_changed: true,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+}
