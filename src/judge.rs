@@ -69,7 +69,14 @@ impl<'a> Presented<'a> {
 #[derive(Clone)]
 pub(crate) struct Admitted {
     pub(crate) peer: PeerIdentity,
+    /// The verdict holds from this second (the latest notBefore of the
+    /// verified path) ...
+    pub(crate) from: u64,
+    /// ... until this one (the first second it no longer holds).
     pub(crate) until: u64,
+    /// The positions, among the presented intermediates, of the path that
+    /// verified: what a live connection's peer was admitted through.
+    pub(crate) path: Vec<usize>,
 }
 
 /// A peer refused: the class, the specifics, and the error rustls should
@@ -79,17 +86,6 @@ pub(crate) struct Refusal {
     pub(crate) reason: RejectReason,
     pub(crate) detail: String,
     pub(crate) alert: CertificateError,
-    /// For a refusal by time, the bound the chain crossed (webpki's).
-    pub(crate) bound: Option<Bound>,
-}
-
-/// The validity bound a chain was refused for crossing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Bound {
-    /// A certificate of the chain is valid until this second (inclusive).
-    NotAfter(u64),
-    /// A certificate of the chain is valid from this second.
-    NotBefore(u64),
 }
 
 /// One policy epoch: the roots, CRLs and allow-list that judge peers, and
@@ -153,7 +149,6 @@ impl Epoch {
                     reason: RejectReason::NotAWorkloadCertificate,
                     detail: format!("peer {}: {e}", unverified_name(end_entity)),
                     alert: CertificateError::ApplicationVerificationFailure,
-                    bound: None,
                 });
             }
         };
@@ -169,15 +164,7 @@ impl Epoch {
             Ok(on_path) => on_path,
             Err(e) => {
                 let (reason, alert) = classify_webpki(&e);
-                let bound = match &e {
-                    webpki::Error::CertExpired { not_after, .. } => {
-                        Some(Bound::NotAfter(not_after.as_secs()))
-                    }
-                    webpki::Error::CertNotValidYet { not_before, .. } => {
-                        Some(Bound::NotBefore(not_before.as_secs()))
-                    }
-                    _ => None,
-                };
+
                 // The certificate did not verify: what it says about itself
                 // is untrusted, and `unverified_name` bounds and escapes it.
                 let who = unverified_name(end_entity);
@@ -185,7 +172,6 @@ impl Epoch {
                     reason,
                     detail: format!("peer {who}: {}", describe_webpki(&e)),
                     alert,
-                    bound,
                 });
             }
         };
@@ -193,6 +179,7 @@ impl Epoch {
         // earliest end of the verified path (not of whatever else the peer
         // appended to its chain).
         let mut until = u64::MAX;
+        let mut from = 0;
         for (index, der) in intermediates.iter().enumerate() {
             let Ok(ca) = PeerIdentity::parse_leaf(der) else {
                 // webpki verified the chain: one that does not parse took
@@ -211,11 +198,11 @@ impl Epoch {
                     reason: RejectReason::BadCertificate,
                     detail: format!("peer {}: {e}", unverified_name(end_entity)),
                     alert: CertificateError::BadEncoding,
-                    bound: None,
                 });
             }
             if on_path.contains(&index) {
                 until = until.min(unix_secs(ca.not_after).saturating_add(1));
+                from = from.max(unix_secs(ca.not_before));
             }
         }
         let identity = leaf
@@ -227,7 +214,6 @@ impl Epoch {
                 reason: RejectReason::NotAWorkloadCertificate,
                 detail: format!("peer certificate refused: {e}"),
                 alert: CertificateError::ApplicationVerificationFailure,
-                bound: None,
             })?;
         match name {
             Some(name) => self.dialled(&identity, end_entity, name)?,
@@ -240,7 +226,6 @@ impl Epoch {
                     _ => e.to_string(),
                 },
                 alert: CertificateError::ApplicationVerificationFailure,
-                bound: None,
             })?,
         }
         // webpki admits a certificate up to and including its notAfter
@@ -249,9 +234,12 @@ impl Epoch {
         let until = std::iter::once(unix_secs(identity.not_after()).saturating_add(1))
             .chain(self.trust.crl_deadline(now))
             .fold(until, u64::min);
+        let from = from.max(unix_secs(identity.not_before()));
         Ok(Admitted {
             peer: identity,
+            from,
             until,
+            path: on_path,
         })
     }
 
@@ -266,7 +254,6 @@ impl Epoch {
                 self.trust.domains().join(", ")
             ),
             alert: CertificateError::UnknownIssuer,
-            bound: None,
         }
     }
 
@@ -286,7 +273,6 @@ impl Epoch {
                 name.to_str(),
             ),
             alert: CertificateError::NotValidForName,
-            bound: None,
         };
         if let VouchedBy::TrustDomain(td) = identity.vouched_by() {
             return Err(refuse(format!(
@@ -343,22 +329,23 @@ pub(crate) enum LiveVerdict {
     Closes(Refusal),
 }
 
-/// How many moments a kept peer's re-judgment tries before it gives up (a
-/// chain's certificates bound it: each try moves inside one more of them).
-const MOMENTS: usize = 8;
-
 impl Epoch {
-    /// Judges a live connection's peer again. A refusal for a kept reason
-    /// is not the whole story: the chain is judged once more where the kept
+    /// Judges a live connection's peer again. `path` is the path (positions
+    /// among the presented intermediates) it was last admitted through.
+    ///
+    /// A refusal for a kept reason is not the whole story: the peer is
+    /// judged once more on the path it was admitted through, where the kept
     /// reasons cannot refuse (revocation by listed serials only; with time
-    /// kept, at a moment inside the validity of the path webpki verifies,
-    /// found from webpki's own bounds), so that a peer both expired and
-    /// revoked, or under a stale CRL and off the allow-list, is closed for
-    /// the reason that closes. A chain with no such moment closes.
+    /// kept, at a moment inside that path's validity), so that a peer both
+    /// expired and revoked, or under a stale CRL and off the allow-list, is
+    /// closed for the reason that closes. Only that path: whatever else the
+    /// peer appended to its chain (an expired older certificate of the same
+    /// intermediate, a cross-signed copy) cannot stand in for it.
     pub(crate) fn judge_live(
         &self,
         options: &Options,
         peer: Presented<'_>,
+        path: &[usize],
         now: UnixTime,
         close_at_expiry: bool,
     ) -> LiveVerdict {
@@ -369,46 +356,58 @@ impl Epoch {
         if !keeps_live_connection(first.reason, close_at_expiry) {
             return LiveVerdict::Closes(first);
         }
-        let until = match (first.reason, first.bound) {
-            // Judged again when the clock reaches the notBefore (a clock
-            // stepped back recovers).
-            (RejectReason::NotYetValid, Some(Bound::NotBefore(t))) => t,
-            _ => u64::MAX,
+        let pinned: Vec<CertificateDer<'_>> = path
+            .iter()
+            .filter_map(|i| peer.intermediates.get(*i))
+            .map(|c| CertificateDer::from(c.as_ref()))
+            .collect();
+        let on_path = Presented {
+            intermediates: &pinned,
+            ..peer
         };
-        let mut then = now.as_secs();
-        for _ in 0..MOMENTS {
-            let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(then));
-            let second = match self.judge_with(options, peer, at, Revocation::RevokedOnly) {
-                Ok(lenient) => {
-                    let until = if close_at_expiry {
-                        until.min(lenient.until)
-                    } else {
-                        until
-                    };
-                    return LiveVerdict::Kept { until };
-                }
-                Err(second) => second,
-            };
-            if !keeps_live_connection(second.reason, close_at_expiry) {
-                return LiveVerdict::Closes(second);
+        // The path's window of validity; none (it never was valid at one
+        // moment, or does not parse): nothing shows the peer would be
+        // admitted but for the kept reasons, so it closes.
+        let Some((valid_from, valid_to)) = window(on_path) else {
+            return LiveVerdict::Closes(first);
+        };
+        let (then, until) = if close_at_expiry {
+            (now.as_secs(), u64::MAX)
+        } else if now.as_secs() < valid_from {
+            // A clock stepped back: judged as of the notBefore, and again
+            // when the clock gets there.
+            (valid_from, valid_from)
+        } else {
+            (now.as_secs().min(valid_to), u64::MAX)
+        };
+        let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(then));
+        match self.judge_with(options, on_path, at, Revocation::RevokedOnly) {
+            Ok(lenient) => LiveVerdict::Kept {
+                until: if close_at_expiry {
+                    lenient.until
+                } else {
+                    until
+                },
+            },
+            Err(second) if keeps_live_connection(second.reason, close_at_expiry) => {
+                LiveVerdict::Kept { until }
             }
-            // Refused by time again: try the moment webpki says the chain
-            // crossed, if that moves us.
-            then = match second.bound {
-                Some(Bound::NotAfter(t)) if t < then => t,
-                Some(Bound::NotBefore(t)) if t > then => t,
-                // A kept reason that is not time (revocation status): the
-                // only one left, so kept.
-                _ if second.reason == RejectReason::RevocationUnknown => {
-                    return LiveVerdict::Kept { until };
-                }
-                _ => break,
-            };
+            Err(second) => LiveVerdict::Closes(second),
         }
-        // No moment when the whole chain was valid: nothing shows it would
-        // be admitted but for the kept reasons, so it closes.
-        LiveVerdict::Closes(first)
     }
+}
+
+/// The seconds at which every certificate of `peer`'s chain is valid:
+/// (latest notBefore, earliest notAfter), if that is a window at all.
+fn window(peer: Presented<'_>) -> Option<(u64, u64)> {
+    let mut from = 0;
+    let mut to = u64::MAX;
+    for der in std::iter::once(peer.end_entity).chain(peer.intermediates) {
+        let cert = PeerIdentity::parse_leaf(der).ok()?;
+        from = from.max(unix_secs(cert.not_before));
+        to = to.min(unix_secs(cert.not_after));
+    }
+    (from <= to).then_some((from, to))
 }
 
 /// How a refusal names a peer whose chain has not verified (or whose
@@ -496,6 +495,7 @@ impl Memo {
         let same = hit.admitted.peer.leaf_der() == leaf.as_ref()
             && hit.intermediates.as_slice() == intermediates
             && hit.name.as_deref() == name.as_deref()
+            && hit.admitted.from <= now.as_secs()
             && now.as_secs() < hit.admitted.until;
         same.then(|| hit.admitted.clone())
     }

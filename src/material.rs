@@ -609,7 +609,7 @@ fn parse_roots(
             tracing::warn!(
                 roots = %origin,
                 subject = %info.subject,
-                "a trust root has expired; chains to it will be refused"
+                "a trust root has expired (webpki does not check a root's own validity, so chains to it are still accepted): replace it"
             );
         }
         facts.push(info.facts());

@@ -174,7 +174,17 @@ impl Crls {
                     // one CRL (twice, or signed twice); two that differ
                     // cannot be read one way only (taking either could hide
                     // the other's revocations).
-                    Ordering::Equal if candidate.revoked == kept.revoked => {}
+                    Ordering::Equal if candidate.revoked == kept.revoked => {
+                        // The same CRL republished with a longer life: keep
+                        // the one that stays fresh longer.
+                        if candidate.next_update.is_none()
+                            || kept
+                                .next_update
+                                .is_some_and(|k| candidate.next_update.is_some_and(|c| c > k))
+                        {
+                            *kept = candidate;
+                        }
+                    }
                     Ordering::Equal => {
                         return Err(MaterialError::CrlConflict {
                             first: kept.origin.clone(),

@@ -68,10 +68,14 @@ impl Drop for Entry {
 }
 
 struct State {
-    /// The epoch that last admitted the peer, and until when (Unix seconds;
-    /// [`NEVER`]: until the next policy change).
+    /// The epoch that last admitted the peer, and from and until when
+    /// (Unix seconds; `until` [`NEVER`]: until the next policy change).
     epoch: u64,
+    from: u64,
     until: u64,
+    /// The path (positions among the chain's intermediates) the peer was
+    /// last admitted through.
+    path: Vec<usize>,
     /// Refused: close at this moment, for this reason. The grace is a real
     /// duration (time to finish requests), so it runs on the monotonic
     /// clock: a wall clock stepped back does not stretch it.
@@ -102,10 +106,14 @@ pub(crate) struct Tracker {
     /// Entries kept after the last pruning of dead ones (pruning again when
     /// the list has doubled keeps tracking amortized O(1)).
     pruned: AtomicU64,
-    /// When the sweeper will look next (Unix seconds, rounded up; `NEVER`:
-    /// at the next ring; 0 while it sweeps). A connection whose verdict
-    /// runs out sooner rings it.
+    /// When the sweeper will look next for a verdict running out (Unix
+    /// seconds, rounded up; `NEVER`: at the next ring; 0 while it sweeps).
+    /// A connection whose verdict runs out sooner rings it.
     scheduled: AtomicU64,
+    /// The epoch the last finished sweep judged by: a connection admitted
+    /// under another (a policy change landed between its admission and its
+    /// tracking, and was swept already) rings the sweeper.
+    swept_epoch: AtomicU64,
     side: &'static str,
 }
 
@@ -142,6 +150,7 @@ impl Tracker {
             live: Arc::new(AtomicU64::new(0)),
             pruned: AtomicU64::new(0),
             scheduled: AtomicU64::new(0),
+            swept_epoch: AtomicU64::new(0),
             side,
         }
     }
@@ -176,7 +185,9 @@ impl Tracker {
             socket,
             state: Mutex::new(State {
                 epoch,
+                from: admitted.from,
                 until: admitted.until,
+                path: admitted.path.clone(),
                 closing: None,
                 closed: None,
             }),
@@ -202,7 +213,10 @@ impl Tracker {
         // as 0 (anything rings) until it stores what it found, which covers
         // an entry it did not see.
         let scheduled = self.scheduled.load(Ordering::SeqCst);
-        if scheduled == 0 || admitted.until < scheduled {
+        if scheduled == 0
+            || admitted.until < scheduled
+            || epoch != self.swept_epoch.load(Ordering::SeqCst)
+        {
             self.alarm.ring();
         }
         Guard(Some(entry))
@@ -223,6 +237,7 @@ impl Tracker {
             entries.retain(|w| w.strong_count() > 0);
             self.pruned.store(entries.len() as u64, Ordering::Relaxed);
             if !self.closing.enabled {
+                self.swept_epoch.store(epoch.number, Ordering::SeqCst);
                 self.scheduled.store(NEVER, Ordering::SeqCst);
                 return Swept {
                     closed: Vec::new(),
@@ -235,13 +250,14 @@ impl Tracker {
         let unix = unix_time(now);
         let instant = Instant::now();
         let soonest = now.checked_add(MIN_WAKE).unwrap_or(now);
-        // A verdict's deadline as a moment, never sooner than `soonest`;
-        // "never" (or past what the platform can hold) is no wake-up at all.
+        // A verdict's deadline as a moment; one already past (it should not
+        // be) is looked at again a second later, not in a loop; "never" (or
+        // past what the platform can hold) is no wake-up at all.
         let at = |secs: u64| {
             if secs == NEVER {
                 None
             } else {
-                at_unix(secs).map(|t| t.max(soonest))
+                at_unix(secs).map(|t| if t <= now { soonest } else { t })
             }
         };
         let mut next: Option<SystemTime> = None;
@@ -273,7 +289,10 @@ impl Tracker {
                 }
                 continue;
             }
-            if state.epoch == epoch.number && unix.as_secs() < state.until {
+            if state.epoch == epoch.number
+                && state.from <= unix.as_secs()
+                && unix.as_secs() < state.until
+            {
                 wake_at(at(state.until));
                 continue;
             }
@@ -286,17 +305,23 @@ impl Tracker {
                 intermediates,
                 server_name: entry.server_name.as_ref(),
             };
-            match epoch.judge_live(options, peer, unix, self.closing.at_expiry) {
+            let path = std::mem::take(&mut state.path);
+            match epoch.judge_live(options, peer, &path, unix, self.closing.at_expiry) {
                 LiveVerdict::Admitted(admitted) => {
                     state.epoch = epoch.number;
+                    state.from = admitted.from;
                     state.until = admitted.until;
+                    state.path = admitted.path;
                     wake_at(at(admitted.until));
                 }
                 LiveVerdict::Kept { until } => {
                     // A stale CRL, an expiry not asked to close: judged
-                    // again at the next policy change (or at `until`).
+                    // again at the next policy change (or at `until`), on
+                    // the path it was admitted through.
                     state.epoch = epoch.number;
+                    state.from = 0;
                     state.until = until;
+                    state.path = path;
                     wake_at(at(until));
                 }
                 LiveVerdict::Closes(refusal) => {
@@ -307,18 +332,15 @@ impl Tracker {
                 }
             }
         }
-        // A grace ending is looked at whatever the clock says; a verdict
-        // deadline is compared with new connections' (rounded up).
-        let scheduled = match (next, next_grace) {
-            (_, Some(_)) => 1,
-            (Some(t), None) => {
-                let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-                secs.as_secs()
-                    .saturating_add(u64::from(secs.subsec_nanos() > 0))
-                    .max(1)
-            }
-            (None, None) => NEVER,
-        };
+        // The next verdict deadline, which new connections' are compared
+        // with (rounded up; a grace ending is the monotonic clock's).
+        let scheduled = next.map_or(NEVER, |t| {
+            let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            secs.as_secs()
+                .saturating_add(u64::from(secs.subsec_nanos() > 0))
+                .max(1)
+        });
+        self.swept_epoch.store(epoch.number, Ordering::SeqCst);
         self.scheduled.store(scheduled, Ordering::SeqCst);
         Swept {
             closed,

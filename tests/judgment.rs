@@ -24,6 +24,7 @@ fn api() -> String {
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
 
 /// A bare rustls client config presenting `cert`, trusting the PKI's CA.
 fn bare(pki: &Pki, cert: &meshtls::dev::DevCert) -> Arc<rustls::ClientConfig> {
@@ -596,4 +597,67 @@ fn the_bare_client_window_is_exactly_the_documented_one() {
         .identify(&again.client, "localhost")
         .expect_err("the connector admitted a revoked server");
     assert_eq!(err.reason(), RejectReason::Revoked, "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// Found by the second red team of issue 19: a remembered verdict had no
+// lower bound in time. After the clock stepped back before a peer's
+// notBefore, a full handshake refused the peer (not yet valid) while a
+// resumed one and the acceptor's check were answered from the memo. A
+// verdict now holds from the latest notBefore of its path.
+// ---------------------------------------------------------------------------
+
+/// A client whose certificate is valid from a minute ago gets a ticket;
+/// the clock steps back an hour; then the client comes back with its
+/// ticket (`resume`) or without one.
+fn after_step_back(resume: bool) -> (Result<(), String>, bool) {
+    let pki = Pki::new();
+    let now = SystemTime::now();
+    let time = ManualClock::new(now);
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_id(&caller()))
+        .dangerous()
+        .clock(time.clock())
+        .build()
+        .unwrap();
+    let cert = pki
+        .ca
+        .leaf()
+        .spiffe(&caller())
+        .client()
+        .valid_between(now - Duration::from_secs(60), now + DAY)
+        .issue()
+        .unwrap();
+    let client = bare_client(pki.ca.cert_pem(), Some(&cert), &[&rustls::version::TLS13]);
+    Wire::new(server.config(), client.clone())
+        .complete()
+        .expect("admitted before the step");
+    time.set(now - HOUR);
+    let client = if resume {
+        client
+    } else {
+        bare_client(pki.ca.cert_pem(), Some(&cert), &[&rustls::version::TLS13])
+    };
+    let mut again = Wire::new(server.config(), client);
+    let result = again.complete();
+    (result, again.resumed())
+}
+
+#[test]
+fn control_a_not_yet_valid_client_is_refused_on_a_full_handshake() {
+    let (result, _) = after_step_back(false);
+    let err = result.expect_err("a client not valid for another hour was admitted");
+    assert!(err.contains("NotValidYet"), "{err}");
+}
+
+#[test]
+fn a_not_yet_valid_client_is_refused_on_resumption_too() {
+    let (result, resumed) = after_step_back(true);
+    assert!(
+        result.is_err() && !resumed,
+        "the clock stepped back an hour, before the client's notBefore: a full handshake is \
+         refused (not yet valid) but the client's ticket was accepted (resumed: {resumed}, \
+         result: {result:?}): the memo's verdict has no lower bound"
+    );
 }

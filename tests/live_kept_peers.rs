@@ -6,17 +6,17 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use common::{Pki, TD};
+use common::{
+    Open, Pki, TD, bare_presenting, chain_of, closed_within, der_of, echo_incoming,
+    expired_unrelated_ca,
+};
+use meshtls::dev::DevCa;
 use meshtls::rustls;
-use meshtls::rustls::pki_types::pem::PemObject;
-use meshtls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use meshtls::rustls::pki_types::{CertificateDer, ServerName};
 use meshtls::{Allow, Event, ManualClock, RejectReason, ServerTls};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use std::sync::Arc;
 use tokio::sync::broadcast;
 
 fn id(name: &str) -> String {
@@ -27,131 +27,6 @@ fn id(name: &str) -> String {
 /// a peer may send anything after its leaf.
 fn garbage() -> CertificateDer<'static> {
     CertificateDer::from(vec![0x30, 0x00])
-}
-
-/// A CA certificate unrelated to anyone's chain, expired in 2001: a peer
-/// may send it after its leaf; webpki never uses it.
-fn expired_unrelated_ca() -> CertificateDer<'static> {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "an unrelated CA, long expired");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    params.not_before = rcgen::date_time_ymd(2000, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2001, 1, 1);
-    params.self_signed(&key).unwrap().der().clone()
-}
-
-fn der_of(pem: &str) -> CertificateDer<'static> {
-    CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
-}
-
-/// A plain rustls client (what an attacker runs) trusting `ca_pem` and
-/// presenting exactly `chain`.
-fn bare(
-    ca_pem: &str,
-    chain: Vec<CertificateDer<'static>>,
-    key_pem: &str,
-) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(
-                chain,
-                PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-    )
-}
-
-/// An echo server on the acceptor's `Incoming`.
-async fn echo_server(server: &ServerTls) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut incoming = server.acceptor().incoming(listener);
-    tokio::spawn(async move {
-        while let Some(conn) = incoming.next().await {
-            tokio::spawn(async move {
-                let mut conn = BufReader::new(conn);
-                loop {
-                    let mut line = String::new();
-                    match conn.read_line(&mut line).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            if conn.get_mut().write_all(line.as_bytes()).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-/// A connection kept open by a bare client.
-struct Line<S>(BufReader<S>);
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Line<S> {
-    async fn ping(&mut self) -> Result<(), String> {
-        self.0
-            .get_mut()
-            .write_all(b"ping\n")
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut line = String::new();
-        match tokio::time::timeout(Duration::from_secs(10), self.0.read_line(&mut line)).await {
-            Err(_) => Err("no answer within 10 s".into()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Ok(Ok(0)) => Err("end of stream".into()),
-            Ok(Ok(_)) => Ok(()),
-        }
-    }
-}
-
-async fn open(
-    config: Arc<rustls::ClientConfig>,
-    addr: SocketAddr,
-) -> Line<meshtls::tokio_rustls::client::TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let tls = meshtls::tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    Line(BufReader::new(tls))
-}
-
-/// The first `ConnectionClosed` within `within`, skipping other events.
-async fn closed_within(
-    events: &mut broadcast::Receiver<Event>,
-    within: Duration,
-) -> Option<(RejectReason, String)> {
-    tokio::time::timeout(within, async {
-        loop {
-            match events.recv().await {
-                Ok(Event::ConnectionClosed { reason, detail }) => return (reason, detail),
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
-            }
-        }
-    })
-    .await
-    .ok()
 }
 
 // ---------------------------------------------------------------------------
@@ -184,7 +59,7 @@ async fn expired_then_revoked(
         .build()
         .unwrap();
     let mut events = server.subscribe();
-    let addr = echo_server(&server).await;
+    let (addr, _echo) = echo_incoming(&server).await;
     let cert = pki
         .ca
         .leaf()
@@ -198,7 +73,12 @@ async fn expired_then_revoked(
         .unwrap();
     let mut chain = vec![CertificateDer::from(cert.der().to_vec())];
     chain.extend(extra);
-    let mut line = open(bare(pki.ca.cert_pem(), chain, cert.key_pem()), addr).await;
+    let mut line = Open::connect(
+        bare_presenting(pki.ca.cert_pem(), chain, cert.key_pem()),
+        addr,
+    )
+    .await
+    .unwrap();
     line.ping().await.unwrap();
 
     // Expired, and kept (the default).
@@ -260,11 +140,16 @@ async fn stale_crl_then_removed(
         .build()
         .unwrap();
     let mut events = server.subscribe();
-    let addr = echo_server(&server).await;
+    let (addr, _echo) = echo_incoming(&server).await;
     let cert = pki.client_cert(&id("a"));
     let mut chain = vec![CertificateDer::from(cert.der().to_vec())];
     chain.extend(extra);
-    let mut a = open(bare(pki.ca.cert_pem(), chain, cert.key_pem()), addr).await;
+    let mut a = Open::connect(
+        bare_presenting(pki.ca.cert_pem(), chain, cert.key_pem()),
+        addr,
+    )
+    .await
+    .unwrap();
     a.ping().await.unwrap();
 
     // The CRL goes stale: kept.
@@ -323,7 +208,7 @@ async fn removed_after(step_back: Option<Duration>) -> (Option<(RejectReason, St
         .build()
         .unwrap();
     let mut events = server.subscribe();
-    let addr = echo_server(&server).await;
+    let (addr, _echo) = echo_incoming(&server).await;
     let cert = pki
         .ca
         .leaf()
@@ -336,7 +221,12 @@ async fn removed_after(step_back: Option<Duration>) -> (Option<(RejectReason, St
         .issue()
         .unwrap();
     let chain = vec![CertificateDer::from(cert.der().to_vec())];
-    let mut a = open(bare(pki.ca.cert_pem(), chain, cert.key_pem()), addr).await;
+    let mut a = Open::connect(
+        bare_presenting(pki.ca.cert_pem(), chain, cert.key_pem()),
+        addr,
+    )
+    .await
+    .unwrap();
     a.ping().await.unwrap();
     if let Some(back) = step_back {
         // NTP steps the clock back (a VM restored from a snapshot, ...).
@@ -439,7 +329,7 @@ async fn short_peer_after_policy_change(
             .valid_between(start - Duration::from_secs(60), start + life)
             .issue()
             .unwrap();
-        bare(
+        bare_presenting(
             pki.ca.cert_pem(),
             vec![CertificateDer::from(cert.der().to_vec()), inter_der.clone()],
             cert.key_pem(),
@@ -525,10 +415,15 @@ async fn removed_then_clock_steps_back(
         .build()
         .unwrap();
     let mut events = server.subscribe();
-    let addr = echo_server(&server).await;
+    let (addr, _echo) = echo_incoming(&server).await;
     let cert = pki.client_cert(&id("a"));
     let chain = vec![CertificateDer::from(cert.der().to_vec())];
-    let mut a = open(bare(pki.ca.cert_pem(), chain, cert.key_pem()), addr).await;
+    let mut a = Open::connect(
+        bare_presenting(pki.ca.cert_pem(), chain, cert.key_pem()),
+        addr,
+    )
+    .await
+    .unwrap();
     a.ping().await.unwrap();
     server.set_allow_list([Allow::spiffe_id(&id("b"))]).unwrap();
     // The sweeper schedules the closing at the end of the grace; meanwhile
@@ -555,5 +450,406 @@ async fn a_removed_peer_is_closed_after_the_grace_when_the_clock_steps_back() {
         closed.is_some(),
         "a peer removed from the allow-list, with a 1 s grace, is still connected 5 s later \
          because the clock stepped back an hour during the grace"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Found by the second red team of issue 19: a live peer kept for a kept
+// reason was judged again on whatever path webpki found at some moment, not
+// the path that admitted it. A peer admitted through intermediate I1 that
+// appends an *expired* older certificate of the same intermediate key (I2:
+// same name, key and issuer, another serial; CAs drop expired certificates
+// from their CRLs) kept its connection when I1 was revoked: webpki ranks
+// I2's CertExpired above I1's CertRevoked, and the re-judgment admitted the
+// path through I2. Kept peers are now judged again on the path that
+// admitted them.
+// ---------------------------------------------------------------------------
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// An intermediate CA certificate for `key`, named "test intermediate",
+/// signed by `root`, valid between the given moments, with `serial`.
+fn intermediate(
+    root: &DevCa,
+    key: &rcgen::KeyPair,
+    serial: &[u8],
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> String {
+    let issuer = rcgen::Issuer::from_ca_cert_pem(
+        root.cert_pem(),
+        rcgen::KeyPair::from_pem(root.key_pem()).unwrap(),
+    )
+    .unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test intermediate");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = not_before.into();
+    params.not_after = not_after.into();
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
+    params.signed_by(key, &issuer).unwrap().pem()
+}
+
+struct Outcome {
+    closed: Option<(RejectReason, String)>,
+    still_talks: bool,
+    /// What a fresh handshake with the same chain gets after the revocation.
+    fresh: Result<(), String>,
+    fresh_reason: Option<RejectReason>,
+}
+
+/// A peer under intermediate I1 connects presenting `[leaf, I1]`, plus the
+/// expired sibling I2 when `with_expired_sibling`; then the root's CRL
+/// revokes I1.
+async fn revoke_intermediate(with_expired_sibling: bool) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, contents: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    };
+    let now = SystemTime::now();
+    let root = DevCa::new("test root").unwrap();
+    let inter_key = rcgen::KeyPair::generate().unwrap();
+    // I1: the current certificate of the intermediate key.
+    let i1 = intermediate(
+        &root,
+        &inter_key,
+        &[0x11, 0x11, 0x11, 0x01],
+        now - DAY,
+        now + 365 * DAY,
+    );
+    // I2: an older certificate of the same key, expired ten days ago.
+    let i2 = intermediate(
+        &root,
+        &inter_key,
+        &[0x11, 0x11, 0x11, 0x02],
+        now - 365 * DAY,
+        now - 10 * DAY,
+    );
+    let inter = DevCa::from_pem(&i1, &inter_key.serialize_pem()).unwrap();
+    // The peer's leaf: issued a month ago, while I2 was still valid.
+    let leaf = inter
+        .leaf()
+        .spiffe(&id("peer"))
+        .client()
+        .valid_between(now - 30 * DAY, now + 30 * DAY)
+        .issue()
+        .unwrap();
+
+    // The server: its own certificate from the root; its chain file also
+    // carries I1, so that the intermediate's CRL is matched to its key.
+    let own = root
+        .leaf()
+        .spiffe(&id("server"))
+        .dns("localhost")
+        .server()
+        .issue()
+        .unwrap();
+    let cert_file = write("server.crt", &format!("{}{}", own.chain_pem(), i1));
+    let key_file = write("server.key", own.key_pem());
+    let roots_file = write("ca.crt", root.cert_pem());
+    let crls = |revoked: &[&str]| {
+        format!(
+            "{}{}",
+            root.crl_for_serials(revoked, DAY).unwrap(),
+            inter.crl_for_serials(&[], DAY).unwrap()
+        )
+    };
+    let crl_file = write("ca.crl", &crls(&[]));
+    let server = ServerTls::builder()
+        .identity_files(&cert_file, &key_file)
+        .client_roots_file(&roots_file)
+        .crl_file(&crl_file)
+        .allow(Allow::spiffe_trust_domain(TD))
+        .live_connection_grace(Duration::ZERO)
+        .build()
+        .unwrap();
+    let mut events = server.subscribe();
+    let (addr, _echo) = echo_incoming(&server).await;
+
+    let mut chain = vec![der_of(leaf.cert_pem()), der_of(&i1)];
+    if with_expired_sibling {
+        chain.push(der_of(&i2));
+    }
+    let config = bare_presenting(root.cert_pem(), chain, leaf.key_pem());
+    let mut line = Open::connect(config.clone(), addr)
+        .await
+        .expect("the peer is admitted before the revocation");
+
+    // The root's CRL revokes I1 (the intermediate the peer was admitted
+    // through).
+    std::thread::sleep(Duration::from_millis(1100)); // a later thisUpdate
+    std::fs::write(&crl_file, crls(&["11:11:11:01"])).unwrap();
+    server.reload().unwrap();
+    let closed = closed_within(&mut events, Duration::from_secs(5)).await;
+    let still_talks = line.ping().await.is_ok();
+    let mut events = server.subscribe();
+    let fresh = Open::connect(config, addr).await.map(|_| ());
+    let fresh_reason = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let Ok(Event::Rejected { reason, .. }) = events.recv().await {
+                return reason;
+            }
+        }
+    })
+    .await
+    .ok();
+    Outcome {
+        closed,
+        still_talks,
+        fresh,
+        fresh_reason,
+    }
+}
+
+#[tokio::test]
+async fn control_a_peer_whose_intermediate_is_revoked_is_closed() {
+    let out = revoke_intermediate(false).await;
+    let (reason, detail) = out.closed.expect("no ConnectionClosed within 5 s");
+    assert_eq!(reason, RejectReason::Revoked, "{detail}");
+    assert!(!out.still_talks, "still connected");
+    assert!(out.fresh.is_err(), "a fresh handshake is admitted");
+    assert_eq!(out.fresh_reason, Some(RejectReason::Revoked));
+}
+
+#[tokio::test]
+async fn a_peer_whose_intermediate_is_revoked_is_closed_despite_an_expired_sibling_in_its_chain() {
+    let out = revoke_intermediate(true).await;
+    assert!(
+        out.closed
+            .as_ref()
+            .is_some_and(|(r, _)| *r == RejectReason::Revoked)
+            && !out.still_talks,
+        "a peer admitted through intermediate I1, which appended an expired older certificate \
+         of the same intermediate key (not on any CRL), is still connected 5 s after the root's \
+         CRL revoked I1 (closing seen: {:?}, still answers: {}; a fresh handshake with the same \
+         chain: {:?}, refused as {:?})",
+        out.closed,
+        out.still_talks,
+        out.fresh,
+        out.fresh_reason,
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The other direction (a false close, availability): the moments tried
+// follow webpki's single error, which among equal ranks is the first met in
+// the order the peer sent its intermediates. A peer whose leaf expired (kept
+// by default) and whose chain is [leaf, I_new, I_old] (I_new: a renewal of
+// the intermediate that starts after the leaf ends; I_old: the certificate
+// that was valid through the leaf's early life) is closed: at the leaf's
+// notAfter webpki names I_new's notBefore, there the leaf is expired again,
+// and the 8 tries run out between the two. [leaf, I_old, I_new] is kept.
+// ---------------------------------------------------------------------------
+
+async fn expired_leaf_with_renewed_intermediate(new_first: bool) -> Option<(RejectReason, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, contents: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    };
+    let t0 = SystemTime::now();
+    let root = DevCa::new("test root").unwrap();
+    let inter_key = rcgen::KeyPair::generate().unwrap();
+    let i_old = intermediate(
+        &root,
+        &inter_key,
+        &[0x22, 0x01],
+        t0 - 30 * DAY,
+        t0 + 2 * DAY,
+    );
+    let i_new = intermediate(
+        &root,
+        &inter_key,
+        &[0x22, 0x02],
+        t0 + 12 * DAY,
+        t0 + 365 * DAY,
+    );
+    let inter = DevCa::from_pem(&i_old, &inter_key.serialize_pem()).unwrap();
+    let leaf = inter
+        .leaf()
+        .spiffe(&id("peer"))
+        .client()
+        .valid_between(t0 - 5 * DAY, t0 + 10 * DAY)
+        .issue()
+        .unwrap();
+    let own = root
+        .leaf()
+        .spiffe(&id("server"))
+        .dns("localhost")
+        .server()
+        .valid_between(t0 - DAY, t0 + 60 * DAY)
+        .issue()
+        .unwrap();
+    let time = meshtls::ManualClock::new(t0);
+    let server = ServerTls::builder()
+        .identity_files(
+            write("server.crt", own.chain_pem()),
+            write("server.key", own.key_pem()),
+        )
+        .client_roots_file(write("ca.crt", root.cert_pem()))
+        .allow(Allow::spiffe_trust_domain(TD))
+        .live_connection_grace(Duration::ZERO)
+        .dangerous()
+        .clock(time.clock())
+        .build()
+        .unwrap();
+    let mut events = server.subscribe();
+    let (addr, _echo) = echo_incoming(&server).await;
+    let chain = if new_first {
+        vec![der_of(leaf.cert_pem()), der_of(&i_new), der_of(&i_old)]
+    } else {
+        vec![der_of(leaf.cert_pem()), der_of(&i_old), der_of(&i_new)]
+    };
+    let _line = Open::connect(
+        bare_presenting(root.cert_pem(), chain, leaf.key_pem()),
+        addr,
+    )
+    .await
+    .expect("admitted through I_old");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // 20 days on: the leaf expired (kept by default).
+    time.advance(20 * DAY);
+    closed_within(&mut events, Duration::from_secs(3)).await
+}
+
+#[tokio::test]
+async fn control_an_expired_peer_with_its_old_intermediate_first_is_kept() {
+    let closed = expired_leaf_with_renewed_intermediate(false).await;
+    assert!(closed.is_none(), "closed: {closed:?}");
+}
+
+#[tokio::test]
+async fn an_expired_peer_with_its_renewed_intermediate_first_is_kept() {
+    let closed = expired_leaf_with_renewed_intermediate(true).await;
+    assert!(
+        closed.is_none(),
+        "a peer whose leaf expired (kept without close_at_peer_expiry), presenting \
+         [leaf, renewed intermediate (valid from after the leaf's end), old intermediate], was \
+         closed: {closed:?}; at a moment 8 days before the expiry its path through the old \
+         intermediate was valid"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Found by the second red team of issue 19: while a refused connection's
+// grace was pending, a connection tracked meanwhile never rang the sweeper
+// (its verdict deadline was compared with a placeholder): with
+// `close_at_peer_expiry` it was closed up to one grace late.
+// ---------------------------------------------------------------------------
+
+/// The first `ConnectionClosed` naming `who` within `within`.
+async fn closed_naming(
+    events: &mut broadcast::Receiver<Event>,
+    who: &str,
+    within: Duration,
+) -> Option<(RejectReason, String)> {
+    tokio::time::timeout(within, async {
+        loop {
+            match events.recv().await {
+                Ok(Event::ConnectionClosed { reason, detail })
+                    if detail.starts_with(&format!("peer {who} ")) =>
+                {
+                    return (reason, detail);
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+const GRACE: Duration = Duration::from_secs(6);
+
+/// `b` (valid an hour) connects while `a`'s grace is pending (`during`) or
+/// once it is over; then the clock passes b's expiry. Returns how long
+/// after that b's closing came, if it came within 2 graces.
+async fn expiry_of_a_peer_tracked(during: bool) -> Option<Duration> {
+    let pki = Pki::new();
+    let start = SystemTime::now();
+    let time = ManualClock::new(start);
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_id(&id("a")))
+        .allow(Allow::spiffe_id(&id("b")))
+        .close_at_peer_expiry()
+        .live_connection_grace(GRACE)
+        .dangerous()
+        .clock(time.clock())
+        .build()
+        .unwrap();
+    let mut events = server.subscribe();
+    let (addr, _echo) = echo_incoming(&server).await;
+    let a_cert = pki.client_cert(&id("a"));
+    let _a = Open::connect(
+        bare_presenting(pki.ca.cert_pem(), chain_of(&a_cert), a_cert.key_pem()),
+        addr,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // a is refused: closing after the grace.
+    server.set_allow_list([Allow::spiffe_id(&id("b"))]).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    if !during {
+        closed_naming(&mut events, &id("a"), 2 * GRACE)
+            .await
+            .expect("a closed after its grace");
+    }
+    let b_cert = pki
+        .ca
+        .leaf()
+        .spiffe(&id("b"))
+        .client()
+        .valid_between(
+            start - Duration::from_secs(60),
+            start + Duration::from_secs(3600),
+        )
+        .issue()
+        .unwrap();
+    let _b = Open::connect(
+        bare_presenting(pki.ca.cert_pem(), chain_of(&b_cert), b_cert.key_pem()),
+        addr,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    time.advance(Duration::from_secs(2 * 3600));
+    let advanced = Instant::now();
+    let closed = closed_naming(&mut events, &id("b"), 2 * GRACE).await;
+    closed.map(|(reason, detail)| {
+        assert_eq!(reason, RejectReason::Expired, "{detail}");
+        advanced.elapsed()
+    })
+}
+
+#[tokio::test]
+async fn control_a_peer_tracked_after_a_grace_is_closed_one_grace_after_its_expiry() {
+    let took = expiry_of_a_peer_tracked(false)
+        .await
+        .expect("b not closed within two graces of its expiry");
+    assert!(took < GRACE + Duration::from_millis(1500), "took {took:?}");
+}
+
+#[tokio::test]
+async fn a_peer_tracked_during_a_grace_is_closed_one_grace_after_its_expiry() {
+    let took = expiry_of_a_peer_tracked(true).await;
+    assert!(
+        took.is_some_and(|t| t < GRACE + Duration::from_millis(1500)),
+        "b (close_at_peer_expiry, grace {GRACE:?}) connected while a's grace was pending; \
+         the clock then passed b's expiry: b's closing came {took:?} later (None: not within \
+         two graces), its deadline waited for a's grace to end"
     );
 }

@@ -5,12 +5,14 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{Pki, TD, call, serve};
+use common::{Pki, TD, Wire, bare_client, call, serve};
 use meshtls::dev::DevCa;
 use meshtls::error::MaterialError;
-use meshtls::{Allow, Error, RejectReason};
+use meshtls::rustls;
+use meshtls::{Allow, Error, ManualClock, RejectReason};
 
 const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
 
 fn caller() -> String {
     format!("spiffe://{TD}/ns/shop/sa/web")
@@ -136,4 +138,71 @@ fn the_same_crl_signed_twice_loads() {
              their signatures, refuse the whole set (a reload would keep the old generation): {e}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// Found by the second red team of issue 19: two CRLs of one CA key with the
+// same CRL number, thisUpdate and revoked serials (the CA re-signed its CRL
+// with a later nextUpdate, or two publishers share its key) are one CRL; the
+// first in file order used to be kept whatever its nextUpdate, so a shorter
+// one first made every handshake fail once it passed, with a fresh copy in
+// the same file. The one that stays fresh longer is kept.
+// ---------------------------------------------------------------------------
+
+/// The CA's two equivalent CRLs (valid 1 h and 20 days), in the order
+/// given; then a client's full handshake 2 h later.
+fn handshake_two_hours_after(short_first: bool) -> Result<(), String> {
+    let pki = Pki::new();
+    let now = SystemTime::now();
+    // Two handles on the CA's key: each numbers its CRLs from the same
+    // thisUpdate, so both get the same CRL number.
+    let twin = DevCa::from_pem(pki.ca.cert_pem(), pki.ca.key_pem()).unwrap();
+    let this_update = now - Duration::from_secs(60);
+    let short = pki.ca.crl_between(&[], this_update, now + HOUR).unwrap();
+    let long = twin.crl_between(&[], this_update, now + 20 * DAY).unwrap();
+    let crls = if short_first {
+        format!("{short}{long}")
+    } else {
+        format!("{long}{short}")
+    };
+    let crl = pki.write("ca.crl", crls);
+    let time = ManualClock::new(now);
+    let server = pki
+        .server()
+        .allow(Allow::spiffe_id(&caller()))
+        .crl_file(&crl)
+        .dangerous()
+        .clock(time.clock())
+        .build()
+        .unwrap();
+    let cert = pki
+        .ca
+        .leaf()
+        .spiffe(&caller())
+        .client()
+        .valid_for(2 * DAY)
+        .issue()
+        .unwrap();
+    let client = || bare_client(pki.ca.cert_pem(), Some(&cert), &[&rustls::version::TLS13]);
+    Wire::new(server.config(), client())
+        .complete()
+        .expect("admitted while both CRLs are fresh");
+    time.advance(2 * HOUR);
+    Wire::new(server.config(), client()).complete()
+}
+
+#[test]
+fn control_equivalent_crls_long_first_keep_admitting() {
+    handshake_two_hours_after(false).expect("refused with a fresh CRL in the file");
+}
+
+#[test]
+fn equivalent_crls_short_first_keep_admitting() {
+    let result = handshake_two_hours_after(true);
+    assert!(
+        result.is_ok(),
+        "the CRL file holds two CRLs of the CA with the same number, thisUpdate and revoked \
+         serials, valid 1 h and 20 days: 2 h later a client is refused ({result:?}) because \
+         the one kept is the first in the file, now stale"
+    );
 }

@@ -6,17 +6,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Pki, TD};
-use meshtls::rustls;
-use meshtls::rustls::pki_types::pem::PemObject;
-use meshtls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use meshtls::{Allow, ServerTls};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use common::{Open, Pki, TD, bare_presenting, chain_of, echo_incoming, expired_unrelated_ca};
+use meshtls::Allow;
+use meshtls::rustls::pki_types::CertificateDer;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -49,89 +43,6 @@ fn cpu_ticks(tid: u32) -> u64 {
     utime + stime
 }
 
-/// A CA certificate unrelated to anyone's chain, expired in 2001.
-fn expired_unrelated_ca() -> CertificateDer<'static> {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "an unrelated CA, long expired");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    params.not_before = rcgen::date_time_ymd(2000, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2001, 1, 1);
-    params.self_signed(&key).unwrap().der().clone()
-}
-
-fn bare(
-    ca_pem: &str,
-    chain: Vec<CertificateDer<'static>>,
-    key_pem: &str,
-) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(
-                chain,
-                PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-    )
-}
-
-async fn echo_server(server: &ServerTls) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut incoming = server.acceptor().incoming(listener);
-    let task = tokio::spawn(async move {
-        while let Some(conn) = incoming.next().await {
-            tokio::spawn(async move {
-                let mut conn = BufReader::new(conn);
-                loop {
-                    let mut line = String::new();
-                    match conn.read_line(&mut line).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            if conn.get_mut().write_all(line.as_bytes()).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, task)
-}
-
-type Client = BufReader<meshtls::tokio_rustls::client::TlsStream<TcpStream>>;
-
-async fn open_and_ping(config: Arc<rustls::ClientConfig>, addr: SocketAddr) -> Client {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let tls = meshtls::tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let mut line = BufReader::new(tls);
-    line.get_mut().write_all(b"ping\n").await.unwrap();
-    let mut answer = String::new();
-    line.read_line(&mut answer).await.unwrap();
-    assert_eq!(answer, "ping\n");
-    line
-}
-
 /// CPU ticks the new sweeper thread(s) spend in one second while a peer
 /// that presents `extra` after its leaf stays connected.
 async fn sweeper_cpu_with(extra: Option<CertificateDer<'static>>) -> u64 {
@@ -141,12 +52,17 @@ async fn sweeper_cpu_with(extra: Option<CertificateDer<'static>>) -> u64 {
         .allow(Allow::spiffe_trust_domain(TD))
         .build()
         .unwrap();
-    let (addr, task) = echo_server(&server).await;
+    let (addr, task) = echo_incoming(&server).await;
     let before = threads("meshtls-sweep");
     let cert = pki.client_cert(&id("a"));
     let mut chain = vec![CertificateDer::from(cert.der().to_vec())];
     chain.extend(extra);
-    let line = open_and_ping(bare(pki.ca.cert_pem(), chain, cert.key_pem()), addr).await;
+    let line = Open::connect(
+        bare_presenting(pki.ca.cert_pem(), chain, cert.key_pem()),
+        addr,
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ours: Vec<u32> = threads("meshtls-sweep")
         .difference(&before)
@@ -198,17 +114,14 @@ async fn sweeper_and_watcher_threads_end_with_their_servers() {
             .debounce(Duration::from_millis(20))
             .watch()
             .unwrap();
-        let (addr, task) = echo_server(&server).await;
+        let (addr, task) = echo_incoming(&server).await;
         let cert = pki.client_cert(&id(&format!("c{i}")));
-        let line = open_and_ping(
-            bare(
-                pki.ca.cert_pem(),
-                vec![CertificateDer::from(cert.der().to_vec())],
-                cert.key_pem(),
-            ),
+        let line = Open::connect(
+            bare_presenting(pki.ca.cert_pem(), chain_of(&cert), cert.key_pem()),
             addr,
         )
-        .await;
+        .await
+        .unwrap();
         drop(server);
         task.abort();
         let _ = task.await;

@@ -513,3 +513,148 @@ fn report_missing(part: &str, program: &str, install: &str) {
         "SKIPPED: {test}: no {program} on PATH (install: {install})"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Peers that present a chain of their own choosing, on connections held
+// open (the live-connection and sweeper tests).
+// ---------------------------------------------------------------------------
+
+/// The first certificate of a PEM text, as DER.
+pub fn der_of(pem: &str) -> rustls::pki_types::CertificateDer<'static> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+}
+
+/// A plain rustls client (what an attacker runs) trusting `ca_pem` and
+/// presenting exactly `chain` (leaf first, then anything it likes).
+pub fn bare_presenting(
+    ca_pem: &str,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key_pem: &str,
+) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der_of(ca_pem)).unwrap();
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                chain,
+                PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    )
+}
+
+/// `cert` alone (no intermediates) as a bare client's chain.
+pub fn chain_of(cert: &DevCert) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    vec![rustls::pki_types::CertificateDer::from(cert.der().to_vec())]
+}
+
+/// An echo server on `server`'s `Incoming`: every line of every connection
+/// comes back, until the connection ends. The task is returned to be
+/// aborted.
+pub async fn echo_incoming(server: &ServerTls) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut incoming = server.acceptor().incoming(listener);
+    let task = tokio::spawn(async move {
+        while let Some(conn) = incoming.next().await {
+            tokio::spawn(async move {
+                let mut conn = BufReader::new(conn);
+                loop {
+                    let mut line = String::new();
+                    match conn.read_line(&mut line).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            if conn.get_mut().write_all(line.as_bytes()).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// A connection held open by a bare client, answering pings.
+pub struct Open(BufReader<meshtls::tokio_rustls::client::TlsStream<TcpStream>>);
+
+impl Open {
+    /// Connects with `config` (as `localhost`) and pings once: in TLS 1.3
+    /// the server's verdict on the client shows on the first read.
+    pub async fn connect(
+        config: Arc<rustls::ClientConfig>,
+        addr: SocketAddr,
+    ) -> Result<Self, String> {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = meshtls::tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut open = Self(BufReader::new(tls));
+        open.ping().await?;
+        Ok(open)
+    }
+
+    /// Sends a line and reads the echo; an error or the end of the stream
+    /// is the error text.
+    pub async fn ping(&mut self) -> Result<(), String> {
+        self.0
+            .get_mut()
+            .write_all(b"ping\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        match tokio::time::timeout(Duration::from_secs(10), self.0.read_line(&mut line)).await {
+            Err(_) => Err("no answer within 10 s".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(0)) => Err("end of stream".into()),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+}
+
+/// The first `ConnectionClosed` within `within`, skipping other events.
+pub async fn closed_within(
+    events: &mut tokio::sync::broadcast::Receiver<meshtls::Event>,
+    within: Duration,
+) -> Option<(RejectReason, String)> {
+    use tokio::sync::broadcast::error::RecvError;
+    tokio::time::timeout(within, async {
+        loop {
+            match events.recv().await {
+                Ok(meshtls::Event::ConnectionClosed { reason, detail }) => return (reason, detail),
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => std::future::pending().await,
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+/// A CA certificate unrelated to anyone's chain, expired in 2001.
+pub fn expired_unrelated_ca() -> rustls::pki_types::CertificateDer<'static> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "an unrelated CA, long expired");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    params.self_signed(&key).unwrap().der().clone()
+}
