@@ -337,62 +337,6 @@ impl LeafInfo {
             })
     }
 
-    /// The X509-SVID rules, which also apply to any workload leaf: not a CA,
-    /// cannot sign certificates, at most one URI SAN when one is a SPIFFE
-    /// ID; and for an SVID, a path, and keyUsage with digitalSignature.
-    pub(crate) fn spiffe_id(&self) -> Result<Option<SpiffeId>, IdentityError> {
-        if self.is_ca {
-            return Err(IdentityError::LeafIsCa);
-        }
-        if self.signs_certificates {
-            return Err(IdentityError::LeafSignsCertificates);
-        }
-        if self.spiffe_uri().is_none() {
-            return Ok(None);
-        }
-        if self.uris.len() > 1 {
-            return Err(IdentityError::MultipleUriSans {
-                count: self.uris.len(),
-            });
-        }
-        let Some(id) = self.claimed_spiffe_id()? else {
-            return Ok(None);
-        };
-        if id.path().is_empty() {
-            // X509-SVID 5.2: a leaf names a workload, never a trust domain.
-            return Err(IdentityError::NoPath {
-                id: id.as_str().to_owned(),
-            });
-        }
-        // X509-SVID 4.3. A leaf without a SPIFFE ID keeps RFC 5280's
-        // "no keyUsage means any".
-        match self.key_usage {
-            None => return Err(IdentityError::NoKeyUsage),
-            Some(ku) if !ku.digital_signature => return Err(IdentityError::NoDigitalSignature),
-            Some(_) => {}
-        }
-        Ok(Some(id))
-    }
-
-    /// The rules for a signing certificate (an intermediate CA): with a
-    /// keyUsage extension, keyCertSign (RFC 5280 6.1.4(n)); a SPIFFE ID, if
-    /// any, names a trust domain without a path (X509-SVID 5.1). Needs a
-    /// `LeafInfo` parsed with its subject.
-    pub(crate) fn signing_rules(&self) -> Result<(), IdentityError> {
-        let subject = || crate::error::untrusted(&self.subject);
-        if self.key_usage.is_some_and(|ku| !ku.key_cert_sign) {
-            return Err(IdentityError::SigningWithoutKeyCertSign { subject: subject() });
-        }
-        if let Ok(Some(id)) = self.claimed_spiffe_id()
-            && !id.path().is_empty()
-        {
-            return Err(IdentityError::SigningSpiffeIdWithPath {
-                subject: subject(),
-                id: crate::error::untrusted(id.as_str()),
-            });
-        }
-        Ok(())
-    }
 }
 
 pub(crate) fn hex_colon(bytes: &[u8]) -> String {
@@ -441,34 +385,20 @@ struct PeerInner {
 }
 
 impl PeerIdentity {
-    /// Reads the identity from a leaf certificate (DER).
-    ///
-    /// This does not verify the certificate: meshtls calls it only after the
-    /// chain has been verified. Applications may call it on a certificate they
-    /// obtained another way (for example from `rustls`' `peer_certificates()`).
-    ///
-    /// # Errors
-    ///
-    /// [`IdentityError`] when the certificate does not parse or cannot stand
-    /// for a workload identity.
-    pub fn from_leaf_der(der: &[u8]) -> Result<Self, IdentityError> {
-        let info = LeafInfo::parse_with(der, false)?;
-        Self::from_info(info, der, VouchedBy::Unverified)
-    }
-
     /// The leaf parsed without its subject (formatted only when asked for).
     pub(crate) fn parse_leaf(der: &[u8]) -> Result<LeafInfo, IdentityError> {
         LeafInfo::parse_with(der, false)
     }
 
-    /// The identity of a leaf whose chain `vouched_by` verified: the
-    /// X509-SVID rules, and only the names that bundle vouches for.
-    pub(crate) fn from_info(
+    /// The identity of a leaf whose chain `vouched_by` verified, with the
+    /// SPIFFE ID the X509-SVID rules admitted (`judge/svid.rs`, the only
+    /// caller), keeping only the names that bundle vouches for.
+    pub(crate) fn assemble(
         info: LeafInfo,
         der: &[u8],
         vouched_by: VouchedBy,
-    ) -> Result<Self, IdentityError> {
-        let spiffe_id = info.spiffe_id()?;
+        spiffe_id: Option<SpiffeId>,
+    ) -> Self {
         let serial = info.serial_hex();
         let believe_names = !matches!(vouched_by, VouchedBy::TrustDomain(_));
         let (dns_names, common_name) = if believe_names {
@@ -476,7 +406,7 @@ impl PeerIdentity {
         } else {
             (Vec::new(), None)
         };
-        Ok(Self(Arc::new(PeerInner {
+        Self(Arc::new(PeerInner {
             spiffe_id,
             vouched_by,
             any_san: info.any_san,
@@ -487,7 +417,7 @@ impl PeerIdentity {
             not_before: info.not_before,
             not_after: info.not_after,
             der: der.to_vec(),
-        })))
+        }))
     }
 
     /// Which trust bundle vouched for this peer, and so which of its names

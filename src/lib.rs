@@ -126,7 +126,7 @@ pub use error::{Error, HandshakeError, RejectReason};
 pub use handle::Mtls;
 pub use identity::{IdentityError, PeerIdentity, VouchedBy};
 pub use live::ReloadOutcome;
-pub use material::RevocationScope;
+pub use judge::RevocationScope;
 pub use observe::{CertFacts, Event, Stats};
 pub use policy::{NotAllowed, Policy};
 pub use refusal::{Refused, RefusedBy, refused};

@@ -25,9 +25,14 @@ use webpki::{EndEntityCert, KeyUsage};
 
 use crate::error::{RejectReason, describe_webpki, untrusted};
 use crate::identity::{IdentityError, LeafInfo, PeerIdentity, VouchedBy};
-use crate::material::{Revocation, Trust, Unanchored};
 use crate::policy::{Policy, describe};
 use crate::revocation::Algorithms;
+
+mod svid;
+mod trust;
+
+pub use trust::RevocationScope;
+pub(crate) use trust::{Revocation, Trust, Unanchored};
 
 /// How a peer is judged on its name: against the allow-list, or (a client
 /// built with no expected identities) against the name it dialled.
@@ -186,10 +191,10 @@ impl Epoch {
                 // no part in it.
                 continue;
             };
-            if ca.signing_rules().is_err() {
+            if svid::signing_rules(&ca).is_err() {
                 // Named by its subject, formatted only now.
                 let e = LeafInfo::parse(der)
-                    .and_then(|named| named.signing_rules())
+                    .and_then(|named| svid::signing_rules(&named))
                     .err()
                     .unwrap_or(IdentityError::Unparsable {
                         detail: "a signing certificate".into(),
@@ -209,7 +214,7 @@ impl Epoch {
             .ok_or_else(|| IdentityError::Unparsable {
                 detail: "the leaf certificate does not parse".into(),
             })
-            .and_then(|leaf| PeerIdentity::from_info(leaf, end_entity, vouched_by))
+            .and_then(|leaf| svid::identity(leaf, end_entity, vouched_by))
             .map_err(|e| Refusal {
                 reason: RejectReason::NotAWorkloadCertificate,
                 detail: format!("peer certificate refused: {e}"),
