@@ -23,7 +23,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::error::{HandshakeError, RejectReason};
 use crate::identity::PeerIdentity;
-use crate::judge::{Presented, classify_tls, take_refusal};
+use crate::judge::{Presented, from_tls, take_refusal};
 use crate::live::Live;
 use crate::track::{Guard, Socket, Tracked};
 
@@ -228,7 +228,7 @@ fn failed(
             {
                 return HandshakeError::new(reason, detail, Some(e));
             }
-            let reason = classify_tls(&tls);
+            let reason = from_tls(&tls);
             let detail = tls.to_string();
             live.observer.rejected(reason, detail.clone());
             HandshakeError::new(reason, detail, Some(e))

@@ -336,7 +336,6 @@ impl LeafInfo {
                 reason,
             })
     }
-
 }
 
 pub(crate) fn hex_colon(bytes: &[u8]) -> String {

@@ -15,7 +15,7 @@ use std::fmt;
 use rustls::AlertDescription;
 
 use crate::error::{HandshakeError, RejectReason};
-use crate::judge::classify_tls;
+use crate::judge::{from_alert, from_tls, known_alerts};
 
 /// Who refused the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,26 +55,6 @@ impl fmt::Display for Refused {
             ),
             _ => write!(f, "we refused the peer ({}): {}", self.reason, self.detail),
         }
-    }
-}
-
-/// What a fatal alert from the peer says about our side.
-fn alert_reason(alert: AlertDescription) -> RejectReason {
-    match alert {
-        AlertDescription::AccessDenied => RejectReason::NotAllowed,
-        AlertDescription::CertificateRevoked => RejectReason::Revoked,
-        AlertDescription::UnknownCA => RejectReason::UnknownIssuer,
-        AlertDescription::CertificateExpired => RejectReason::Expired,
-        AlertDescription::CertificateRequired => RejectReason::NoClientCertificate,
-        AlertDescription::ProtocolVersion => RejectReason::ProtocolVersion,
-        AlertDescription::HandshakeFailure | AlertDescription::InsufficientSecurity => {
-            RejectReason::NoCommonParameters
-        }
-        AlertDescription::BadCertificate | AlertDescription::DecryptError => {
-            RejectReason::BadCertificate
-        }
-        AlertDescription::UnsupportedCertificate => RejectReason::WrongUsage,
-        _ => RejectReason::RefusedByPeer,
     }
 }
 
@@ -129,13 +109,13 @@ pub fn refused(error: &(dyn StdError + 'static)) -> Option<Refused> {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(match tls {
                 rustls::Error::AlertReceived(alert) => Refused {
-                    reason: alert_reason(*alert),
+                    reason: from_alert(*alert),
                     by: RefusedBy::Peer,
                     alert: Some(*alert),
                     detail: tls.to_string(),
                 },
                 other => Refused {
-                    reason: classify_tls(other),
+                    reason: from_tls(other),
                     by: RefusedBy::Us,
                     alert: None,
                     detail: other.to_string(),
@@ -200,24 +180,10 @@ fn holds_transport_io(_: &(dyn StdError + 'static)) -> bool {
 /// nothing before it or after it.
 #[cfg_attr(not(any(feature = "tonic", feature = "axum")), allow(dead_code))]
 fn alert_in_words(text: &str) -> Option<Refused> {
-    const KNOWN: [AlertDescription; 12] = [
-        AlertDescription::AccessDenied,
-        AlertDescription::CertificateRevoked,
-        AlertDescription::UnknownCA,
-        AlertDescription::CertificateExpired,
-        AlertDescription::CertificateRequired,
-        AlertDescription::ProtocolVersion,
-        AlertDescription::HandshakeFailure,
-        AlertDescription::InsufficientSecurity,
-        AlertDescription::BadCertificate,
-        AlertDescription::DecryptError,
-        AlertDescription::UnsupportedCertificate,
-        AlertDescription::CertificateUnknown,
-    ];
     let name = text.strip_prefix("received fatal alert: ")?;
-    let alert = KNOWN.into_iter().find(|a| format!("{a:?}") == name)?;
+    let alert = known_alerts().find(|a| format!("{a:?}") == name)?;
     Some(Refused {
-        reason: alert_reason(alert),
+        reason: from_alert(alert),
         by: RefusedBy::Peer,
         alert: Some(alert),
         detail: format!("received fatal alert: {name}"),

@@ -44,8 +44,9 @@ impl Verifying {
             Ok(admitted) => Ok((generation, admitted)),
             Err(refusal) => {
                 note_refusal(&refusal);
+                let alert = refusal.alert();
                 self.live.observer.rejected(refusal.reason, refusal.detail);
-                Err(TlsError::InvalidCertificate(refusal.alert))
+                Err(TlsError::InvalidCertificate(alert))
             }
         }
     }

@@ -1,7 +1,6 @@
 //! Why a handshake was refused: the class ([`RejectReason`]), the error the
 //! acceptor and connector return, and webpki's verdicts in words.
 
-use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use super::fmt_time;
@@ -46,6 +45,10 @@ impl HandshakeError {
 }
 
 /// Why a handshake was refused.
+///
+/// What each reason means (its words, its metrics label, the alert it
+/// sends, and whether it closes a live connection) is one table, in the
+/// judgment (`judge/reasons.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RejectReason {
@@ -105,52 +108,6 @@ impl RejectReason {
 
     pub(crate) fn index(self) -> usize {
         Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
-    }
-
-    /// A short stable name, for metrics labels (`no_client_certificate`, ...).
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::NoClientCertificate => "no_client_certificate",
-            Self::UnknownIssuer => "unknown_issuer",
-            Self::Expired => "expired",
-            Self::NotYetValid => "not_yet_valid",
-            Self::Revoked => "revoked",
-            Self::RevocationUnknown => "revocation_unknown",
-            Self::WrongUsage => "wrong_usage",
-            Self::BadCertificate => "bad_certificate",
-            Self::NotAWorkloadCertificate => "not_a_workload_certificate",
-            Self::NotAllowed => "not_allowed",
-            Self::ProtocolVersion => "protocol_version",
-            Self::NoCommonParameters => "no_common_parameters",
-            Self::RefusedByPeer => "refused_by_peer",
-            Self::Timeout => "timeout",
-            Self::Io => "io",
-            Self::Other => "other",
-        }
-    }
-}
-
-impl fmt::Display for RejectReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::NoClientCertificate => "no client certificate",
-            Self::UnknownIssuer => "certificate not signed by a trusted CA",
-            Self::Expired => "certificate expired",
-            Self::NotYetValid => "certificate not yet valid",
-            Self::Revoked => "certificate revoked",
-            Self::RevocationUnknown => "revocation status unknown",
-            Self::WrongUsage => "certificate not valid for this use (extendedKeyUsage)",
-            Self::BadCertificate => "bad certificate",
-            Self::NotAWorkloadCertificate => "not a workload certificate",
-            Self::NotAllowed => "identity not allowed",
-            Self::ProtocolVersion => "protocol version not supported (TLS 1.3 only)",
-            Self::NoCommonParameters => "no common cipher suite, group or signature scheme",
-            Self::RefusedByPeer => "refused by the peer",
-            Self::Timeout => "handshake timed out",
-            Self::Io => "connection failed",
-            Self::Other => "handshake failed",
-        })
     }
 }
 

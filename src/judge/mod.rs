@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 
-use rustls::{AlertDescription, CertificateError, Error as TlsError, PeerIncompatible};
+use rustls::CertificateError;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use webpki::{EndEntityCert, KeyUsage};
 
@@ -28,9 +28,11 @@ use crate::identity::{IdentityError, LeafInfo, PeerIdentity, VouchedBy};
 use crate::policy::{Policy, describe};
 use crate::revocation::Algorithms;
 
+mod reasons;
 mod svid;
 mod trust;
 
+pub(crate) use reasons::{from_alert, from_tls, keeps_live_connection, known_alerts};
 pub use trust::RevocationScope;
 pub(crate) use trust::{Revocation, Trust, Unanchored};
 
@@ -84,13 +86,19 @@ pub(crate) struct Admitted {
     pub(crate) path: Vec<usize>,
 }
 
-/// A peer refused: the class, the specifics, and the error rustls should
-/// send an alert for.
+/// A peer refused: the class and the specifics. The alert it sends is the
+/// reason's, from the table (`reasons.rs`).
 #[derive(Debug)]
 pub(crate) struct Refusal {
     pub(crate) reason: RejectReason,
     pub(crate) detail: String,
-    pub(crate) alert: CertificateError,
+}
+
+impl Refusal {
+    /// The error a verifier returns for this refusal (rustls sends its alert).
+    pub(crate) fn alert(&self) -> CertificateError {
+        reasons::sends(self.reason)
+    }
 }
 
 /// One policy epoch: the roots, CRLs and allow-list that judge peers, and
@@ -153,7 +161,6 @@ impl Epoch {
                 return Err(Refusal {
                     reason: RejectReason::NotAWorkloadCertificate,
                     detail: format!("peer {}: {e}", unverified_name(end_entity)),
-                    alert: CertificateError::ApplicationVerificationFailure,
                 });
             }
         };
@@ -168,7 +175,7 @@ impl Epoch {
         ) {
             Ok(on_path) => on_path,
             Err(e) => {
-                let (reason, alert) = classify_webpki(&e);
+                let reason = reasons::from_webpki(&e);
 
                 // The certificate did not verify: what it says about itself
                 // is untrusted, and `unverified_name` bounds and escapes it.
@@ -176,7 +183,6 @@ impl Epoch {
                 return Err(Refusal {
                     reason,
                     detail: format!("peer {who}: {}", describe_webpki(&e)),
-                    alert,
                 });
             }
         };
@@ -202,7 +208,6 @@ impl Epoch {
                 return Err(Refusal {
                     reason: RejectReason::BadCertificate,
                     detail: format!("peer {}: {e}", unverified_name(end_entity)),
-                    alert: CertificateError::BadEncoding,
                 });
             }
             if on_path.contains(&index) {
@@ -218,7 +223,6 @@ impl Epoch {
             .map_err(|e| Refusal {
                 reason: RejectReason::NotAWorkloadCertificate,
                 detail: format!("peer certificate refused: {e}"),
-                alert: CertificateError::ApplicationVerificationFailure,
             })?;
         match name {
             Some(name) => self.dialled(&identity, end_entity, name)?,
@@ -229,8 +233,7 @@ impl Epoch {
                         "{e} (the bundle of trust domain {td} vouches for its SPIFFE ID only: its DNS names and CN match no rule)"
                     ),
                     _ => e.to_string(),
-                },
-                alert: CertificateError::ApplicationVerificationFailure,
+                }
             })?,
         }
         // webpki admits a certificate up to and including its notAfter
@@ -258,7 +261,6 @@ impl Epoch {
                 untrusted(domain),
                 self.trust.domains().join(", ")
             ),
-            alert: CertificateError::UnknownIssuer,
         }
     }
 
@@ -277,7 +279,6 @@ impl Epoch {
                 describe(identity),
                 name.to_str(),
             ),
-            alert: CertificateError::NotValidForName,
         };
         if let VouchedBy::TrustDomain(td) = identity.vouched_by() {
             return Err(refuse(format!(
@@ -306,20 +307,6 @@ impl Epoch {
             Some(admitted) => Ok(admitted),
             None => self.judge(options, peer, now),
         }
-    }
-}
-
-/// Whether a refusal for `reason` leaves a live connection open: the one
-/// list of kept reasons. A stale CRL or a certificate no CRL covers
-/// (an outage of the CRL publisher must not cut every connection; new
-/// handshakes are refused meanwhile), and expiry unless the builder asked
-/// to close at the peer's expiry. Every other refusal closes, including
-/// reasons added later.
-pub(crate) fn keeps_live_connection(reason: RejectReason, close_at_expiry: bool) -> bool {
-    match reason {
-        RejectReason::RevocationUnknown => true,
-        RejectReason::Expired | RejectReason::NotYetValid => !close_at_expiry,
-        _ => false,
     }
 }
 
@@ -552,142 +539,11 @@ thread_local! {
 /// Notes a verifier's refusal for the acceptor or connector polling it.
 pub(crate) fn note_refusal(refusal: &Refusal) {
     REFUSAL.with(|slot| {
-        *slot.borrow_mut() = Some((
-            refusal.alert.clone(),
-            refusal.reason,
-            refusal.detail.clone(),
-        ));
+        *slot.borrow_mut() = Some((refusal.alert(), refusal.reason, refusal.detail.clone()));
     });
 }
 
 /// Takes the noted refusal, if there is one (and clears the slot).
 pub(crate) fn take_refusal() -> Option<(CertificateError, RejectReason, String)> {
     REFUSAL.with(|slot| slot.borrow_mut().take())
-}
-
-/// Maps webpki's verdict to our reason and the rustls error (which picks the alert).
-pub(crate) fn classify_webpki(e: &webpki::Error) -> (RejectReason, CertificateError) {
-    use webpki::Error as W;
-    match e {
-        W::UnknownIssuer => (RejectReason::UnknownIssuer, CertificateError::UnknownIssuer),
-        W::CertExpired { .. } => (RejectReason::Expired, CertificateError::Expired),
-        W::CertNotValidYet { .. } => (RejectReason::NotYetValid, CertificateError::NotValidYet),
-        W::CertRevoked => (RejectReason::Revoked, CertificateError::Revoked),
-        W::UnknownRevocationStatus => (
-            RejectReason::RevocationUnknown,
-            CertificateError::UnknownRevocationStatus,
-        ),
-        W::CrlExpired { .. } => (
-            RejectReason::RevocationUnknown,
-            CertificateError::ExpiredRevocationList,
-        ),
-        W::RequiredEkuNotFoundContext(_) => {
-            (RejectReason::WrongUsage, CertificateError::InvalidPurpose)
-        }
-        W::CertNotValidForName(_) => (RejectReason::NotAllowed, CertificateError::NotValidForName),
-        W::CaUsedAsEndEntity => (
-            RejectReason::NotAWorkloadCertificate,
-            CertificateError::BadEncoding,
-        ),
-        W::InvalidSignatureForPublicKey => {
-            (RejectReason::BadCertificate, CertificateError::BadSignature)
-        }
-        _ => (RejectReason::BadCertificate, CertificateError::BadEncoding),
-    }
-}
-
-/// Classifies a failed handshake from the rustls error it ended with.
-pub(crate) fn classify_tls(e: &TlsError) -> RejectReason {
-    match e {
-        TlsError::NoCertificatesPresented => RejectReason::NoClientCertificate,
-        TlsError::InvalidCertificate(c) => match c {
-            CertificateError::UnknownIssuer => RejectReason::UnknownIssuer,
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-                RejectReason::Expired
-            }
-            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                RejectReason::NotYetValid
-            }
-            CertificateError::Revoked => RejectReason::Revoked,
-            CertificateError::UnknownRevocationStatus
-            | CertificateError::ExpiredRevocationList
-            | CertificateError::ExpiredRevocationListContext { .. } => {
-                RejectReason::RevocationUnknown
-            }
-            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-                RejectReason::WrongUsage
-            }
-            CertificateError::ApplicationVerificationFailure
-            | CertificateError::NotValidForName
-            | CertificateError::NotValidForNameContext { .. } => RejectReason::NotAllowed,
-            _ => RejectReason::BadCertificate,
-        },
-        TlsError::PeerIncompatible(p) => match p {
-            PeerIncompatible::SupportedVersionsExtensionRequired
-            | PeerIncompatible::Tls12NotOffered
-            | PeerIncompatible::Tls12NotOfferedOrEnabled
-            | PeerIncompatible::Tls13RequiredForQuic
-            | PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig => {
-                RejectReason::ProtocolVersion
-            }
-            PeerIncompatible::NoCipherSuitesInCommon
-            | PeerIncompatible::NoKxGroupsInCommon
-            | PeerIncompatible::NoSignatureSchemesInCommon
-            | PeerIncompatible::NoCertificateRequestSignatureSchemesInCommon => {
-                RejectReason::NoCommonParameters
-            }
-            _ => RejectReason::Other,
-        },
-        TlsError::AlertReceived(alert) => match *alert {
-            AlertDescription::ProtocolVersion => RejectReason::ProtocolVersion,
-            AlertDescription::HandshakeFailure | AlertDescription::InsufficientSecurity => {
-                RejectReason::NoCommonParameters
-            }
-            AlertDescription::CertificateRequired => RejectReason::NoClientCertificate,
-            _ => RejectReason::RefusedByPeer,
-        },
-        TlsError::InvalidMessage(_) | TlsError::InappropriateHandshakeMessage { .. } => {
-            RejectReason::Io
-        }
-        _ => RejectReason::Other,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The one list of kept reasons, over every reason there is: only a
-    /// stale or missing CRL, and expiry unless asked to close at it, leave
-    /// a live connection open.
-    #[test]
-    fn every_refusal_closes_a_live_connection_but_the_kept_ones() {
-        for reason in RejectReason::ALL {
-            let kept_by_default = keeps_live_connection(reason, false);
-            let kept_closing_at_expiry = keeps_live_connection(reason, true);
-            let (default, at_expiry) = match reason {
-                RejectReason::RevocationUnknown => (true, true),
-                RejectReason::Expired | RejectReason::NotYetValid => (true, false),
-                _ => (false, false),
-            };
-            assert_eq!(kept_by_default, default, "{reason:?} by default");
-            assert_eq!(
-                kept_closing_at_expiry, at_expiry,
-                "{reason:?} with close_at_peer_expiry"
-            );
-        }
-        // A bad signature (a same-name CA dropped), an unknown CA, a
-        // revocation, the allow-list, a certificate that is no workload's:
-        // all close.
-        for reason in [
-            RejectReason::BadCertificate,
-            RejectReason::UnknownIssuer,
-            RejectReason::Revoked,
-            RejectReason::NotAllowed,
-            RejectReason::NotAWorkloadCertificate,
-            RejectReason::WrongUsage,
-        ] {
-            assert!(!keeps_live_connection(reason, false), "{reason:?}");
-        }
-    }
 }

@@ -18,7 +18,7 @@ impl PeerIdentity {
     /// [`IdentityError`] when the certificate does not parse or cannot stand
     /// for a workload identity.
     pub fn from_leaf_der(der: &[u8]) -> Result<Self, IdentityError> {
-        identity(PeerIdentity::parse_leaf(der)?, der, VouchedBy::Unverified)
+        identity(Self::parse_leaf(der)?, der, VouchedBy::Unverified)
     }
 }
 

@@ -208,4 +208,3 @@ impl Trust {
         self.crls.earliest_next_update()
     }
 }
-
