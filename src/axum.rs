@@ -30,15 +30,16 @@
 //!
 //! The listener's allow-list says who may connect at all; [`RequirePeer`]
 //! says who may call a route, with the same rules (`Allow` values or their
-//! text). Others get `403 Forbidden` naming them, and the refusal is logged.
+//! text), judged with the server's settings. Others get `403 Forbidden`
+//! naming them, and the server reports the refusal as it reports a refused
+//! handshake (event, counter, metric).
 //!
 //! ```no_run
 //! use axum::{Router, routing::{get, post}};
 //! use meshtls::Allow;
-//! use meshtls::axum::RequirePeer;
 //!
-//! # fn app() -> Result<Router, meshtls::error::RuleError> {
-//! let admins = RequirePeer::new([Allow::spiffe_pattern("spiffe://prod.example/ns/ops/**")])?;
+//! # fn app(server: &meshtls::ServerTls) -> Result<Router, meshtls::error::RuleError> {
+//! let admins = server.require_peer([Allow::spiffe_pattern("spiffe://prod.example/ns/ops/**")])?;
 //! let app = Router::new()
 //!     .route("/admin/reload", post(|| async { "reloaded" }).route_layer(admins))
 //!     .route("/healthz", get(|| async { "ok" }));
@@ -49,7 +50,6 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::Router;
@@ -64,7 +64,6 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 
 use crate::accept::{Incoming, MtlsStream, PeerInfo};
 use crate::identity::PeerIdentity;
-use crate::policy::Policy;
 use crate::server::ServerTls;
 
 /// An axum [`Listener`] that yields only verified mTLS connections.
@@ -177,7 +176,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerIdentity {
     }
 }
 
-pub use crate::policy::RequirePeer;
+pub use crate::judge::RequirePeer;
 
 impl<S> tower::Layer<S> for RequirePeer {
     type Service = RequirePeerService<S>;
@@ -185,7 +184,7 @@ impl<S> tower::Layer<S> for RequirePeer {
     fn layer(&self, inner: S) -> Self::Service {
         RequirePeerService {
             inner,
-            policy: self.policy.clone(),
+            require: self.clone(),
         }
     }
 }
@@ -194,7 +193,7 @@ impl<S> tower::Layer<S> for RequirePeer {
 #[derive(Clone, Debug)]
 pub struct RequirePeerService<S> {
     inner: S,
-    policy: Arc<Policy>,
+    require: RequirePeer,
 }
 
 /// What a refused request gets.
@@ -218,13 +217,15 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let verdict = match request.extensions().get::<ConnectInfo<PeerInfo>>() {
-            Some(ConnectInfo(info)) => self.policy.check(&info.identity).map_err(|refusal| {
-                tracing::warn!(path = %request.uri().path(), %refusal, "route refused");
-                forbidden(format!(
-                    "forbidden: {} may not call this route\n",
-                    refusal.peer
-                ))
-            }),
+            Some(ConnectInfo(info)) => self
+                .require
+                .judge(&info.identity, &format!("route {}", request.uri().path()))
+                .map_err(|refusal| {
+                    forbidden(format!(
+                        "forbidden: {} may not call this route\n",
+                        refusal.peer
+                    ))
+                }),
             None => Err(NoPeerIdentity.into_response()),
         };
         match verdict {

@@ -105,7 +105,7 @@ pub(crate) struct Live {
     current: ArcSwap<Generation>,
     pub(crate) fixed: Fixed,
     pub(crate) options: Options,
-    pub(crate) observer: Observer,
+    pub(crate) observer: Arc<Observer>,
     /// The connections made with this state, judged again when the policy
     /// changes.
     pub(crate) tracker: Tracker,
@@ -160,7 +160,7 @@ impl Live {
             tracker: Tracker::new(fixed.closing, observer.side()),
             fixed,
             options,
-            observer,
+            observer: Arc::new(observer),
             rebuild: Mutex::new(()),
             held: OnceLock::new(),
             #[cfg(test)]

@@ -171,7 +171,9 @@ impl fmt::Display for Event {
 pub struct Stats {
     /// Handshakes completed and admitted (through the acceptor/connector).
     pub handshakes_ok: u64,
-    /// Handshakes refused, by reason (only reasons seen, in a fixed order).
+    /// Handshakes refused, and requests refused by route or service rules
+    /// (`ServerTls::require_peer`), by reason (only reasons seen, in a
+    /// fixed order).
     pub rejected: Vec<(RejectReason, u64)>,
     /// Reloads that produced a new generation.
     pub reloads_ok: u64,
@@ -287,6 +289,17 @@ impl Observer {
         #[cfg(feature = "metrics")]
         metrics::counter!("meshtls_handshakes_total", "side" => self.side, "result" => "refused", "reason" => reason.as_str()).increment(1);
         tracing::warn!(side = self.side, reason = reason.as_str(), %detail, "mTLS handshake refused: {reason}");
+        self.send(Event::Rejected { reason, detail });
+    }
+
+    /// A request refused after the handshake by route or service rules
+    /// (`RequirePeer`): the same event and refusal counter as a handshake.
+    #[cfg_attr(not(any(feature = "axum", feature = "tonic")), allow(dead_code))]
+    pub(crate) fn refused_request(&self, reason: RejectReason, detail: String) {
+        self.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("meshtls_requests_refused_total", "side" => self.side, "reason" => reason.as_str()).increment(1);
+        tracing::warn!(side = self.side, reason = reason.as_str(), %detail, "request refused: {reason}");
         self.send(Event::Rejected { reason, detail });
     }
 

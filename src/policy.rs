@@ -10,17 +10,6 @@ use crate::allow::{Allow, CustomFn, Rule, SpiffePattern};
 use crate::error::{RuleError, untrusted};
 use crate::identity::PeerIdentity;
 
-impl Allow {
-    /// Whether this rule alone admits the peer: the allow-list's own
-    /// matching, with a list of one (a `cn:` rule is taken as if legacy CN
-    /// rules were on; an invalid rule admits nobody). For many rules, or a
-    /// hot path, compile a [`Policy`] once.
-    #[must_use]
-    pub fn matches(&self, peer: &PeerIdentity) -> bool {
-        Policy::compile([self.clone()], true).is_ok_and(|p| p.admits(peer))
-    }
-}
-
 /// A peer's DNS SANs that a rule may match, lowercased. Left out: wildcards
 /// (one certificate would stand for many names) and names with a trailing
 /// dot, which are not RFC 5280 preferred name syntax.
@@ -114,47 +103,6 @@ fn tried_text(tried: &[String], rules: usize) -> String {
         text.push_str(&format!(" and {} more", rules - tried.len()));
     }
     text
-}
-
-/// Who may call one route or service: the same rules as the allow-list,
-/// applied after the handshake to the identity meshtls verified. A tower
-/// layer for axum routes ([`meshtls::axum`](crate::axum), 403) and a tonic
-/// interceptor ([`meshtls::tonic`](crate::tonic), `PermissionDenied`); a
-/// refusal names the caller, never the rules, and goes to `tracing`.
-#[cfg(any(feature = "axum", feature = "tonic"))]
-#[derive(Clone)]
-pub struct RequirePeer {
-    pub(crate) policy: Arc<Policy>,
-}
-
-#[cfg(any(feature = "axum", feature = "tonic"))]
-impl fmt::Debug for RequirePeer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RequirePeer")
-            .field("rules", &self.policy.rules().len())
-            .finish()
-    }
-}
-
-#[cfg(any(feature = "axum", feature = "tonic"))]
-impl RequirePeer {
-    /// Admits peers any of `rules` match (CN rules are refused, as in
-    /// [`Policy::new`]).
-    ///
-    /// # Errors
-    ///
-    /// The first malformed rule.
-    pub fn new(rules: impl IntoIterator<Item = Allow>) -> Result<Self, RuleError> {
-        Ok(Self::from_policy(Policy::new(rules)?))
-    }
-
-    /// Admits the peers `policy` admits.
-    #[must_use]
-    pub fn from_policy(policy: Policy) -> Self {
-        Self {
-            policy: Arc::new(policy),
-        }
-    }
 }
 
 /// The allow-list: a compiled set of [`Allow`] rules.
@@ -290,7 +238,9 @@ impl Policy {
         &self.rules
     }
 
-    /// Admits the peer if any rule matches.
+    /// Admits the peer if any rule matches. meshtls itself asks through
+    /// its judgment (`judge/`), which adds why a trust domain's peer matched
+    /// no DNS or CN rule.
     ///
     /// # Errors
     ///

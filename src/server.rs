@@ -103,6 +103,34 @@ impl Mtls<Server> {
         Acceptor::new(Arc::new(config), self.live.clone(), self.handshake_timeout)
     }
 
+    /// Who may call one route (axum) or service (tonic): `rules` compiled
+    /// with this server's settings (CN rules only if it was built with
+    /// `.dangerous().allow_legacy_cn()`), each refusal reported as this
+    /// server reports a refused handshake (event, counter, metric).
+    ///
+    /// ```no_run
+    /// # fn f(server: &meshtls::ServerTls) -> Result<(), meshtls::error::RuleError> {
+    /// use meshtls::Allow;
+    /// let admins = server.require_peer([Allow::spiffe_pattern("spiffe://prod.example/ns/ops/**")])?;
+    /// // axum: .route_layer(admins); tonic: InterceptedService::new(svc, admins)
+    /// # let _ = admins; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The first malformed rule (or a CN rule the server does not allow).
+    #[cfg(any(feature = "axum", feature = "tonic"))]
+    pub fn require_peer(
+        &self,
+        rules: impl IntoIterator<Item = Allow>,
+    ) -> Result<crate::judge::RequirePeer, crate::error::RuleError> {
+        let policy = crate::policy::Policy::compile(rules, self.live.fixed.legacy_cn)?;
+        Ok(crate::judge::RequirePeer::for_server(
+            policy,
+            self.live.observer.clone(),
+        ))
+    }
+
     /// Replaces the allow-list. Sessions established under the old list can
     /// no longer be resumed; open connections of peers the new list refuses
     /// are closed after the grace period (unless built with

@@ -80,14 +80,14 @@
 //! # Authorization per service
 //!
 //! The listener's allow-list says who may connect; [`RequirePeer`], an
-//! interceptor, says who may call a service, with the same rules. Others
-//! get `PermissionDenied` naming them:
+//! interceptor, says who may call a service, with the same rules judged
+//! with the server's settings. Others get `PermissionDenied` naming them,
+//! and the server reports the refusal (event, counter, metric):
 //!
 //! ```no_run
-//! # fn wrap<S>(svc: S) -> Result<(), meshtls::error::RuleError> {
+//! # fn wrap<S>(server: &meshtls::ServerTls, svc: S) -> Result<(), meshtls::error::RuleError> {
 //! use meshtls::Allow;
-//! use meshtls::tonic::RequirePeer;
-//! let admins = RequirePeer::new([Allow::spiffe_id("spiffe://prod.example/ns/ops/sa/admin")])?;
+//! let admins = server.require_peer([Allow::spiffe_id("spiffe://prod.example/ns/ops/sa/admin")])?;
 //! let guarded = tonic::service::interceptor::InterceptedService::new(svc, admins);
 //! # let _ = guarded;
 //! # Ok(())
@@ -178,7 +178,7 @@ pub async fn channel(
 /// The interceptor for a service (`InterceptedService::new(svc, require)`,
 /// or `Server::layer` with `tonic::service::InterceptorLayer` for every
 /// service): `PermissionDenied` for peers its rules do not admit.
-pub use crate::policy::RequirePeer;
+pub use crate::judge::RequirePeer;
 
 impl tonic::service::Interceptor for RequirePeer {
     fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -187,15 +187,12 @@ impl tonic::service::Interceptor for RequirePeer {
                 "no mTLS peer identity on this request (serve with meshtls's Incoming)",
             ));
         };
-        match self.policy.check(identity) {
+        match self.judge(identity, "service call") {
             Ok(()) => Ok(request),
-            Err(refusal) => {
-                tracing::warn!(%refusal, "call refused");
-                Err(tonic::Status::permission_denied(format!(
-                    "{} may not call this service",
-                    refusal.peer
-                )))
-            }
+            Err(refusal) => Err(tonic::Status::permission_denied(format!(
+                "{} may not call this service",
+                refusal.peer
+            ))),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::routing::get;
 use common::{Pki, TD};
-use meshtls::{Allow, ClientTls, ServerTls};
+use meshtls::{Allow, ClientTls, RejectReason, ServerTls};
 use tonic::service::interceptor::InterceptedService;
 
 fn id(name: &str) -> String {
@@ -44,10 +44,12 @@ async fn get_status(client: &ClientTls, addr: SocketAddr, path: &str) -> (u16, S
 async fn axum_routes_admit_only_their_rules() {
     let pki = Pki::new();
     let server = server(&pki);
-    let admins = meshtls::axum::RequirePeer::new(["spiffe://prod.example/ns/shop/sa/admin"
-        .parse::<Allow>()
-        .unwrap()])
-    .unwrap();
+    let admins = server
+        .require_peer(["spiffe://prod.example/ns/shop/sa/admin"
+            .parse::<Allow>()
+            .unwrap()])
+        .unwrap();
+    let mut events = server.subscribe();
     let app = Router::new()
         .route("/admin", get(|| async { "admin area" }).route_layer(admins))
         .route("/public", get(|| async { "hello" }));
@@ -79,6 +81,49 @@ async fn axum_routes_admit_only_their_rules() {
     );
     // The rules are not told to the caller.
     assert!(!body.contains("sa/admin"), "{body}");
+    // The server reports it as it reports any refusal: the event names the
+    // route and the caller, the counter counts it.
+    let (reason, detail) = next_rejection(&mut events).await;
+    assert_eq!(reason, RejectReason::NotAllowed);
+    assert!(
+        detail.contains("route /admin") && detail.contains(&id("web")),
+        "{detail}"
+    );
+    assert_eq!(server.stats().rejected_for(RejectReason::NotAllowed), 1);
+}
+
+/// The next refusal among a server's events.
+async fn next_rejection(
+    events: &mut tokio::sync::broadcast::Receiver<meshtls::Event>,
+) -> (RejectReason, String) {
+    loop {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.recv())
+            .await
+            .expect("no refusal reported")
+            .unwrap();
+        if let meshtls::Event::Rejected { reason, detail } = event {
+            return (reason, detail);
+        }
+    }
+}
+
+#[test]
+fn route_rules_follow_the_servers_settings() {
+    let pki = Pki::new();
+    // A server built with default settings refuses a cn: rule here as its
+    // builder would in the allow-list.
+    let default = server(&pki);
+    let err = default.require_peer([Allow::cn("batch")]).unwrap_err();
+    assert!(err.to_string().contains("allow_legacy_cn"), "{err}");
+    // One that allows legacy CN rules takes it.
+    let legacy = pki
+        .server()
+        .dangerous()
+        .allow_legacy_cn()
+        .allow(Allow::spiffe_trust_domain(TD))
+        .build()
+        .unwrap();
+    legacy.require_peer([Allow::cn("batch")]).unwrap();
 }
 
 #[tokio::test]
@@ -107,7 +152,8 @@ async fn tonic_services_admit_only_their_rules() {
     let server = server(&pki);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let only_web = meshtls::tonic::RequirePeer::new([Allow::spiffe_id(&id("web"))]).unwrap();
+    let only_web = server.require_peer([Allow::spiffe_id(&id("web"))]).unwrap();
+    let mut events = server.subscribe();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(InterceptedService::new(greeter::server(), only_web))
@@ -129,4 +175,8 @@ async fn tonic_services_admit_only_their_rules() {
     let status = greeter::say_hello(channel, "hi").await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains(&id("other")), "{status:?}");
+    let (reason, detail) = next_rejection(&mut events).await;
+    assert_eq!(reason, RejectReason::NotAllowed);
+    assert!(detail.contains(&id("other")), "{detail}");
+    assert_eq!(server.stats().rejected_for(RejectReason::NotAllowed), 1);
 }

@@ -19,7 +19,7 @@ use meshtls::rustls::pki_types::{
 };
 use meshtls::rustls::sign::{CertifiedKey, SigningKey};
 use meshtls::rustls::{Error as TlsError, InconsistentKeys};
-use meshtls::{Allow, ClientTls, PeerIdentity, ServerTls};
+use meshtls::{Allow, ClientTls, PeerIdentity, Policy, ServerTls};
 
 use crate::args::{Args, Spec};
 use crate::files::{self, Body};
@@ -1018,10 +1018,18 @@ fn allow_rules(report: &mut Report, role: Role, rules: &[Allow], leaf: &[u8]) {
     };
     let mut admitted = false;
     for rule in rules {
-        if rule.matches(&peer) {
+        // A cn: rule is judged as a peer built with allow_legacy_cn would
+        // (`Allow::matches` judges as a default builder: it admits nobody).
+        let is_cn = rule.to_string().starts_with("cn:");
+        let admits = if is_cn {
+            Policy::with_legacy_cn([rule.clone()]).is_ok_and(|p| p.check(&peer).is_ok())
+        } else {
+            rule.matches(&peer)
+        };
+        if admits {
             admitted = true;
             let finding = report.add(Level::Ok, "allow", format!("{rule} admits it"));
-            if rule.to_string().starts_with("cn:") {
+            if is_cn {
                 finding.fix(format!(
                     "note: a cn: rule works only on a {} built with .dangerous().allow_legacy_cn()",
                     role.peer()

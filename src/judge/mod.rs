@@ -28,10 +28,13 @@ use crate::identity::{IdentityError, LeafInfo, PeerIdentity, VouchedBy};
 use crate::policy::{Policy, describe};
 use crate::revocation::Algorithms;
 
+mod authorize;
 mod reasons;
 mod svid;
 mod trust;
 
+#[cfg(any(feature = "axum", feature = "tonic"))]
+pub use authorize::RequirePeer;
 pub(crate) use reasons::{from_alert, from_tls, keeps_live_connection, known_alerts};
 pub use trust::RevocationScope;
 pub(crate) use trust::{Revocation, Trust, Unanchored};
@@ -226,15 +229,7 @@ impl Epoch {
             })?;
         match name {
             Some(name) => self.dialled(&identity, end_entity, name)?,
-            None => self.policy.check(&identity).map_err(|e| Refusal {
-                reason: RejectReason::NotAllowed,
-                detail: match identity.vouched_by() {
-                    VouchedBy::TrustDomain(td) => format!(
-                        "{e} (the bundle of trust domain {td} vouches for its SPIFFE ID only: its DNS names and CN match no rule)"
-                    ),
-                    _ => e.to_string(),
-                }
-            })?,
+            None => authorize::allow_list(&self.policy, &identity)?,
         }
         // webpki admits a certificate up to and including its notAfter
         // second, and a CRL up to (not including) its nextUpdate: `until`
