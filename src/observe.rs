@@ -2,7 +2,7 @@
 //! and the same facts on `tracing`.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::broadcast;
@@ -194,6 +194,11 @@ pub struct Stats {
     /// Background tasks restarted after a panic (each also an
     /// [`Event::TaskRestarted`]); anything but 0 is a bug to report.
     pub task_restarts: u64,
+    /// The server turned session resumption off when it was built: this
+    /// build's rustls stores sessions in a way meshtls cannot read (the
+    /// session-format tripwire; also logged at ERROR and the gauge
+    /// `meshtls_resumption_off`). Every handshake is then a full one.
+    pub resumption_off: bool,
 }
 
 impl Stats {
@@ -229,6 +234,7 @@ pub(crate) struct Observer {
     last_reload: AtomicU64,
     not_after: AtomicU64,
     task_restarts: AtomicU64,
+    resumption_off: AtomicBool,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -251,6 +257,7 @@ impl Observer {
             last_reload: AtomicU64::new(0),
             not_after: AtomicU64::new(0),
             task_restarts: AtomicU64::new(0),
+            resumption_off: AtomicBool::new(false),
         }
     }
 
@@ -301,6 +308,19 @@ impl Observer {
         metrics::counter!("meshtls_requests_refused_total", "side" => self.side, "reason" => reason.as_str()).increment(1);
         tracing::warn!(side = self.side, reason = reason.as_str(), %detail, "request refused: {reason}");
         self.send(Event::Rejected { reason, detail });
+    }
+
+    /// The server's resumption is off because this build's rustls stores
+    /// sessions in a way meshtls cannot read (the session-format tripwire).
+    pub(crate) fn resumption_off(&self, why: &str) {
+        self.resumption_off.store(true, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("meshtls_resumption_off", "side" => self.side).set(1.0);
+        tracing::error!(
+            side = self.side,
+            %why,
+            "meshtls turned session resumption off: this build's rustls stores sessions in a way meshtls cannot read, so a resumed client could not be judged (every handshake is a full one; please report the rustls version)"
+        );
     }
 
     pub(crate) fn connection_closed(&self, reason: RejectReason, detail: String) {
@@ -417,6 +437,7 @@ impl Observer {
             last_reload: at(self.last_reload.load(Ordering::Relaxed)),
             certificate_not_after: at(self.not_after.load(Ordering::Relaxed)),
             task_restarts: self.task_restarts.load(Ordering::Relaxed),
+            resumption_off: self.resumption_off.load(Ordering::Relaxed),
         }
     }
 }

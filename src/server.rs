@@ -289,13 +289,25 @@ fn server_config(
     settings: &Settings,
 ) -> Result<ServerConfig, Error> {
     let verifier = Arc::new(LiveClientVerifier(Verifying::new(live, &provider)));
+    // The session values the hooks read are rustls's private encoding:
+    // resumption only if this build's rustls passes the tripwire.
+    let resumption = match settings.resumption {
+        Resumption::Disabled => Resumption::Disabled,
+        chosen => match crate::session::session_format(&provider) {
+            Ok(()) => chosen,
+            Err(why) => {
+                live.observer.resumption_off(&why);
+                Resumption::Disabled
+            }
+        },
+    };
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(VERSIONS)
         .map_err(Error::Rustls)?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(LiveResolver { live: live.clone() }));
     config.time_provider = Arc::new(RustlsTime(live.fixed.clock.clone()));
-    match settings.resumption {
+    match resumption {
         Resumption::Tickets => {
             config.ticketer = Arc::new(LiveTicketer { live: live.clone() });
             config.session_storage = Arc::new(NoServerSessionStorage {});

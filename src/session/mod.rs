@@ -9,8 +9,11 @@
 //!   rustls's encoding of the session, which carries the client's chain
 //!   verbatim. [`client_chain`] finds it, so the server judges the client
 //!   when a ticket is sealed and again when it is opened. This leans on
-//!   rustls 0.23's encoding; a test pins it, and a chain that cannot be found
-//!   is treated as a refusal (no ticket, no resumption).
+//!   rustls 0.23's encoding, behind a tripwire (`tripwire.rs`): before a
+//!   server offers resumption, this build's rustls seals one session in
+//!   memory and the chain must be found in it, or the server turns
+//!   resumption off, loudly. A chain that cannot be found is a refusal (no
+//!   ticket, no resumption).
 //! - **Client.** A stored ticket does not say which server it came from
 //!   (rustls keeps that crate-private). [`ClientSessions`] therefore stores a
 //!   ticket only for a server name that passed the full judgment in this
@@ -26,6 +29,12 @@ use rustls_pki_types::{CertificateDer, ServerName};
 
 use crate::error::Error;
 use crate::hardening;
+
+mod tripwire;
+
+#[cfg(test)]
+pub(crate) use tripwire::BROKEN_READER;
+pub(crate) use tripwire::session_format;
 
 /// How TLS 1.3 sessions may be resumed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -276,138 +285,37 @@ impl ClientStore {
 mod tests {
     use super::*;
 
-    /// Pins rustls's encoding of session values: a recording ticketer and a
-    /// recording cache capture what rustls really hands them, and the
-    /// client's chain (leaf and intermediate) is found in every one. If a
-    /// rustls release changes the layout, this fails (and meanwhile nothing
-    /// resumes: a chain that is not found is a refusal).
+    /// The tripwire at work: a server built where rustls's encoding cannot
+    /// be read offers no resumption (no tickets, no cache) and says so; one
+    /// built where it can offers tickets. (`tripwire.rs` pins the encoding
+    /// itself against this build's rustls.)
     #[cfg(feature = "dev")]
     #[test]
-    fn the_client_chain_is_found_in_what_rustls_stores() {
-        use rustls::server::StoresServerSessions;
-
-        #[derive(Debug, Default)]
-        struct Recorder(Mutex<Vec<Vec<u8>>>);
-        impl Recorder {
-            fn record(&self, value: &[u8]) {
-                self.0.lock().unwrap().push(value.to_vec());
-            }
-        }
-        impl ProducesTickets for Recorder {
-            fn enabled(&self) -> bool {
-                true
-            }
-            fn lifetime(&self) -> u32 {
-                60
-            }
-            fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-                self.record(plain);
-                Some(plain.to_vec())
-            }
-            fn decrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
-                None
-            }
-        }
-        #[derive(Debug, Default)]
-        struct Off;
-        impl ProducesTickets for Off {
-            fn enabled(&self) -> bool {
-                false
-            }
-            fn lifetime(&self) -> u32 {
-                0
-            }
-            fn encrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
-                None
-            }
-            fn decrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
-                None
-            }
-        }
-        impl StoresServerSessions for Recorder {
-            fn put(&self, _: Vec<u8>, value: Vec<u8>) -> bool {
-                self.record(&value);
-                true
-            }
-            fn get(&self, _: &[u8]) -> Option<Vec<u8>> {
-                None
-            }
-            fn take(&self, _: &[u8]) -> Option<Vec<u8>> {
-                None
-            }
-            fn can_cache(&self) -> bool {
-                true
-            }
-        }
-
-        let root = crate::dev::DevCa::new("pin root").unwrap();
-        let issuing = root.intermediate("pin issuing").unwrap();
-        let server_cert = root.leaf().dns("localhost").server().issue().unwrap();
-        let client_cert = issuing
-            .leaf()
-            .spiffe("spiffe://pin.test/ns/a/sa/b")
-            .client()
-            .issue()
-            .unwrap();
+    fn a_server_turns_resumption_off_when_the_encoding_cannot_be_read() {
+        let root = crate::dev::DevCa::new("tripwire root").unwrap();
+        let cert = root.leaf().dns("localhost").server().issue().unwrap();
         let pem = crate::source::Source::pem;
-        let server = crate::ServerTls::builder()
-            .identity(
-                pem("s.crt", server_cert.chain_pem()),
-                pem("s.key", server_cert.key_pem()),
-            )
-            .client_roots(pem("ca", root.cert_pem()))
-            .dangerous()
-            .allow_any_authenticated()
-            .build()
-            .unwrap();
-        let client = crate::ClientTls::builder()
-            .identity(
-                pem("c.crt", client_cert.chain_pem()),
-                pem("c.key", client_cert.key_pem()),
-            )
-            .server_roots(pem("ca", root.cert_pem()))
-            .build()
-            .unwrap();
-
-        let recorder = Arc::new(Recorder::default());
-        let mut stateless = (*server.config()).clone();
-        stateless.ticketer = recorder.clone();
-        let mut stateful = (*server.config()).clone();
-        stateful.ticketer = Arc::new(Off);
-        stateful.session_storage = recorder.clone();
-        for config in [stateless, stateful] {
-            let name = ServerName::try_from("localhost").unwrap();
-            let mut c = rustls::ClientConnection::new(client.config(), name).unwrap();
-            let mut s = rustls::ServerConnection::new(Arc::new(config)).unwrap();
-            for _ in 0..10 {
-                let mut buf = Vec::new();
-                while c.wants_write() {
-                    c.write_tls(&mut buf).unwrap();
-                }
-                s.read_tls(&mut &buf[..]).unwrap();
-                s.process_new_packets().unwrap();
-                buf.clear();
-                while s.wants_write() {
-                    s.write_tls(&mut buf).unwrap();
-                }
-                c.read_tls(&mut &buf[..]).unwrap();
-                c.process_new_packets().unwrap();
-            }
-        }
-        let values = recorder.0.lock().unwrap();
-        assert!(values.len() >= 2, "rustls stored {} sessions", values.len());
-        let intermediate = {
-            use rustls_pki_types::pem::PemObject;
-            CertificateDer::pem_slice_iter(client_cert.chain_pem().as_bytes())
-                .nth(1)
-                .unwrap()
+        let build = || {
+            crate::ServerTls::builder()
+                .identity(pem("s.crt", cert.chain_pem()), pem("s.key", cert.key_pem()))
+                .client_roots(pem("ca", root.cert_pem()))
+                .dangerous()
+                .allow_any_authenticated()
+                .build()
                 .unwrap()
         };
-        for value in values.iter() {
-            let (leaf, rest) = client_chain(value).expect("no client chain in a session value");
-            assert_eq!(leaf.as_ref(), client_cert.der());
-            assert_eq!(rest, std::slice::from_ref(&intermediate));
-        }
+        let working = build();
+        assert!(working.config().ticketer.enabled());
+        assert!(!working.stats().resumption_off);
+
+        BROKEN_READER.with(|b| b.set(true));
+        let broken = build();
+        BROKEN_READER.with(|b| b.set(false));
+        let config = broken.config();
+        assert!(!config.ticketer.enabled(), "tickets offered");
+        assert_eq!(config.send_tls13_tickets, 0);
+        assert!(!config.session_storage.can_cache(), "a session cache");
+        assert!(broken.stats().resumption_off);
     }
 
     #[test]
