@@ -269,10 +269,10 @@ pub(crate) fn admit(
         server_name,
     };
     match live.admit(peer) {
-        Ok((epoch, admitted)) => {
+        Ok(admitted) => {
             live.observer.admitted();
             let guard = match socket {
-                Some(socket) => live.track(epoch, &admitted, peer, socket.0),
+                Some(socket) => live.track(&admitted, peer, socket.0),
                 None => Guard::none(),
             };
             Ok((admitted.peer, guard))

@@ -319,7 +319,7 @@ impl ServerCertVerifier for LiveServerVerifier {
         // Tickets for this name may be stored in this epoch, until the
         // verdict runs out.
         if let Some(store) = generation.sessions.client() {
-            store.verified(server_name, admitted.until);
+            store.verified(server_name, admitted.holds);
         }
         Ok(ServerCertVerified::assertion())
     }

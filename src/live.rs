@@ -79,10 +79,10 @@ pub(crate) struct Fixed {
 
 impl Fixed {
     /// Session state for a new policy epoch.
-    fn fresh_sessions(&self) -> Result<Sessions, Error> {
+    fn fresh_sessions(&self, epoch: u64) -> Result<Sessions, Error> {
         Ok(match self.role {
             Role::Server => Sessions::Server(ServerSessions::fresh(self.resumption)?),
-            Role::Client => Sessions::Client(ClientSessions::fresh(self.resumption)),
+            Role::Client => Sessions::Client(ClientSessions::fresh(self.resumption, epoch)),
         })
     }
 
@@ -140,7 +140,7 @@ impl Live {
             number: 1,
             epoch: Arc::new(Epoch::new(1, material.trust.clone(), Arc::new(policy))),
             material,
-            sessions: Arc::new(fixed.fresh_sessions()?),
+            sessions: Arc::new(fixed.fresh_sessions(1)?),
             expiry_state: AtomicU8::new(0),
         };
         observer.reloaded(
@@ -196,25 +196,23 @@ impl Live {
     }
 
     /// Whether the current epoch admits `peer` now: a remembered verdict or
-    /// the full judgment. Also returns the epoch's number.
-    pub(crate) fn admit(&self, peer: Presented<'_>) -> Result<(u64, Admitted), Refusal> {
+    /// the full judgment (the verdict says in which epoch).
+    pub(crate) fn admit(&self, peer: Presented<'_>) -> Result<Admitted, Refusal> {
         let epoch = self.current().epoch.clone();
-        let admitted = epoch.admit(&self.options, peer, self.fixed.clock.unix())?;
-        Ok((epoch.number, admitted))
+        epoch.admit(&self.options, peer, self.fixed.clock.unix())
     }
 
-    /// Tracks a connection admitted in `epoch`, so that it is closed when
-    /// the policy stops admitting its peer. The first call starts the
+    /// Tracks a connection whose peer was `admitted`, so that it is closed
+    /// when the policy stops admitting its peer. The first call starts the
     /// sweeper thread.
     pub(crate) fn track(
         self: &Arc<Self>,
-        epoch: u64,
         admitted: &Admitted,
         peer: Presented<'_>,
         socket: Option<std::net::TcpStream>,
     ) -> Guard {
         let live = Arc::downgrade(self);
-        self.tracker.track(epoch, admitted, peer, socket, move || {
+        self.tracker.track(admitted, peer, socket, move || {
             let spawned = std::thread::Builder::new()
                 .name("meshtls-sweep".into())
                 .spawn(move || sweeper(&live));
@@ -312,7 +310,10 @@ impl Live {
     ) -> Result<ReloadOutcome, Error> {
         let policy_changed = epoch.is_some();
         let (epoch, sessions) = match epoch {
-            Some(epoch) => (Arc::new(epoch), Arc::new(self.fixed.fresh_sessions()?)),
+            Some(epoch) => {
+                let sessions = self.fixed.fresh_sessions(epoch.number)?;
+                (Arc::new(epoch), Arc::new(sessions))
+            }
             None => (old.epoch.clone(), old.sessions.clone()),
         };
         let next = Arc::new(Generation {

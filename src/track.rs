@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::clock::{Alarm, at_unix, unix_time};
 use crate::error::RejectReason;
-use crate::judge::{Admitted, Epoch, LiveVerdict, Options, Presented};
+use crate::judge::{Admitted, Epoch, Holds, LiveVerdict, Options, Presented};
 
 /// What to do with live connections whose peer the policy stops admitting.
 #[derive(Clone, Copy, Debug)]
@@ -68,11 +68,8 @@ impl Drop for Entry {
 }
 
 struct State {
-    /// The epoch that last admitted the peer, and from and until when
-    /// (Unix seconds; `until` [`NEVER`]: until the next policy change).
-    epoch: u64,
-    from: u64,
-    until: u64,
+    /// The last verdict on the peer (admitted, or kept), and when it holds.
+    holds: Holds,
     /// The path (positions among the chain's intermediates) the peer was
     /// last admitted through.
     path: Vec<usize>,
@@ -124,7 +121,7 @@ impl Drop for Tracker {
 }
 
 /// A verdict that holds until the next policy change: no wake-up for it.
-const NEVER: u64 = u64::MAX;
+const NEVER: u64 = Holds::NEVER;
 
 /// What a sweep reports: connections closed now, and when to look again:
 /// a verdict running out (by the clock) or a grace ending (monotonic);
@@ -165,12 +162,12 @@ impl Tracker {
         self.alarm.clone()
     }
 
-    /// Starts tracking a connection whose peer `admitted` was judged in
-    /// `epoch`. `start` starts the sweeper, once per tracker (again with
-    /// the next connection if it returns false: the thread did not start).
+    /// Starts tracking a connection whose peer was `admitted` (in the
+    /// verdict's epoch). `start` starts the sweeper, once per tracker (again
+    /// with the next connection if it returns false: the thread did not
+    /// start).
     pub(crate) fn track(
         &self,
-        epoch: u64,
         admitted: &Admitted,
         peer: Presented<'_>,
         socket: Option<std::net::TcpStream>,
@@ -184,9 +181,7 @@ impl Tracker {
             server_name: peer.server_name.map(|n| n.to_owned()),
             socket,
             state: Mutex::new(State {
-                epoch,
-                from: admitted.from,
-                until: admitted.until,
+                holds: admitted.holds,
                 path: admitted.path.clone(),
                 closing: None,
                 closed: None,
@@ -214,8 +209,8 @@ impl Tracker {
         // an entry it did not see.
         let scheduled = self.scheduled.load(Ordering::SeqCst);
         if scheduled == 0
-            || admitted.until < scheduled
-            || epoch != self.swept_epoch.load(Ordering::SeqCst)
+            || admitted.holds.until < scheduled
+            || admitted.holds.epoch != self.swept_epoch.load(Ordering::SeqCst)
         {
             self.alarm.ring();
         }
@@ -289,11 +284,8 @@ impl Tracker {
                 }
                 continue;
             }
-            if state.epoch == epoch.number
-                && state.from <= unix.as_secs()
-                && unix.as_secs() < state.until
-            {
-                wake_at(at(state.until));
+            if state.holds.at(epoch.number, unix.as_secs()) {
+                wake_at(at(state.holds.until));
                 continue;
             }
             let (end_entity, intermediates) = match entry.chain.split_first() {
@@ -308,21 +300,17 @@ impl Tracker {
             let path = std::mem::take(&mut state.path);
             match epoch.judge_live(options, peer, &path, unix, self.closing.at_expiry) {
                 LiveVerdict::Admitted(admitted) => {
-                    state.epoch = epoch.number;
-                    state.from = admitted.from;
-                    state.until = admitted.until;
+                    state.holds = admitted.holds;
                     state.path = admitted.path;
-                    wake_at(at(admitted.until));
+                    wake_at(at(admitted.holds.until));
                 }
-                LiveVerdict::Kept { until } => {
+                LiveVerdict::Kept(holds) => {
                     // A stale CRL, an expiry not asked to close: judged
-                    // again at the next policy change (or at `until`), on
-                    // the path it was admitted through.
-                    state.epoch = epoch.number;
-                    state.from = 0;
-                    state.until = until;
+                    // again at the next policy change (or when the kept
+                    // verdict runs out), on the path it was admitted through.
+                    state.holds = holds;
                     state.path = path;
-                    wake_at(at(until));
+                    wake_at(at(holds.until));
                 }
                 LiveVerdict::Closes(refusal) => {
                     // A grace past what the platform can hold closes now.

@@ -32,12 +32,14 @@ mod authorize;
 mod reasons;
 mod svid;
 mod trust;
+mod verdict;
 
 #[cfg(any(feature = "axum", feature = "tonic"))]
 pub use authorize::RequirePeer;
 pub(crate) use reasons::{from_alert, from_tls, keeps_live_connection, known_alerts};
 pub use trust::RevocationScope;
 pub(crate) use trust::{Revocation, Trust, Unanchored};
+pub(crate) use verdict::Holds;
 
 /// How a peer is judged on its name: against the allow-list, or (a client
 /// built with no expected identities) against the name it dialled.
@@ -75,15 +77,13 @@ impl<'a> Presented<'a> {
     }
 }
 
-/// A peer admitted, and until when that verdict holds (Unix seconds).
+/// The verdict on a peer admitted: who (and the bundle that vouched for
+/// it, in [`PeerIdentity::vouched_by`]), in which epoch and for how long.
 #[derive(Clone)]
 pub(crate) struct Admitted {
     pub(crate) peer: PeerIdentity,
-    /// The verdict holds from this second (the latest notBefore of the
-    /// verified path) ...
-    pub(crate) from: u64,
-    /// ... until this one (the first second it no longer holds).
-    pub(crate) until: u64,
+    /// When it holds.
+    pub(crate) holds: Holds,
     /// The positions, among the presented intermediates, of the path that
     /// verified: what a live connection's peer was admitted through.
     pub(crate) path: Vec<usize>,
@@ -192,7 +192,7 @@ impl Epoch {
         // The signing certificates' rules; the verdict holds until the
         // earliest end of the verified path (not of whatever else the peer
         // appended to its chain).
-        let mut until = u64::MAX;
+        let mut until = Holds::NEVER;
         let mut from = 0;
         for (index, der) in intermediates.iter().enumerate() {
             let Ok(ca) = PeerIdentity::parse_leaf(der) else {
@@ -240,8 +240,11 @@ impl Epoch {
         let from = from.max(unix_secs(identity.not_before()));
         Ok(Admitted {
             peer: identity,
-            from,
-            until,
+            holds: Holds {
+                epoch: self.number,
+                from,
+                until,
+            },
             path: on_path,
         })
     }
@@ -297,7 +300,7 @@ impl Epoch {
         let name = peer.judged_name(options);
         match self
             .memo
-            .recall(peer.end_entity, peer.intermediates, name, now)
+            .recall(peer.end_entity, peer.intermediates, name, self.number, now)
         {
             Some(admitted) => Ok(admitted),
             None => self.judge(options, peer, now),
@@ -310,8 +313,8 @@ pub(crate) enum LiveVerdict {
     /// Admitted now.
     Admitted(Admitted),
     /// Refused for kept reasons only: stays open; judged again at the next
-    /// policy change, or at `until` (Unix seconds; `u64::MAX`: never).
-    Kept { until: u64 },
+    /// policy change, or when this no longer holds.
+    Kept(Holds),
     /// Refused for a reason that closes.
     Closes(Refusal),
 }
@@ -359,26 +362,29 @@ impl Epoch {
             return LiveVerdict::Closes(first);
         };
         let (then, until) = if close_at_expiry {
-            (now.as_secs(), u64::MAX)
+            (now.as_secs(), Holds::NEVER)
         } else if now.as_secs() < valid_from {
             // A clock stepped back: judged as of the notBefore, and again
             // when the clock gets there.
             (valid_from, valid_from)
         } else {
-            (now.as_secs().min(valid_to), u64::MAX)
+            (now.as_secs().min(valid_to), Holds::NEVER)
+        };
+        let kept = |until| {
+            LiveVerdict::Kept(Holds {
+                epoch: self.number,
+                from: 0,
+                until,
+            })
         };
         let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(then));
         match self.judge_with(options, on_path, at, Revocation::RevokedOnly) {
-            Ok(lenient) => LiveVerdict::Kept {
-                until: if close_at_expiry {
-                    lenient.until
-                } else {
-                    until
-                },
-            },
-            Err(second) if keeps_live_connection(second.reason, close_at_expiry) => {
-                LiveVerdict::Kept { until }
-            }
+            Ok(lenient) => kept(if close_at_expiry {
+                lenient.holds.until
+            } else {
+                until
+            }),
+            Err(second) if keeps_live_connection(second.reason, close_at_expiry) => kept(until),
             Err(second) => LiveVerdict::Closes(second),
         }
     }
@@ -473,6 +479,7 @@ impl Memo {
         leaf: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         name: Option<&ServerName<'_>>,
+        epoch: u64,
         now: UnixTime,
     ) -> Option<Admitted> {
         let name = name.map(|n| n.to_str());
@@ -482,8 +489,7 @@ impl Memo {
         let same = hit.admitted.peer.leaf_der() == leaf.as_ref()
             && hit.intermediates.as_slice() == intermediates
             && hit.name.as_deref() == name.as_deref()
-            && hit.admitted.from <= now.as_secs()
-            && now.as_secs() < hit.admitted.until;
+            && hit.admitted.holds.at(epoch, now.as_secs());
         same.then(|| hit.admitted.clone())
     }
 

@@ -29,6 +29,7 @@ use rustls_pki_types::{CertificateDer, ServerName};
 
 use crate::error::Error;
 use crate::hardening;
+use crate::judge::Holds;
 
 mod tripwire;
 
@@ -174,7 +175,11 @@ const CLIENT_NAMES: usize = 32;
 const TICKETS_PER_NAME: usize = 8;
 
 /// The client's session store of one policy epoch (`None`: disabled).
-pub(crate) struct ClientSessions(Option<Mutex<ClientStore>>);
+pub(crate) struct ClientSessions {
+    store: Option<Mutex<ClientStore>>,
+    /// The epoch: only its verdicts let a ticket be kept or used.
+    epoch: u64,
+}
 
 #[derive(Default)]
 pub(crate) struct ClientStore {
@@ -186,30 +191,32 @@ pub(crate) struct ClientStore {
 #[derive(Default)]
 struct Named {
     kx_hint: Option<NamedGroup>,
-    /// A server of this name passed the full judgment in this epoch; the
-    /// verdict holds until then (Unix seconds).
-    verified_until: Option<u64>,
-    /// Oldest first, each with the moment its verdict runs out.
-    tickets: VecDeque<(Tls13ClientSessionValue, u64)>,
+    /// A server of this name passed the full judgment in this epoch, and
+    /// when that verdict holds.
+    verified: Option<Holds>,
+    /// Oldest first, each with the verdict it was stored under.
+    tickets: VecDeque<(Tls13ClientSessionValue, Holds)>,
 }
 
 impl ClientSessions {
-    pub(crate) fn fresh(choice: Resumption) -> Self {
-        Self(match choice {
-            Resumption::Disabled => None,
-            Resumption::Tickets | Resumption::Stateful => Some(Mutex::default()),
-        })
+    pub(crate) fn fresh(choice: Resumption, epoch: u64) -> Self {
+        Self {
+            store: match choice {
+                Resumption::Disabled => None,
+                Resumption::Tickets | Resumption::Stateful => Some(Mutex::default()),
+            },
+            epoch,
+        }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut ClientStore) -> T) -> Option<T> {
-        let store = self.0.as_ref()?;
+        let store = self.store.as_ref()?;
         Some(f(&mut store.lock().unwrap_or_else(|p| p.into_inner())))
     }
 
-    /// A server of `name` passed the full judgment; its verdict holds until
-    /// `until` (Unix seconds).
-    pub(crate) fn verified(&self, name: &ServerName<'_>, until: u64) {
-        self.with(|s| s.named(name).verified_until = Some(until));
+    /// A server of `name` passed the full judgment, with this verdict.
+    pub(crate) fn verified(&self, name: &ServerName<'_>, holds: Holds) {
+        self.with(|s| s.named(name).verified = Some(holds));
     }
 
     pub(crate) fn set_kx_hint(&self, name: ServerName<'static>, group: NamedGroup) {
@@ -229,16 +236,17 @@ impl ClientSessions {
         value: Tls13ClientSessionValue,
         now: u64,
     ) {
+        let epoch = self.epoch;
         self.with(|s| {
             let Some(named) = s.names.get_mut(&name) else {
                 return;
             };
-            match named.verified_until {
-                Some(until) if now < until => {
+            match named.verified {
+                Some(holds) if holds.at(epoch, now) => {
                     if named.tickets.len() >= TICKETS_PER_NAME {
                         named.tickets.pop_front();
                     }
-                    named.tickets.push_back((value, until));
+                    named.tickets.push_back((value, holds));
                 }
                 _ => tracing::debug!(
                     server = ?name,
@@ -254,10 +262,11 @@ impl ClientSessions {
         name: &ServerName<'static>,
         now: u64,
     ) -> Option<Tls13ClientSessionValue> {
+        let epoch = self.epoch;
         self.with(|s| {
             let named = s.names.get_mut(name)?;
-            while let Some((value, until)) = named.tickets.pop_back() {
-                if now < until {
+            while let Some((value, holds)) = named.tickets.pop_back() {
+                if holds.at(epoch, now) {
                     return Some(value);
                 }
             }
