@@ -25,6 +25,8 @@ use crate::error::{HandshakeError, RejectReason};
 use crate::identity::PeerIdentity;
 use crate::judge::{Presented, from_tls, take_refusal};
 use crate::live::Live;
+use crate::observe::Observer;
+use crate::side::{Server, Side};
 use crate::track::{Guard, Socket, Tracked};
 
 /// Accepts mutual-TLS connections; cheap to clone, one per listener or task.
@@ -33,7 +35,7 @@ use crate::track::{Guard, Socket, Tracked};
 #[derive(Clone)]
 pub struct Acceptor {
     config: Arc<ServerConfig>,
-    live: Arc<Live>,
+    live: Arc<Live<Server>>,
     timeout: Duration,
 }
 
@@ -46,7 +48,11 @@ impl std::fmt::Debug for Acceptor {
 }
 
 impl Acceptor {
-    pub(crate) fn new(config: Arc<ServerConfig>, live: Arc<Live>, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        config: Arc<ServerConfig>,
+        live: Arc<Live<Server>>,
+        timeout: Duration,
+    ) -> Self {
         Self {
             config,
             live,
@@ -92,15 +98,15 @@ impl Acceptor {
         let started = Instant::now();
         // A peer that sends nothing, or its ClientHello a byte at a time,
         // holds its slot only this long.
-        let hello_within = self.live.fixed.hello_timeout.min(self.timeout);
+        let hello_within = self.live.hello_timeout().min(self.timeout);
         let lazy = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
         let start = match tokio::time::timeout(hello_within, lazy).await {
             Ok(Ok(start)) => start,
-            Ok(Err(e)) => return Err(failed(&self.live, e, None)),
+            Ok(Err(e)) => return Err(failed(self.live.observer(), e, None)),
             Err(_) => {
                 let detail = format!("no complete ClientHello within {hello_within:?}");
                 self.live
-                    .observer
+                    .observer()
                     .rejected(RejectReason::Timeout, detail.clone());
                 return Err(HandshakeError::new(RejectReason::Timeout, detail, None));
             }
@@ -117,16 +123,16 @@ impl Acceptor {
             .min(hello_within);
         let deadline = deadline_after(hello_at, rest);
         let accept = start.into_stream(self.config.clone());
-        let stream = handshake_until(&self.live, deadline, accept, || {
+        let stream = handshake_until(self.live.observer(), deadline, accept, || {
             format!("no completed handshake within {rest:?} after its ClientHello")
         })
         .await?;
         // Only now a second descriptor (to close it if the policy changes):
         // a flood of handshakes that never finish costs one each.
-        let socket = Socket::of(stream.get_ref().0, &self.live.fixed.closing);
+        let socket = self.live.socket_of(stream.get_ref().0);
         let conn = stream.get_ref().1;
         let (peer, guard) = admit(&self.live, conn, None, Some(socket))?;
-        self.live.observer.handshake_time(
+        self.live.observer().handshake_time(
             conn.handshake_kind() == Some(HandshakeKind::Resumed),
             started.elapsed(),
         );
@@ -160,12 +166,12 @@ impl Acceptor {
 /// every poll, so a refusal noted elsewhere on this thread (by a bare config,
 /// say) can never be taken for this handshake's.
 pub(crate) async fn handshake<T>(
-    live: &Live,
+    observer: &Observer,
     timeout: Duration,
     deadline: tokio::time::Instant,
     handshake: impl Future<Output = io::Result<T>>,
 ) -> Result<T, HandshakeError> {
-    handshake_until(live, deadline, handshake, || {
+    handshake_until(observer, deadline, handshake, || {
         format!("no handshake within {timeout:?}")
     })
     .await
@@ -173,7 +179,7 @@ pub(crate) async fn handshake<T>(
 
 /// [`handshake`], saying `timed_out()` when `deadline` passes.
 async fn handshake_until<T>(
-    live: &Live,
+    observer: &Observer,
     deadline: tokio::time::Instant,
     handshake: impl Future<Output = io::Result<T>>,
     timed_out: impl FnOnce() -> String,
@@ -187,11 +193,10 @@ async fn handshake_until<T>(
     });
     match tokio::time::timeout_at(deadline, polled).await {
         Ok(Ok(stream)) => Ok(stream),
-        Ok(Err((e, noted))) => Err(failed(live, e, noted)),
+        Ok(Err((e, noted))) => Err(failed(observer, e, noted)),
         Err(_) => {
             let detail = timed_out();
-            live.observer
-                .rejected(RejectReason::Timeout, detail.clone());
+            observer.rejected(RejectReason::Timeout, detail.clone());
             Err(HandshakeError::new(RejectReason::Timeout, detail, None))
         }
     }
@@ -212,7 +217,7 @@ pub(crate) fn deadline_after(from: Instant, after: Duration) -> tokio::time::Ins
 /// `noted` is what our verifier noted in the poll that failed, if it
 /// refused: it reported the refusal already, with more detail.
 fn failed(
-    live: &Live,
+    observer: &Observer,
     e: io::Error,
     noted: Option<(rustls::CertificateError, RejectReason, String)>,
 ) -> HandshakeError {
@@ -230,12 +235,12 @@ fn failed(
             }
             let reason = from_tls(&tls);
             let detail = tls.to_string();
-            live.observer.rejected(reason, detail.clone());
+            observer.rejected(reason, detail.clone());
             HandshakeError::new(reason, detail, Some(e))
         }
         None => {
             let detail = format!("connection failed during the handshake: {e}");
-            live.observer.rejected(RejectReason::Io, detail.clone());
+            observer.rejected(RejectReason::Io, detail.clone());
             HandshakeError::new(RejectReason::Io, detail, Some(e))
         }
     }
@@ -244,8 +249,8 @@ fn failed(
 /// After a completed handshake, full or resumed: who the peer is, admitted
 /// by the current epoch now (for a full handshake judged in this epoch, a
 /// lookup). With `socket`, the connection is tracked from now on.
-pub(crate) fn admit(
-    live: &Arc<Live>,
+pub(crate) fn admit<S: Side>(
+    live: &Arc<Live<S>>,
     conn: &CommonState,
     server_name: Option<&ServerName<'_>>,
     socket: Option<Socket>,
@@ -255,7 +260,7 @@ pub(crate) fn admit(
         .and_then(<[CertificateDer<'_>]>::split_first)
     else {
         let detail = "the peer presented no certificate".to_owned();
-        live.observer
+        live.observer()
             .rejected(RejectReason::NoClientCertificate, detail.clone());
         return Err(HandshakeError::new(
             RejectReason::NoClientCertificate,
@@ -270,7 +275,7 @@ pub(crate) fn admit(
     };
     match live.admit(peer) {
         Ok(admitted) => {
-            live.observer.admitted();
+            live.observer().admitted();
             let guard = match socket {
                 Some(socket) => live.track(&admitted, peer, socket.0),
                 None => Guard::none(),
@@ -282,7 +287,7 @@ pub(crate) fn admit(
                 Some(HandshakeKind::Resumed) => format!("resumed session: {}", refusal.detail),
                 _ => refusal.detail,
             };
-            live.observer.rejected(refusal.reason, detail.clone());
+            live.observer().rejected(refusal.reason, detail.clone());
             Err(HandshakeError::new(refusal.reason, detail, None))
         }
     }
@@ -611,7 +616,7 @@ impl Acceptor {
         let (tx, rx) = mpsc::channel(64);
         let local_addr = listener.local_addr();
         let acceptor = self.clone();
-        let max_pending = self.live.fixed.max_pending_handshakes.max(1);
+        let max_pending = self.live.max_pending_handshakes().max(1);
         let task = tokio::spawn(async move {
             let pending = Arc::new(Pending::default());
             // Sheds one handshake past the grace; otherwise says how long
@@ -629,7 +634,7 @@ impl Acceptor {
                     );
                     acceptor
                         .live
-                        .observer
+                        .observer()
                         .rejected(RejectReason::Timeout, detail);
                     None
                 }

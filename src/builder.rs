@@ -26,7 +26,7 @@ use crate::handle::Mtls;
 use crate::hardening::Hardening;
 use crate::judge::{NameCheck, RevocationScope};
 use crate::live::{Fixed, Live};
-use crate::material::{Role, Sources};
+use crate::material::Sources;
 use crate::observe::Observer;
 use crate::policy::Policy;
 use crate::reload::{self, WatchSettings};
@@ -175,10 +175,9 @@ impl<S: Side> Builder<S, Ready> {
     /// this side's rustls config with `config`.
     pub(crate) fn finish(
         &self,
-        role: Role,
         name_check: NameCheck,
         policy: Policy,
-        config: impl FnOnce(&Arc<Live>, Arc<CryptoProvider>, &Settings) -> Result<S::Config, Error>,
+        config: impl FnOnce(&Arc<Live<S>>, Arc<CryptoProvider>, &Settings) -> Result<S::Config, Error>,
     ) -> Result<Mtls<S>, Error> {
         for (given, _) in &self.settings.domain_roots {
             if let Err(source) = given.parse::<crate::spiffe::TrustDomain>() {
@@ -189,9 +188,9 @@ impl<S: Side> Builder<S, Ready> {
                 .into());
             }
         }
-        let fixed = self.fixed(role, name_check);
+        let fixed = self.fixed(name_check);
         let provider = fixed.provider.clone();
-        let live = Live::new(fixed, policy, Observer::new(role.name()))?;
+        let live = Live::new(fixed, policy, Observer::new(S::ROLE.name()))?;
         let config = Arc::new(config(&live, provider, &self.settings)?);
         Ok(Mtls {
             config,
@@ -337,9 +336,8 @@ impl<Side> Builder<Side, Ready> {
     }
 
     /// What a live state keeps of this builder for its whole life.
-    pub(crate) fn fixed(&self, role: Role, name_check: NameCheck) -> Fixed {
+    pub(crate) fn fixed(&self, name_check: NameCheck) -> Fixed {
         Fixed {
-            role,
             sources: self.sources(),
             provider: self.settings.hardening.provider(),
             scope: self.settings.scope,

@@ -21,19 +21,17 @@ use tokio_rustls::client::TlsStream;
 use crate::accept::{admit, deadline_after, handshake};
 use crate::allow::Allow;
 use crate::builder::{Builder, NeedsIdentity, NeedsRoots, Ready, Settings};
-use crate::clock::RustlsTime;
 use crate::error::{ConfigError, Error, HandshakeError, RejectReason};
 use crate::handle::Mtls;
 use crate::hardening::VERSIONS;
 use crate::identity::PeerIdentity;
 use crate::judge::{NameCheck, Presented};
 use crate::live::{Live, ReloadOutcome};
-use crate::material::Role;
 use crate::policy::Policy;
 use crate::session::{ClientSessions, Resumption};
 use crate::side::Client;
 use crate::source::Source;
-use crate::track::{Socket, Tracked};
+use crate::track::Tracked;
 use crate::verify::{Verifying, signature_checks};
 
 /// The builder of a [`ClientTls`].
@@ -107,7 +105,7 @@ impl Mtls<Client> {
         &self,
         rules: impl IntoIterator<Item = Allow>,
     ) -> Result<ReloadOutcome, Error> {
-        if self.live.fixed.name_check != NameCheck::AllowList {
+        if self.live.judges_dialled_name() {
             return Err(ConfigError::NotBuiltWithRules.into());
         }
         self.live.set_rules(rules.into_iter().collect())
@@ -189,12 +187,12 @@ impl Builder<Client, Ready> {
             Some(policy) => (policy, NameCheck::AllowList),
             None => (Policy::any_authenticated(), NameCheck::ServerName),
         };
-        self.finish(Role::Client, name_check, policy, client_config)
+        self.finish(name_check, policy, client_config)
     }
 }
 
 fn client_config(
-    live: &Arc<Live>,
+    live: &Arc<Live<Client>>,
     provider: Arc<CryptoProvider>,
     settings: &Settings,
 ) -> Result<ClientConfig, Error> {
@@ -205,7 +203,7 @@ fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(LiveClientCert { live: live.clone() }));
-    config.time_provider = Arc::new(RustlsTime(live.fixed.clock.clone()));
+    config.time_provider = live.rustls_time();
     config.resumption = match settings.resumption {
         Resumption::Disabled => rustls::client::Resumption::disabled(),
         _ => rustls::client::Resumption::store(Arc::new(LiveClientSessions { live: live.clone() })),
@@ -220,7 +218,7 @@ fn client_config(
 #[derive(Clone)]
 pub struct Connector {
     inner: tokio_rustls::TlsConnector,
-    live: Arc<Live>,
+    live: Arc<Live<Client>>,
     timeout: Duration,
 }
 
@@ -259,16 +257,16 @@ impl Connector {
         let started = Instant::now();
         let deadline = deadline_after(started, self.timeout);
         let stream = handshake(
-            &self.live,
+            self.live.observer(),
             self.timeout,
             deadline,
             self.inner.connect(name.clone(), io),
         )
         .await?;
-        let socket = Socket::of(stream.get_ref().0, &self.live.fixed.closing);
+        let socket = self.live.socket_of(stream.get_ref().0);
         let conn = stream.get_ref().1;
         let (peer, guard) = admit(&self.live, conn, Some(&name), Some(socket))?;
-        self.live.observer.handshake_time(
+        self.live.observer().handshake_time(
             conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
             started.elapsed(),
         );
@@ -299,7 +297,7 @@ impl Connector {
 
 /// Verifies servers against the current generation.
 #[derive(Debug)]
-struct LiveServerVerifier(Verifying);
+struct LiveServerVerifier(Verifying<Client>);
 
 impl ServerCertVerifier for LiveServerVerifier {
     fn verify_server_cert(
@@ -318,9 +316,7 @@ impl ServerCertVerifier for LiveServerVerifier {
         let (generation, admitted) = self.0.judge(peer, now)?;
         // Tickets for this name may be stored in this epoch, until the
         // verdict runs out.
-        if let Some(store) = generation.sessions.client() {
-            store.verified(server_name, admitted.holds);
-        }
+        generation.sessions.verified(server_name, admitted.holds);
         Ok(ServerCertVerified::assertion())
     }
 
@@ -330,7 +326,7 @@ impl ServerCertVerifier for LiveServerVerifier {
 /// Presents the current generation's certificate.
 #[derive(Debug)]
 struct LiveClientCert {
-    live: Arc<Live>,
+    live: Arc<Live<Client>>,
 }
 
 impl ResolvesClientCert for LiveClientCert {
@@ -350,13 +346,13 @@ impl ResolvesClientCert for LiveClientCert {
 /// The resumption store of the current policy epoch.
 #[derive(Debug)]
 struct LiveClientSessions {
-    live: Arc<Live>,
+    live: Arc<Live<Client>>,
 }
 
 impl LiveClientSessions {
     /// Runs `f` on the current epoch's store.
     fn with<T>(&self, f: impl FnOnce(&ClientSessions) -> Option<T>) -> Option<T> {
-        self.live.current().sessions.client().and_then(f)
+        f(&self.live.current().sessions)
     }
 }
 
@@ -391,7 +387,7 @@ impl ClientSessionStore for LiveClientSessions {
         server_name: ServerName<'static>,
         value: Tls13ClientSessionValue,
     ) {
-        let now = self.live.fixed.clock.unix().as_secs();
+        let now = self.live.now_unix();
         self.with(|s| {
             s.insert(server_name, value, now);
             Some(())
@@ -402,7 +398,7 @@ impl ClientSessionStore for LiveClientSessions {
         &self,
         server_name: &ServerName<'static>,
     ) -> Option<Tls13ClientSessionValue> {
-        let now = self.live.fixed.clock.unix().as_secs();
+        let now = self.live.now_unix();
         self.with(|s| s.take(server_name, now))
     }
 }

@@ -19,7 +19,7 @@ use crate::side::Side;
 /// and can change without a restart. Cheap to clone.
 pub struct Mtls<S: Side> {
     pub(crate) config: Arc<S::Config>,
-    pub(crate) live: Arc<Live>,
+    pub(crate) live: Arc<Live<S>>,
     pub(crate) handshake_timeout: Duration,
 }
 
@@ -37,7 +37,7 @@ impl<S: Side> fmt::Debug for Mtls<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let generation = self.live.current();
         f.debug_struct("Mtls")
-            .field("side", &self.live.observer.side())
+            .field("side", &self.live.observer().side())
             .field("generation", &generation.number)
             .field("serial", &generation.material.leaf.serial)
             .field("allow", &generation.epoch.policy)
@@ -80,15 +80,13 @@ impl<S: Side> Mtls<S> {
     /// ```
     #[must_use]
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.live.observer.subscribe()
+        self.live.observer().subscribe()
     }
 
     /// Counters: handshakes by outcome, reloads, certificate expiry.
     #[must_use]
     pub fn stats(&self) -> Stats {
-        let mut stats = self.live.observer.stats();
-        stats.live_connections = self.live.tracker.live();
-        stats
+        self.live.stats()
     }
 
     /// Reads the files again now (for a SIGHUP handler) and swaps in a new

@@ -22,17 +22,18 @@ use crate::judge::{Admitted, Epoch, NameCheck, Options, Presented, Refusal, Revo
 use crate::material::{Material, Role, Sources, peer_key_usage};
 use crate::observe::Observer;
 use crate::policy::Policy;
-use crate::session::{ClientSessions, Resumption, ServerSessions, Sessions};
+use crate::session::Resumption;
+use crate::side::Side;
 use crate::track::{Closing, Guard, Tracker};
 
-/// One immutable generation.
-pub(crate) struct Generation {
+/// One immutable generation of one side.
+pub(crate) struct Generation<S: Side> {
     pub(crate) number: u64,
     pub(crate) material: Arc<Material>,
     /// The policy epoch: what judges peers, and the verdicts reached.
     pub(crate) epoch: Arc<Epoch>,
-    /// Session state of the same epoch.
-    pub(crate) sessions: Arc<Sessions>,
+    /// Session state of the same epoch, this side's.
+    pub(crate) sessions: Arc<S::Sessions>,
     /// 0: nothing said; 1: `Expiring` sent; 2: `Expired` sent.
     expiry_state: AtomicU8,
 }
@@ -57,7 +58,6 @@ pub enum ReloadOutcome {
 
 /// Settings fixed for the life of a config.
 pub(crate) struct Fixed {
-    pub(crate) role: Role,
     pub(crate) sources: Sources,
     pub(crate) provider: Arc<CryptoProvider>,
     pub(crate) scope: RevocationScope,
@@ -78,20 +78,13 @@ pub(crate) struct Fixed {
 }
 
 impl Fixed {
-    /// Session state for a new policy epoch.
-    fn fresh_sessions(&self, epoch: u64) -> Result<Sessions, Error> {
-        Ok(match self.role {
-            Role::Server => Sessions::Server(ServerSessions::fresh(self.resumption)?),
-            Role::Client => Sessions::Client(ClientSessions::fresh(self.resumption, epoch)),
-        })
-    }
-
-    /// Validates a set of inputs read from the sources, as of now.
-    fn validate(&self, inputs: crate::material::Inputs) -> Result<Material, Error> {
+    /// Validates a set of inputs read from the sources, as of now, for a
+    /// service on the `role` side.
+    fn validate(&self, role: Role, inputs: crate::material::Inputs) -> Result<Material, Error> {
         Material::validate(
             &self.sources,
             inputs,
-            self.role,
+            role,
             &self.provider,
             self.scope,
             self.clock.now(),
@@ -101,14 +94,14 @@ impl Fixed {
 
 /// The live state shared by a config's resolver, verifier, session store,
 /// the acceptor or connector, and the watcher.
-pub(crate) struct Live {
-    current: ArcSwap<Generation>,
-    pub(crate) fixed: Fixed,
-    pub(crate) options: Options,
-    pub(crate) observer: Arc<Observer>,
+pub(crate) struct Live<S: Side> {
+    current: ArcSwap<Generation<S>>,
+    fixed: Fixed,
+    options: Options,
+    observer: Arc<Observer>,
     /// The connections made with this state, judged again when the policy
     /// changes.
-    pub(crate) tracker: Tracker,
+    tracker: Tracker,
     /// Serializes rebuilds so generation numbers and epochs stay ordered.
     rebuild: Mutex<()>,
     /// Whatever must stop when the last user of this state goes away (the
@@ -119,7 +112,7 @@ pub(crate) struct Live {
     fault: std::sync::atomic::AtomicBool,
 }
 
-impl std::fmt::Debug for Live {
+impl<S: Side> std::fmt::Debug for Live<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Live")
             .field("side", &self.observer.side())
@@ -128,7 +121,7 @@ impl std::fmt::Debug for Live {
     }
 }
 
-impl Live {
+impl<S: Side> Live<S> {
     /// Builds the first generation; fails if the material is not valid.
     pub(crate) fn new(
         fixed: Fixed,
@@ -140,7 +133,7 @@ impl Live {
             number: 1,
             epoch: Arc::new(Epoch::new(1, material.trust.clone(), Arc::new(policy))),
             material,
-            sessions: Arc::new(fixed.fresh_sessions(1)?),
+            sessions: Arc::new(S::fresh_sessions(fixed.resumption, 1)?),
             expiry_state: AtomicU8::new(0),
         };
         observer.reloaded(
@@ -151,7 +144,7 @@ impl Live {
             true,
         );
         let options = Options {
-            usage: peer_key_usage(fixed.role),
+            usage: peer_key_usage(S::ROLE),
             algs: fixed.provider.signature_verification_algorithms.all,
             name_check: fixed.name_check,
         };
@@ -176,7 +169,7 @@ impl Live {
     }
 
     fn load(fixed: &Fixed) -> Result<Material, Error> {
-        fixed.validate(fixed.sources.read()?)
+        fixed.validate(S::ROLE, fixed.sources.read()?)
     }
 
     /// Keeps `value` alive as long as this state (and drops it with it).
@@ -185,13 +178,90 @@ impl Live {
         let _ = self.held.set(Box::new(value));
     }
 
+    /// This side's events and counters.
+    pub(crate) fn observer(&self) -> &Arc<Observer> {
+        &self.observer
+    }
+
+    /// The counters, with the live connections counted now.
+    pub(crate) fn stats(&self) -> crate::observe::Stats {
+        let mut stats = self.observer.stats();
+        stats.live_connections = self.tracker.live();
+        stats
+    }
+
+    /// The clock every verdict reads, as rustls asks for it.
+    pub(crate) fn rustls_time(&self) -> Arc<dyn rustls::time_provider::TimeProvider> {
+        Arc::new(crate::clock::RustlsTime(self.fixed.clock.clone()))
+    }
+
+    /// Now, by the config's clock (Unix seconds).
+    pub(crate) fn now_unix(&self) -> u64 {
+        self.fixed.clock.unix().as_secs()
+    }
+
+    /// Whether peers are judged by the name dialled (a client built
+    /// without expected identities) rather than an allow-list.
+    pub(crate) fn judges_dialled_name(&self) -> bool {
+        self.fixed.name_check == NameCheck::ServerName
+    }
+
+    /// Compiles rules with this config's settings (CN rules only if the
+    /// builder allowed them).
+    pub(crate) fn compile(&self, rules: Vec<Allow>) -> Result<Policy, crate::error::RuleError> {
+        Policy::compile(rules, self.fixed.legacy_cn)
+    }
+
+    /// What a connection's socket keeps for closing it (nothing when live
+    /// connections are kept).
+    pub(crate) fn socket_of<IO: 'static>(&self, io: &IO) -> crate::track::Socket {
+        crate::track::Socket::of(io, &self.fixed.closing)
+    }
+
+    /// Servers: how long a peer may take to send its whole ClientHello.
+    pub(crate) fn hello_timeout(&self) -> Duration {
+        self.fixed.hello_timeout
+    }
+
+    /// Servers: handshakes in flight before the oldest is shed.
+    pub(crate) fn max_pending_handshakes(&self) -> usize {
+        self.fixed.max_pending_handshakes
+    }
+
+    /// The files the sources read (what a watcher watches).
+    pub(crate) fn files(&self) -> Vec<std::path::PathBuf> {
+        self.fixed.sources.files().map(ToOwned::to_owned).collect()
+    }
+
+    /// The full judgment of `peer` under `generation`'s epoch at `now`.
+    pub(crate) fn judge_in(
+        &self,
+        generation: &Generation<S>,
+        peer: Presented<'_>,
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<Admitted, Refusal> {
+        generation.epoch.judge(&self.options, peer, now)
+    }
+
+    /// [`Self::admit`] under `generation`'s epoch (a session sealed or
+    /// opened with that generation's keys).
+    pub(crate) fn admit_in(
+        &self,
+        generation: &Generation<S>,
+        peer: Presented<'_>,
+    ) -> Result<Admitted, Refusal> {
+        generation
+            .epoch
+            .admit(&self.options, peer, self.fixed.clock.unix())
+    }
+
     /// The serving generation.
-    pub(crate) fn current(&self) -> arc_swap::Guard<Arc<Generation>> {
+    pub(crate) fn current(&self) -> arc_swap::Guard<Arc<Generation<S>>> {
         self.current.load()
     }
 
     /// The serving generation, as an `Arc` the caller may keep.
-    pub(crate) fn current_full(&self) -> Arc<Generation> {
+    pub(crate) fn current_full(&self) -> Arc<Generation<S>> {
         self.current.load_full()
     }
 
@@ -264,7 +334,7 @@ impl Live {
                 generation: old.number,
             });
         }
-        let material = Arc::new(self.fixed.validate(inputs)?);
+        let material = Arc::new(self.fixed.validate(S::ROLE, inputs)?);
         let epoch = if material.inputs.same_trust(&old.material.inputs) {
             None
         } else {
@@ -283,7 +353,7 @@ impl Live {
         if rules.is_empty() {
             return Err(ConfigError::NoAllowList.into());
         }
-        let policy = Policy::compile(rules, self.fixed.legacy_cn)?;
+        let policy = self.compile(rules)?;
         let _guard = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
         if policy.fingerprint() == old.epoch.policy.fingerprint() {
@@ -304,14 +374,14 @@ impl Live {
     /// changed (sessions then start afresh with it).
     fn install(
         &self,
-        old: &Generation,
+        old: &Generation<S>,
         material: Arc<Material>,
         epoch: Option<Epoch>,
     ) -> Result<ReloadOutcome, Error> {
         let policy_changed = epoch.is_some();
         let (epoch, sessions) = match epoch {
             Some(epoch) => {
-                let sessions = self.fixed.fresh_sessions(epoch.number)?;
+                let sessions = S::fresh_sessions(self.fixed.resumption, epoch.number)?;
                 (Arc::new(epoch), Arc::new(sessions))
             }
             None => (old.epoch.clone(), old.sessions.clone()),
@@ -365,7 +435,7 @@ impl Live {
 /// verdict runs out by the clock, and ends when the live state is dropped.
 /// It belongs to no async runtime. A sweep that panics is reported and
 /// the sweeper goes on: enforcement never stops silently.
-fn sweeper(live: &std::sync::Weak<Live>) {
+fn sweeper<S: Side>(live: &std::sync::Weak<Live<S>>) {
     let mut failures: u32 = 0;
     loop {
         let Some(strong) = live.upgrade() else {

@@ -22,8 +22,10 @@ use crate::source::Source;
 use crate::spiffe::TrustDomain;
 
 /// Which side of the connection a service's own certificate serves.
+/// (Public only as a sealed side's constant.)
+#[allow(unreachable_pub, unnameable_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Role {
+pub enum Role {
     Server,
     Client,
 }

@@ -95,6 +95,7 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::error::Error;
 use crate::live::Live;
+use crate::side::Side;
 
 /// How often the certificate's expiry is re-checked.
 const EXPIRY_TICK: Duration = Duration::from_secs(60);
@@ -184,8 +185,8 @@ fn is_change(kind: &EventKind) -> bool {
 }
 
 /// Starts watching the files of `live`; a no-op when none are files.
-pub(crate) fn start(live: &Arc<Live>, settings: &WatchSettings) -> Result<(), Error> {
-    let dirs: BTreeSet<PathBuf> = live.fixed.sources.files().map(watch_dir).collect();
+pub(crate) fn start<S: Side>(live: &Arc<Live<S>>, settings: &WatchSettings) -> Result<(), Error> {
+    let dirs: BTreeSet<PathBuf> = live.files().iter().map(|f| watch_dir(f)).collect();
     if dirs.is_empty() {
         return Ok(());
     }
@@ -234,8 +235,8 @@ pub(crate) fn start(live: &Arc<Live>, settings: &WatchSettings) -> Result<(), Er
     Ok(())
 }
 
-struct Task {
-    live: Weak<Live>,
+struct Task<S: Side> {
+    live: Weak<Live<S>>,
     rx: mpsc::Receiver<Msg>,
     watcher: RecommendedWatcher,
     dirs: BTreeSet<PathBuf>,
@@ -250,7 +251,7 @@ struct Pending {
     retried: bool,
 }
 
-impl Task {
+impl<S: Side> Task<S> {
     /// Runs the watcher; a panic is reported and the watcher starts over
     /// (with its watches and settings), so reloading never stops silently.
     fn supervised(mut self) {
@@ -263,7 +264,7 @@ impl Task {
             let Some(live) = self.live.upgrade() else {
                 return;
             };
-            live.observer
+            live.observer()
                 .task_restarted("watcher", crate::error::panic_message(&*panic));
             drop(live);
             failures = failures.saturating_add(1);
@@ -359,9 +360,8 @@ impl Task {
             return;
         };
         let targets: BTreeSet<PathBuf> = live
-            .fixed
-            .sources
             .files()
+            .iter()
             .filter_map(|f| std::fs::canonicalize(f).ok())
             .map(|f| watch_dir(&f))
             .filter(|d| !self.dirs.contains(d))

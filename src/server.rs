@@ -17,13 +17,11 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use crate::accept::Acceptor;
 use crate::allow::Allow;
 use crate::builder::{Builder, Dangerous, NeedsIdentity, NeedsRoots, Ready, Settings};
-use crate::clock::RustlsTime;
 use crate::error::{ConfigError, Error};
 use crate::handle::Mtls;
 use crate::hardening::VERSIONS;
 use crate::judge::{NameCheck, Presented};
 use crate::live::{Generation, Live, ReloadOutcome};
-use crate::material::Role;
 use crate::session::{Resumption, ServerSessions, client_chain};
 use crate::side::Server;
 use crate::source::Source;
@@ -124,10 +122,10 @@ impl Mtls<Server> {
         &self,
         rules: impl IntoIterator<Item = Allow>,
     ) -> Result<crate::judge::RequirePeer, crate::error::RuleError> {
-        let policy = crate::policy::Policy::compile(rules, self.live.fixed.legacy_cn)?;
+        let policy = self.live.compile(rules.into_iter().collect())?;
         Ok(crate::judge::RequirePeer::for_server(
             policy,
-            self.live.observer.clone(),
+            self.live.observer().clone(),
         ))
     }
 
@@ -279,12 +277,12 @@ impl Builder<Server, Ready> {
 
     fn make(&self) -> Result<ServerTls, Error> {
         let policy = self.settings.policy()?.ok_or(ConfigError::NoAllowList)?;
-        self.finish(Role::Server, NameCheck::AllowList, policy, server_config)
+        self.finish(NameCheck::AllowList, policy, server_config)
     }
 }
 
 fn server_config(
-    live: &Arc<Live>,
+    live: &Arc<Live<Server>>,
     provider: Arc<CryptoProvider>,
     settings: &Settings,
 ) -> Result<ServerConfig, Error> {
@@ -296,7 +294,7 @@ fn server_config(
         chosen => match crate::session::session_format(&provider) {
             Ok(()) => chosen,
             Err(why) => {
-                live.observer.resumption_off(&why);
+                live.observer().resumption_off(&why);
                 Resumption::Disabled
             }
         },
@@ -306,7 +304,7 @@ fn server_config(
         .map_err(Error::Rustls)?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(LiveResolver { live: live.clone() }));
-    config.time_provider = Arc::new(RustlsTime(live.fixed.clock.clone()));
+    config.time_provider = live.rustls_time();
     match resumption {
         Resumption::Tickets => {
             config.ticketer = Arc::new(LiveTicketer { live: live.clone() });
@@ -327,7 +325,7 @@ fn server_config(
 /// Serves the current generation's certificate.
 #[derive(Debug)]
 struct LiveResolver {
-    live: Arc<Live>,
+    live: Arc<Live<Server>>,
 }
 
 impl ResolvesServerCert for LiveResolver {
@@ -339,7 +337,7 @@ impl ResolvesServerCert for LiveResolver {
 /// Verifies client chains and identities against the current generation.
 /// Everything rustls may ask more than once per handshake is a constant.
 #[derive(Debug)]
-struct LiveClientVerifier(Verifying);
+struct LiveClientVerifier(Verifying<Server>);
 
 impl ClientCertVerifier for LiveClientVerifier {
     fn offer_client_auth(&self) -> bool {
@@ -377,7 +375,7 @@ impl ClientCertVerifier for LiveClientVerifier {
 /// Ticket keys of the current policy epoch.
 #[derive(Debug)]
 struct LiveTicketer {
-    live: Arc<Live>,
+    live: Arc<Live<Server>>,
 }
 
 /// Ticket lifetime announced to clients (the rotating ticketer's key life).
@@ -397,7 +395,7 @@ impl ProducesTickets for LiveTicketer {
     /// change) gets no ticket.
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
         let generation = self.live.current();
-        let Some(ServerSessions::Tickets(keys)) = generation.sessions.server() else {
+        let ServerSessions::Tickets(keys) = &*generation.sessions else {
             return None;
         };
         admits(&self.live, &generation, plain).then(|| keys.encrypt(plain))?
@@ -408,7 +406,7 @@ impl ProducesTickets for LiveTicketer {
     /// judges (and refuses with the proper alert).
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
         let generation = self.live.current();
-        let Some(ServerSessions::Tickets(keys)) = generation.sessions.server() else {
+        let ServerSessions::Tickets(keys) = &*generation.sessions else {
             return None;
         };
         let plain = keys.decrypt(cipher)?;
@@ -418,7 +416,7 @@ impl ProducesTickets for LiveTicketer {
 
 /// Whether the client whose chain a session value carries is admitted now
 /// under `generation`'s epoch. No chain found: not admitted.
-fn admits(live: &Live, generation: &Generation, plain: &[u8]) -> bool {
+fn admits(live: &Live<Server>, generation: &Generation<Server>, plain: &[u8]) -> bool {
     let Some((leaf, intermediates)) = client_chain(plain) else {
         tracing::warn!("meshtls found no client chain in a session value; resumption refused");
         return false;
@@ -428,10 +426,7 @@ fn admits(live: &Live, generation: &Generation, plain: &[u8]) -> bool {
         intermediates: &intermediates,
         server_name: None,
     };
-    match generation
-        .epoch
-        .admit(&live.options, peer, live.fixed.clock.unix())
-    {
+    match live.admit_in(generation, peer) {
         Ok(_) => true,
         Err(refusal) => {
             tracing::debug!(reason = refusal.reason.as_str(), detail = %refusal.detail, "session not resumed");
@@ -443,7 +438,7 @@ fn admits(live: &Live, generation: &Generation, plain: &[u8]) -> bool {
 /// The session cache of the current policy epoch.
 #[derive(Debug)]
 struct LiveSessionCache {
-    live: Arc<Live>,
+    live: Arc<Live<Server>>,
 }
 
 impl LiveSessionCache {
@@ -454,7 +449,7 @@ impl LiveSessionCache {
         f: impl FnOnce(&ServerSessionMemoryCache) -> Option<Vec<u8>>,
     ) -> Option<Vec<u8>> {
         let generation = self.live.current();
-        let Some(ServerSessions::Stateful(cache)) = generation.sessions.server() else {
+        let ServerSessions::Stateful(cache) = &*generation.sessions else {
             return None;
         };
         let value = f(cache)?;
@@ -465,7 +460,7 @@ impl LiveSessionCache {
 impl StoresServerSessions for LiveSessionCache {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
         let generation = self.live.current();
-        let Some(ServerSessions::Stateful(cache)) = generation.sessions.server() else {
+        let ServerSessions::Stateful(cache) = &*generation.sessions else {
             return false;
         };
         admits(&self.live, &generation, &value) && cache.put(key, value)

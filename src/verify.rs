@@ -12,17 +12,18 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use crate::hardening;
 use crate::judge::{Admitted, Presented, note_refusal};
 use crate::live::{Generation, Live};
+use crate::side::Side;
 
 /// The side-independent part of a verifier.
 #[derive(Debug)]
-pub(crate) struct Verifying {
-    pub(crate) live: Arc<Live>,
+pub(crate) struct Verifying<S: Side> {
+    pub(crate) live: Arc<Live<S>>,
     schemes: Vec<SignatureScheme>,
     provider: Arc<CryptoProvider>,
 }
 
-impl Verifying {
-    pub(crate) fn new(live: &Arc<Live>, provider: &Arc<CryptoProvider>) -> Self {
+impl<S: Side> Verifying<S> {
+    pub(crate) fn new(live: &Arc<Live<S>>, provider: &Arc<CryptoProvider>) -> Self {
         Self {
             live: live.clone(),
             schemes: hardening::verify_schemes(provider),
@@ -38,14 +39,16 @@ impl Verifying {
         &self,
         peer: Presented<'_>,
         now: UnixTime,
-    ) -> Result<(Arc<Generation>, Admitted), TlsError> {
+    ) -> Result<(Arc<Generation<S>>, Admitted), TlsError> {
         let generation = self.live.current_full();
-        match generation.epoch.judge(&self.live.options, peer, now) {
+        match self.live.judge_in(&generation, peer, now) {
             Ok(admitted) => Ok((generation, admitted)),
             Err(refusal) => {
                 note_refusal(&refusal);
                 let alert = refusal.alert();
-                self.live.observer.rejected(refusal.reason, refusal.detail);
+                self.live
+                    .observer()
+                    .rejected(refusal.reason, refusal.detail);
                 Err(TlsError::InvalidCertificate(alert))
             }
         }

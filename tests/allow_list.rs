@@ -405,3 +405,33 @@ fn a_cn_rule_never_matches_a_certificate_with_sans() {
     // disagreeing with every server built with default settings).
     assert!(!Allow::cn("billing").matches(&cn_only));
 }
+
+#[test]
+fn expected_servers_are_replaced_only_on_a_client_built_with_them() {
+    // A client built without expect_server checks the name it dials: it has
+    // no rules to replace (found by the model test when a refactor inverted
+    // this check).
+    let pki = Pki::new();
+    let dialling = pki
+        .client(&format!("spiffe://{TD}/ns/a/sa/b"))
+        .build()
+        .unwrap();
+    let err = dialling
+        .set_expected_servers([Allow::dns("localhost")])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            meshtls::Error::Config(meshtls::error::ConfigError::NotBuiltWithRules)
+        ),
+        "{err:?}"
+    );
+    let expecting = pki
+        .client(&format!("spiffe://{TD}/ns/a/sa/b"))
+        .expect_server(Allow::dns("localhost"))
+        .build()
+        .unwrap();
+    expecting
+        .set_expected_servers([Allow::dns("other.example")])
+        .unwrap();
+}

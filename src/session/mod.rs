@@ -54,32 +54,11 @@ pub enum Resumption {
     Disabled,
 }
 
-/// Session state of one policy epoch, on one side.
-pub(crate) enum Sessions {
-    Server(ServerSessions),
-    Client(ClientSessions),
-}
-
-impl Sessions {
-    /// The server's state, if this is a server's.
-    pub(crate) fn server(&self) -> Option<&ServerSessions> {
-        match self {
-            Self::Server(s) => Some(s),
-            Self::Client(_) => None,
-        }
-    }
-
-    /// The client's store, if this is a client's.
-    pub(crate) fn client(&self) -> Option<&ClientSessions> {
-        match self {
-            Self::Client(c) => Some(c),
-            Self::Server(_) => None,
-        }
-    }
-}
-
-/// Session state of one policy epoch on the server.
-pub(crate) enum ServerSessions {
+/// Session state of one policy epoch on the server. (Public only as the
+/// server's sealed side state.)
+#[allow(unreachable_pub, unnameable_types)]
+#[derive(Debug)]
+pub enum ServerSessions {
     Tickets(Arc<dyn ProducesTickets>),
     Stateful(Arc<ServerSessionMemoryCache>),
     Disabled,
@@ -175,7 +154,9 @@ const CLIENT_NAMES: usize = 32;
 const TICKETS_PER_NAME: usize = 8;
 
 /// The client's session store of one policy epoch (`None`: disabled).
-pub(crate) struct ClientSessions {
+/// (Public only as the client's sealed side state.)
+#[allow(unreachable_pub, unnameable_types)]
+pub struct ClientSessions {
     store: Option<Mutex<ClientStore>>,
     /// The epoch: only its verdicts let a ticket be kept or used.
     epoch: u64,
