@@ -151,8 +151,7 @@ fn custom_rules_see_the_peer() {
 async fn cn_rules_are_off_by_default() {
     let pki = Pki::new();
     let err = pki
-        .server()
-        .allow(Allow::cn("legacy-batch"))
+        .server_allow(Allow::cn("legacy-batch"))
         .build()
         .unwrap_err();
     assert!(
@@ -193,8 +192,7 @@ async fn cn_rules_are_off_by_default() {
 async fn path_prefix_is_not_a_string_prefix_over_the_wire() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_pattern(&format!("spiffe://{TD}/ns/prod/**")))
+        .server_allow(Allow::spiffe_pattern(&format!("spiffe://{TD}/ns/prod/**")))
         .build()
         .unwrap();
     let mut running = serve(&server).await;
@@ -217,12 +215,7 @@ async fn path_prefix_is_not_a_string_prefix_over_the_wire() {
 #[tokio::test]
 async fn certificate_with_two_uri_sans_is_not_an_svid() {
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .dangerous()
-        .allow_any_authenticated()
-        .build()
-        .unwrap();
+    let server = pki.server_any().build().unwrap();
     let mut running = serve(&server).await;
     let two = pki
         .ca
@@ -248,12 +241,7 @@ async fn certificate_with_two_uri_sans_is_not_an_svid() {
 #[tokio::test]
 async fn ca_certificate_presented_as_client_leaf_is_refused() {
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .dangerous()
-        .allow_any_authenticated()
-        .build()
-        .unwrap();
+    let server = pki.server_any().build().unwrap();
     let mut running = serve(&server).await;
     // The CA's own certificate and key, presented as if they were a client's.
     let config = bare_client_pem(
@@ -273,7 +261,7 @@ async fn allow_list_replaced_at_runtime() {
     let pki = Pki::new();
     let a = format!("spiffe://{TD}/a");
     let b = format!("spiffe://{TD}/b");
-    let server = pki.server().allow(Allow::spiffe_id(&a)).build().unwrap();
+    let server = pki.server_allow(Allow::spiffe_id(&a)).build().unwrap();
     let mut running = serve(&server).await;
     let client_a = pki.client(&a).build().unwrap();
     let client_b = pki.client(&b).build().unwrap();
@@ -354,11 +342,7 @@ fn a_leaf_named_after_a_bare_trust_domain_is_not_a_workload() {
 #[tokio::test]
 async fn a_bare_trust_domain_client_is_refused_over_the_wire() {
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .allow(Allow::spiffe_trust_domain(TD))
-        .build()
-        .unwrap();
+    let server = pki.server_td().build().unwrap();
     let mut running = serve(&server).await;
     let leaf = pki
         .ca

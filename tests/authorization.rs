@@ -9,20 +9,13 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::routing::get;
-use common::{Pki, TD};
+use common::{Pki, shop};
 use meshtls::{Allow, ClientTls, ServerTls};
 use tonic::service::interceptor::InterceptedService;
 
-fn id(name: &str) -> String {
-    format!("spiffe://{TD}/ns/shop/sa/{name}")
-}
-
 fn server(pki: &Pki) -> ServerTls {
     // Both identities may connect.
-    pki.server()
-        .allow(Allow::spiffe_trust_domain(TD))
-        .build()
-        .unwrap()
+    pki.server_td().build().unwrap()
 }
 
 async fn get_status(client: &ClientTls, addr: SocketAddr, path: &str) -> (u16, String) {
@@ -57,8 +50,8 @@ async fn axum_routes_admit_only_their_rules() {
     let addr = axum::serve::Listener::local_addr(&listener).unwrap();
     tokio::spawn(async move { meshtls::axum::serve(listener, app).await.unwrap() });
 
-    let admin = pki.client(&id("admin")).build().unwrap();
-    let web = pki.client(&id("web")).build().unwrap();
+    let admin = pki.client(&shop("admin")).build().unwrap();
+    let web = pki.client(&shop("web")).build().unwrap();
     assert_eq!(
         get_status(&admin, addr, "/admin").await,
         (200, "admin area".into())
@@ -74,7 +67,7 @@ async fn axum_routes_admit_only_their_rules() {
     let (status, body) = get_status(&web, addr, "/admin").await;
     assert_eq!(status, 403, "{body}");
     assert!(
-        body.contains(&id("web")) && body.contains("may not call this route"),
+        body.contains(&shop("web")) && body.contains("may not call this route"),
         "{body}"
     );
     // The rules are not told to the caller.
@@ -85,7 +78,7 @@ async fn axum_routes_admit_only_their_rules() {
 async fn a_route_layer_outside_meshtls_refuses_rather_than_admits() {
     // Served by plain axum (no mTLS, no connect info): the layer cannot
     // know the caller, and must not let the request through.
-    let admins = meshtls::axum::RequirePeer::new([Allow::spiffe_id(&id("admin"))]).unwrap();
+    let admins = meshtls::axum::RequirePeer::new([Allow::spiffe_id(&shop("admin"))]).unwrap();
     let app = Router::new().route("/admin", get(|| async { "admin area" }).route_layer(admins));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -107,7 +100,7 @@ async fn tonic_services_admit_only_their_rules() {
     let server = server(&pki);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let only_web = meshtls::tonic::RequirePeer::new([Allow::spiffe_id(&id("web"))]).unwrap();
+    let only_web = meshtls::tonic::RequirePeer::new([Allow::spiffe_id(&shop("web"))]).unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(InterceptedService::new(greeter::server(), only_web))
@@ -115,18 +108,18 @@ async fn tonic_services_admit_only_their_rules() {
     );
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
 
-    let web = pki.client(&id("web")).build().unwrap();
+    let web = pki.client(&shop("web")).build().unwrap();
     let channel = meshtls::tonic::channel(&web, endpoint.clone(), "localhost")
         .await
         .unwrap();
     let reply = greeter::say_hello(channel, "hi").await.unwrap();
-    assert!(reply.contains(&id("web")), "{reply}");
+    assert!(reply.contains(&shop("web")), "{reply}");
 
-    let other = pki.client(&id("other")).build().unwrap();
+    let other = pki.client(&shop("other")).build().unwrap();
     let channel = meshtls::tonic::channel(&other, endpoint, "localhost")
         .await
         .unwrap();
     let status = greeter::say_hello(channel, "hi").await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
-    assert!(status.message().contains(&id("other")), "{status:?}");
+    assert!(status.message().contains(&shop("other")), "{status:?}");
 }

@@ -10,15 +10,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
-use common::{Pki, TD, replace};
+use common::{Pki, TD, replace, shop};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use meshtls::{Allow, ClientTls, PeerIdentity, PeerInfo, Resumption, ServerTls};
-
-fn id(name: &str) -> String {
-    format!("spiffe://{TD}/ns/shop/sa/{name}")
-}
 
 async fn whoami(
     peer: PeerIdentity,
@@ -37,7 +33,7 @@ async fn start_axum(server: &ServerTls) -> SocketAddr {
         .unwrap();
     let addr = axum::serve::Listener::local_addr(&listener).unwrap();
     // A finer, per-route decision on the identity meshtls verified.
-    let admins = meshtls::axum::RequirePeer::new([Allow::spiffe_id(&id("ops"))]).unwrap();
+    let admins = meshtls::axum::RequirePeer::new([Allow::spiffe_id(&shop("ops"))]).unwrap();
     let app = Router::new()
         .route("/whoami", get(whoami))
         .route("/admin", get(|| async { "welcome" }).route_layer(admins));
@@ -72,22 +68,21 @@ async fn get_json(
 async fn axum_handlers_see_who_calls() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_pattern(&format!("spiffe://{TD}/ns/shop/**")))
+        .server_allow(Allow::spiffe_pattern(&format!("spiffe://{TD}/ns/shop/**")))
         .build()
         .unwrap();
     let addr = start_axum(&server).await;
 
-    let web = reqwest_client(&pki.client(&id("web")).build().unwrap(), addr);
-    let ops = reqwest_client(&pki.client(&id("ops")).build().unwrap(), addr);
+    let web = reqwest_client(&pki.client(&shop("web")).build().unwrap(), addr);
+    let ops = reqwest_client(&pki.client(&shop("ops")).build().unwrap(), addr);
 
     let (status, body) = get_json(&web, addr, "/whoami").await.unwrap();
     assert_eq!(status, 200);
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(json["spiffe_id"], id("web"));
+    assert_eq!(json["spiffe_id"], shop("web"));
     assert_eq!(json["from_loopback"], true);
     let (_, body) = get_json(&ops, addr, "/whoami").await.unwrap();
-    assert!(body.contains(&id("ops")), "{body}");
+    assert!(body.contains(&shop("ops")), "{body}");
 
     // Two identities, two answers from the same route.
     let (status, body) = get_json(&web, addr, "/admin").await.unwrap();
@@ -113,13 +108,12 @@ async fn axum_handlers_see_who_calls() {
 async fn reqwest_presents_the_rotated_client_certificate() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&id("web")))
+        .server_allow(Allow::spiffe_id(&shop("web")))
         .build()
         .unwrap();
     let addr = start_axum(&server).await;
 
-    let first = pki.client_cert(&id("web"));
+    let first = pki.client_cert(&shop("web"));
     let (cert, key) = pki.write_cert("web", &first);
     let client = ClientTls::builder()
         .identity_files(&cert, &key)
@@ -142,7 +136,7 @@ async fn reqwest_presents_the_rotated_client_certificate() {
         serial(get_json(&http, addr, "/whoami").await.unwrap().1),
         first.serial()
     );
-    let next = pki.client_cert(&id("web"));
+    let next = pki.client_cert(&shop("web"));
     replace(&cert, next.chain_pem());
     replace(&key, next.key_pem());
     let mut seen = String::new();
@@ -164,13 +158,12 @@ async fn reqwest_presents_the_rotated_client_certificate() {
 async fn hyper_over_the_meshtls_connector() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&id("web")))
+        .server_allow(Allow::spiffe_id(&shop("web")))
         .build()
         .unwrap();
     let addr = start_axum(&server).await;
     let client = pki
-        .client(&id("web"))
+        .client(&shop("web"))
         .expect_server(Allow::spiffe_id(&format!(
             "spiffe://{TD}/ns/billing/sa/api"
         )))
@@ -189,7 +182,7 @@ async fn hyper_over_the_meshtls_connector() {
         (vec![b"http/1.1".to_vec()], b"http/1.1".as_slice()),
     ] {
         let alpn_client = pki
-            .client(&id("web"))
+            .client(&shop("web"))
             .alpn_protocols(offer)
             .build()
             .unwrap();
@@ -212,15 +205,14 @@ async fn hyper_over_the_meshtls_connector() {
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), 200);
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    assert!(String::from_utf8_lossy(&body).contains(&id("web")));
+    assert!(String::from_utf8_lossy(&body).contains(&shop("web")));
 }
 
 #[tokio::test]
 async fn tonic_handler_reads_the_caller_identity() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&id("web")))
+        .server_allow(Allow::spiffe_id(&shop("web")))
         .alpn_protocols([b"h2".to_vec()])
         .build()
         .unwrap();
@@ -236,7 +228,7 @@ async fn tonic_handler_reads_the_caller_identity() {
     let api = format!("spiffe://{TD}/ns/billing/sa/api");
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
     let web = pki
-        .client(&id("web"))
+        .client(&shop("web"))
         .expect_server(Allow::spiffe_id(&api))
         .alpn_protocols([b"h2".to_vec()])
         .build()
@@ -245,11 +237,11 @@ async fn tonic_handler_reads_the_caller_identity() {
         .await
         .unwrap();
     let reply = greeter::say_hello(channel, "hi").await.unwrap();
-    assert_eq!(reply, format!("hello {}, you said \"hi\"", id("web")));
+    assert_eq!(reply, format!("hello {}, you said \"hi\"", shop("web")));
 
     // Another identity never reaches the handler.
     let other = pki
-        .client(&id("intruder"))
+        .client(&shop("intruder"))
         .expect_server(Allow::spiffe_id(&api))
         .alpn_protocols([b"h2".to_vec()])
         .build()

@@ -14,13 +14,9 @@ use std::time::Duration;
 
 use common::{
     INSTALL_CURL, INSTALL_JDK, INSTALL_OPENSSL, INSTALL_PYTHON, Pki, TD, openssl, require_peer,
-    serve,
+    serve, svid,
 };
 use meshtls::{Allow, ClientTls, RejectReason};
-
-fn client_id() -> String {
-    format!("spiffe://{TD}/ns/interop/sa/peer")
-}
 
 /// Runs a peer command with `input` on stdin; returns (success, stdout+stderr).
 async fn peer(program: &str, args: Vec<String>, input: &'static str) -> (bool, String) {
@@ -69,7 +65,8 @@ fn s_client_args(pki: &Pki, port: u16, with_cert: bool, extra: &[&str]) -> Vec<S
     .map(|s| s.to_string())
     .collect();
     if with_cert {
-        let (cert, key) = pki.write_cert("openssl-client", &pki.client_cert(&client_id()));
+        let (cert, key) =
+            pki.write_cert("openssl-client", &pki.client_cert(&svid("interop", "peer")));
         args.extend([
             "-cert".into(),
             cert.display().to_string(),
@@ -88,8 +85,7 @@ async fn openssl_s_client_is_admitted_and_refused_with_the_right_alerts() {
     }
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&client_id()))
+        .server_allow(Allow::spiffe_id(&svid("interop", "peer")))
         .build()
         .unwrap();
     let mut running = serve(&server).await;
@@ -97,7 +93,7 @@ async fn openssl_s_client_is_admitted_and_refused_with_the_right_alerts() {
 
     let (ok, out) = peer("openssl", s_client_args(&pki, port, true, &[]), "ping\n").await;
     assert!(
-        ok && out.contains(&format!("hello {}", client_id())),
+        ok && out.contains(&format!("hello {}", svid("interop", "peer"))),
         "{out}"
     );
     assert_eq!(
@@ -107,7 +103,7 @@ async fn openssl_s_client_is_admitted_and_refused_with_the_right_alerts() {
             .spiffe_id()
             .unwrap()
             .as_str(),
-        client_id()
+        svid("interop", "peer")
     );
 
     let (_, out) = peer("openssl", s_client_args(&pki, port, false, &[]), "ping\n").await;
@@ -200,7 +196,7 @@ async fn meshtls_client_against_openssl_s_server() {
     let pki = Pki::new();
     let s_server = SServer::start(&pki);
     let client = pki
-        .client(&client_id())
+        .client(&svid("interop", "peer"))
         .expect_server(Allow::spiffe_id(&format!(
             "spiffe://{TD}/ns/billing/sa/api"
         )))
@@ -219,12 +215,11 @@ async fn python_ssl_client_is_admitted() {
     }
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&client_id()))
+        .server_allow(Allow::spiffe_id(&svid("interop", "peer")))
         .build()
         .unwrap();
     let mut running = serve(&server).await;
-    let (cert, key) = pki.write_cert("python-client", &pki.client_cert(&client_id()));
+    let (cert, key) = pki.write_cert("python-client", &pki.client_cert(&svid("interop", "peer")));
     let script = r#"
 import socket, ssl, sys
 port, ca, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
@@ -247,7 +242,8 @@ with socket.create_connection(("127.0.0.1", port)) as raw:
     ];
     let (ok, out) = peer("python3", args, "").await;
     assert!(
-        ok && out.contains(&format!("hello {}", client_id())) && out.contains("TLSv1.3"),
+        ok && out.contains(&format!("hello {}", svid("interop", "peer")))
+            && out.contains("TLSv1.3"),
         "{out}"
     );
     running.expect_admitted().await;
@@ -264,12 +260,11 @@ async fn java_client_is_admitted() {
     }
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&client_id()))
+        .server_allow(Allow::spiffe_id(&svid("interop", "peer")))
         .build()
         .unwrap();
     let mut running = serve(&server).await;
-    let (cert, key) = pki.write_cert("java-client", &pki.client_cert(&client_id()));
+    let (cert, key) = pki.write_cert("java-client", &pki.client_cert(&svid("interop", "peer")));
     openssl(
         pki.dir.path(),
         &[
@@ -296,7 +291,7 @@ async fn java_client_is_admitted() {
     ];
     let (ok, out) = peer("java", args, "").await;
     assert!(
-        ok && out.contains(&format!("hello {}", client_id())),
+        ok && out.contains(&format!("hello {}", svid("interop", "peer"))),
         "{out}"
     );
     assert_eq!(
@@ -306,7 +301,7 @@ async fn java_client_is_admitted() {
             .spiffe_id()
             .unwrap()
             .as_str(),
-        client_id()
+        svid("interop", "peer")
     );
 }
 
@@ -319,7 +314,7 @@ async fn meshtls_client_refused_by_openssl_s_server_sees_the_alert() {
     let s_server = SServer::start(&pki);
     // A client whose certificate s_server's CA did not sign.
     let other = Pki::named("other root");
-    let (c, k) = other.write_cert("stranger", &other.client_cert(&client_id()));
+    let (c, k) = other.write_cert("stranger", &other.client_cert(&svid("interop", "peer")));
     let client = ClientTls::builder()
         .identity_files(c, k)
         .server_roots_file(pki.ca_file())
@@ -337,8 +332,7 @@ async fn curl_calls_an_axum_service() {
     use axum::routing::get;
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&client_id()))
+        .server_allow(Allow::spiffe_id(&svid("interop", "peer")))
         .build()
         .unwrap();
     let listener = meshtls::axum::MtlsListener::bind("127.0.0.1:0", &server)
@@ -351,7 +345,7 @@ async fn curl_calls_an_axum_service() {
     );
     tokio::spawn(async move { meshtls::axum::serve(listener, app).await });
 
-    let (cert, key) = pki.write_cert("curl-client", &pki.client_cert(&client_id()));
+    let (cert, key) = pki.write_cert("curl-client", &pki.client_cert(&svid("interop", "peer")));
     let url = format!("https://localhost:{port}/whoami");
     let resolve = format!("localhost:{port}:127.0.0.1");
     let common = |with_cert: bool| {
@@ -376,7 +370,7 @@ async fn curl_calls_an_axum_service() {
         args
     };
     let (ok, out) = peer("curl", common(true), "").await;
-    assert!(ok && out.trim() == client_id(), "{out}");
+    assert!(ok && out.trim() == svid("interop", "peer"), "{out}");
     // HTTP/2 is offered by default now: curl speaks it.
     let mut h2 = common(true);
     h2.splice(

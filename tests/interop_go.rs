@@ -10,12 +10,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
-use common::{INSTALL_GO, Pki, TD, exchange, require_peer, serve};
+use common::{INSTALL_GO, Pki, exchange, require_peer, serve, svid};
 use meshtls::{Allow, RejectReason};
-
-fn id(name: &str) -> String {
-    format!("spiffe://{TD}/ns/interop/sa/{name}")
-}
 
 /// The Go peer, built once per test run.
 fn peer() -> &'static PathBuf {
@@ -70,8 +66,7 @@ async fn go_client_admitted_and_refused_with_the_right_alerts() {
     }
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&id("go-client")))
+        .server_allow(Allow::spiffe_id(&svid("interop", "go-client")))
         .build()
         .unwrap();
     let mut running = serve(&server).await;
@@ -79,7 +74,7 @@ async fn go_client_admitted_and_refused_with_the_right_alerts() {
     let ca = pki.ca_file().display().to_string();
 
     // Admitted, and told who it is.
-    let (cert, key) = pki.write_cert("go", &pki.client_cert(&id("go-client")));
+    let (cert, key) = pki.write_cert("go", &pki.client_cert(&svid("interop", "go-client")));
     let said = go_client(vec![
         addr.clone(),
         ca.clone(),
@@ -89,7 +84,7 @@ async fn go_client_admitted_and_refused_with_the_right_alerts() {
     ])
     .await;
     assert!(
-        said.contains(&format!("reply: hello {}", id("go-client"))),
+        said.contains(&format!("reply: hello {}", svid("interop", "go-client"))),
         "{said}"
     );
     assert_eq!(
@@ -99,11 +94,11 @@ async fn go_client_admitted_and_refused_with_the_right_alerts() {
             .spiffe_id()
             .unwrap()
             .to_string(),
-        id("go-client")
+        svid("interop", "go-client")
     );
 
     // Off the allow-list: Go sees access_denied, the server says why.
-    let (cert, key) = pki.write_cert("go-other", &pki.client_cert(&id("go-other")));
+    let (cert, key) = pki.write_cert("go-other", &pki.client_cert(&svid("interop", "go-other")));
     let said = go_client(vec![
         addr.clone(),
         ca.clone(),
@@ -142,7 +137,7 @@ fn go_server(pki: &Pki) -> GoServer {
     let cert = pki
         .ca
         .leaf()
-        .spiffe(&id("go-server"))
+        .spiffe(&svid("interop", "go-server"))
         .dns("localhost")
         .server()
         .issue()
@@ -179,23 +174,26 @@ async fn meshtls_client_against_a_go_server_with_a_spiffe_id() {
 
     // Admitted with the right expected ID; Go saw our SPIFFE ID.
     let client = pki
-        .client(&id("rust"))
-        .expect_server(Allow::spiffe_id(&id("go-server")))
+        .client(&svid("interop", "rust"))
+        .expect_server(Allow::spiffe_id(&svid("interop", "go-server")))
         .build()
         .unwrap();
     let tcp = tokio::net::TcpStream::connect(go.1).await.unwrap();
     let (tls, server) = client.connector().connect("localhost", tcp).await.unwrap();
-    assert_eq!(server.spiffe_id().unwrap().to_string(), id("go-server"));
+    assert_eq!(
+        server.spiffe_id().unwrap().to_string(),
+        svid("interop", "go-server")
+    );
     let reply = exchange(tls).await.unwrap();
     assert!(
-        reply.contains(&format!("hello {} from go", id("rust"))),
+        reply.contains(&format!("hello {} from go", svid("interop", "rust"))),
         "{reply}"
     );
 
     // Refused with a wrong one, by our side, saying which.
     let wrong = pki
-        .client(&id("rust"))
-        .expect_server(Allow::spiffe_id(&id("someone-else")))
+        .client(&svid("interop", "rust"))
+        .expect_server(Allow::spiffe_id(&svid("interop", "someone-else")))
         .build()
         .unwrap();
     let tcp = tokio::net::TcpStream::connect(go.1).await.unwrap();
@@ -205,5 +203,8 @@ async fn meshtls_client_against_a_go_server_with_a_spiffe_id() {
         .await
         .unwrap_err();
     assert_eq!(error.reason(), RejectReason::NotAllowed, "{error}");
-    assert!(error.to_string().contains(&id("go-server")), "{error}");
+    assert!(
+        error.to_string().contains(&svid("interop", "go-server")),
+        "{error}"
+    );
 }

@@ -11,17 +11,9 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use common::{Pki, TD, Wire, bare_client, call, records, replace, serve};
+use common::{Pki, TD, Wire, bare_client, call, records, replace, serve, server_id, shop};
 use meshtls::rustls;
 use meshtls::{Allow, Event, ManualClock, RejectReason, ReloadOutcome};
-
-fn caller() -> String {
-    format!("spiffe://{TD}/ns/shop/sa/web")
-}
-
-fn api() -> String {
-    format!("spiffe://{TD}/ns/billing/sa/api")
-}
 
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
@@ -38,12 +30,12 @@ fn bare(pki: &Pki, cert: &meshtls::dev::DevCert) -> Arc<rustls::ClientConfig> {
 #[test]
 fn a_handshake_that_straddles_a_revocation_is_judged_by_the_new_policy() {
     let pki = Pki::new();
-    let client_cert = pki.client_cert(&caller());
+    let client_cert = pki.client_cert(&shop("web"));
     let crl = pki.write("ca.crl", pki.ca.crl(&[], HOUR).unwrap());
     let server = pki
         .server()
         .crl_file(&crl)
-        .allow(Allow::spiffe_id(&caller()))
+        .allow(Allow::spiffe_id(&shop("web")))
         .handshake_timeout(Duration::from_millis(200))
         .build()
         .unwrap();
@@ -106,14 +98,14 @@ fn a_late_ticket_does_not_resume_a_server_revoked_since() {
     let server = meshtls::ServerTls::builder()
         .identity_files(cert, key)
         .client_roots_file(pki.ca_file())
-        .allow(Allow::spiffe_id(&caller()))
+        .allow(Allow::spiffe_id(&shop("web")))
         .build()
         .unwrap();
     let crl = pki.write("client-ca.crl", pki.ca.crl(&[], HOUR).unwrap());
     let client = pki
-        .client(&caller())
+        .client(&shop("web"))
         .crl_file(&crl)
-        .expect_server(Allow::spiffe_id(&api()))
+        .expect_server(Allow::spiffe_id(&server_id()))
         .build()
         .unwrap();
     let connector = client.connector();
@@ -172,13 +164,13 @@ fn a_late_ticket_does_not_resume_a_server_revoked_since() {
 #[test]
 fn a_stale_crl_is_enforced_on_resumption() {
     let pki = Pki::new();
-    let client_cert = pki.client_cert(&caller());
+    let client_cert = pki.client_cert(&shop("web"));
     let crl = pki.write("ca.crl", pki.ca.crl(&[], Duration::from_secs(2)).unwrap());
     let time = ManualClock::new(SystemTime::now());
     let server = pki
         .server()
         .crl_file(&crl)
-        .allow(Allow::spiffe_id(&caller()))
+        .allow(Allow::spiffe_id(&shop("web")))
         .dangerous()
         .clock(time.clock())
         .build()
@@ -190,7 +182,7 @@ fn a_stale_crl_is_enforced_on_resumption() {
     acceptor.identify(&wire.server).unwrap();
 
     time.advance(Duration::from_secs(3));
-    let newcomer = bare(&pki, &pki.client_cert(&caller()));
+    let newcomer = bare(&pki, &pki.client_cert(&shop("web")));
     let err = Wire::new(server.config(), newcomer)
         .complete()
         .expect_err("a new client was admitted under a stale CRL");
@@ -218,15 +210,14 @@ fn an_expired_client_does_not_resume_on_the_bare_config() {
     let short = pki
         .ca
         .leaf()
-        .spiffe(&caller())
+        .spiffe(&shop("web"))
         .client()
         .valid_between(now - Duration::from_secs(60), now + Duration::from_secs(2))
         .issue()
         .unwrap();
     let time = ManualClock::new(now);
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&caller()))
+        .server_allow(Allow::spiffe_id(&shop("web")))
         .dangerous()
         .clock(time.clock())
         .build()
@@ -249,8 +240,7 @@ fn an_expired_client_does_not_resume_on_the_bare_config() {
 fn a_client_does_not_resume_to_a_server_under_a_stale_crl() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&caller()))
+        .server_allow(Allow::spiffe_id(&shop("web")))
         .build()
         .unwrap();
     let crl = pki.write(
@@ -259,9 +249,9 @@ fn a_client_does_not_resume_to_a_server_under_a_stale_crl() {
     );
     let time = ManualClock::new(SystemTime::now());
     let client = pki
-        .client(&caller())
+        .client(&shop("web"))
         .crl_file(&crl)
-        .expect_server(Allow::spiffe_id(&api()))
+        .expect_server(Allow::spiffe_id(&server_id()))
         .dangerous()
         .clock(time.clock())
         .build()
@@ -301,7 +291,7 @@ fn a_client_does_not_resume_to_a_server_under_a_stale_crl() {
 #[tokio::test]
 async fn an_older_crl_listed_first_does_not_hide_a_newer_revocation() {
     let pki = Pki::new();
-    let revoked = pki.client_cert(&caller());
+    let revoked = pki.client_cert(&shop("web"));
     let now = SystemTime::now();
     let older = pki
         .ca
@@ -343,7 +333,7 @@ async fn same_named_ca_rotation_works_with_crls() {
         "roots.crt",
         format!("{}{}", old.ca.cert_pem(), new.ca.cert_pem()),
     );
-    let revoked = new.client_cert(&caller());
+    let revoked = new.client_cert(&shop("web"));
     let crl = old.write(
         "ca.crl",
         format!(
@@ -370,7 +360,7 @@ async fn same_named_ca_rotation_works_with_crls() {
             .unwrap()
     };
     for pki in [&old, &new] {
-        let client = client_of(pki, &pki.client_cert(&caller()));
+        let client = client_of(pki, &pki.client_cert(&shop("web")));
         let seen = call(&client, running.addr, "localhost").await;
         let result = running.next().await;
         assert!(result.is_ok(), "a client of a trusted CA: {result:?}");
@@ -395,11 +385,7 @@ async fn unverified_names_are_bounded_and_escaped_in_events() {
         leaf = leaf.dns(&format!("n{i}.{}.example", "x".repeat(40)));
     }
     let intruder = leaf.issue().unwrap();
-    let server = pki
-        .server()
-        .allow(Allow::spiffe_trust_domain(TD))
-        .build()
-        .unwrap();
+    let server = pki.server_td().build().unwrap();
     let mut events = server.subscribe();
     let mut running = serve(&server).await;
     let client = meshtls::ClientTls::builder()
@@ -439,11 +425,7 @@ fn a_refusal_left_behind_is_not_attributed_to_another_handshake() {
         .unwrap();
     runtime.block_on(async {
         let pki = Pki::new();
-        let server = pki
-            .server()
-            .allow(Allow::spiffe_trust_domain(TD))
-            .build()
-            .unwrap();
+        let server = pki.server_td().build().unwrap();
         let mut events = server.subscribe();
 
         // 1. On this thread, the bare config refuses a client whose chain does
@@ -466,8 +448,8 @@ fn a_refusal_left_behind_is_not_attributed_to_another_handshake() {
         // 2. The acceptor, on the same thread, sees a handshake fail with the
         //    same rustls error for another reason: a client whose
         //    CertificateVerify signature is made with the wrong key.
-        let honest = pki.client_cert(&caller());
-        let other_key = pki.client_cert(&caller());
+        let honest = pki.client_cert(&shop("web"));
+        let other_key = pki.client_cert(&shop("web"));
         let client = wrong_key_client(&pki, &honest, &other_key);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -557,7 +539,7 @@ fn the_bare_client_window_is_exactly_the_documented_one() {
         meshtls::ServerTls::builder()
             .identity_files(c, k)
             .client_roots_file(pki.ca_file())
-            .allow(Allow::spiffe_id(&caller()))
+            .allow(Allow::spiffe_id(&shop("web")))
             .build()
             .unwrap()
     };
@@ -566,9 +548,9 @@ fn the_bare_client_window_is_exactly_the_documented_one() {
     let (one, two) = (serving(&cert_one), serving(&cert_two));
     let crl = pki.write("client.crl", pki.ca.crl(&[], HOUR).unwrap());
     let client = pki
-        .client(&caller())
+        .client(&shop("web"))
         .crl_file(&crl)
-        .expect_server(Allow::spiffe_id(&api()))
+        .expect_server(Allow::spiffe_id(&server_id()))
         .build()
         .unwrap();
 
@@ -615,8 +597,7 @@ fn after_step_back(resume: bool) -> (Result<(), String>, bool) {
     let now = SystemTime::now();
     let time = ManualClock::new(now);
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&caller()))
+        .server_allow(Allow::spiffe_id(&shop("web")))
         .dangerous()
         .clock(time.clock())
         .build()
@@ -624,7 +605,7 @@ fn after_step_back(resume: bool) -> (Result<(), String>, bool) {
     let cert = pki
         .ca
         .leaf()
-        .spiffe(&caller())
+        .spiffe(&shop("web"))
         .client()
         .valid_between(now - Duration::from_secs(60), now + DAY)
         .issue()

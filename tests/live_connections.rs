@@ -10,7 +10,7 @@ mod greeter;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Pki, TD, replace};
+use common::{Pki, TD, replace, shop};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -23,10 +23,6 @@ use tokio::sync::{broadcast, mpsc};
 
 const GRACE: Duration = Duration::from_millis(300);
 const DEBOUNCE: Duration = Duration::from_millis(50);
-
-fn id(name: &str) -> String {
-    format!("spiffe://{TD}/ns/shop/sa/{name}")
-}
 
 /// An echo server on the acceptor's `Incoming`: each connection answers
 /// every line; how each connection ended on the server's side is sent to
@@ -137,8 +133,7 @@ async fn assert_victim_refused(client: &ClientTls, addr: SocketAddr) {
 }
 
 fn revoking_server(pki: &Pki, crl: &std::path::Path) -> meshtls::ServerTlsBuilder<meshtls::Ready> {
-    pki.server()
-        .allow(Allow::spiffe_trust_domain(TD))
+    pki.server_td()
         .crl_file(crl)
         .debounce(DEBOUNCE)
         .live_connection_grace(GRACE)
@@ -147,17 +142,14 @@ fn revoking_server(pki: &Pki, crl: &std::path::Path) -> meshtls::ServerTlsBuilde
 #[tokio::test]
 async fn a_revoked_clients_connection_is_closed_and_the_others_stay() {
     let pki = Pki::new();
-    let crl = pki.write(
-        "ca.crl",
-        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
-    );
+    let crl = pki.write_crl(&[]);
     let server = revoking_server(&pki, &crl).watch().unwrap();
     let mut events = server.subscribe();
     let (addr, mut ended) = echo_server(&server).await;
 
-    let victim_cert = pki.client_cert(&id("victim"));
+    let victim_cert = pki.client_cert(&shop("victim"));
     let victim = pki.client_with(&victim_cert).build().unwrap();
-    let bystander = pki.client(&id("bystander")).build().unwrap();
+    let bystander = pki.client(&shop("bystander")).build().unwrap();
     let mut victim_line = Line::open(&victim, addr).await;
     let mut bystander_line = Line::open(&bystander, addr).await;
     victim_line.ping().await.unwrap();
@@ -173,7 +165,7 @@ async fn a_revoked_clients_connection_is_closed_and_the_others_stay() {
     );
     let (reason, detail) = next_closed(&mut events).await;
     assert_eq!(reason, RejectReason::Revoked);
-    assert!(detail.contains(&id("victim")), "{detail}");
+    assert!(detail.contains(&shop("victim")), "{detail}");
     assert!(
         revoked_at.elapsed() >= GRACE,
         "closed before the grace period was over"
@@ -202,10 +194,7 @@ async fn a_revoked_clients_connection_is_closed_and_the_others_stay() {
 #[tokio::test]
 async fn revoked_http1_keep_alive_and_grpc_channel_close_others_stay() {
     let pki = Pki::new();
-    let crl = pki.write(
-        "ca.crl",
-        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
-    );
+    let crl = pki.write_crl(&[]);
     let server = revoking_server(&pki, &crl)
         .alpn_protocols([b"h2".to_vec(), b"http/1.1".to_vec()])
         .watch()
@@ -228,8 +217,8 @@ async fn revoked_http1_keep_alive_and_grpc_channel_close_others_stay() {
             .serve_with_incoming(server.acceptor().incoming(listener)),
     );
 
-    let http_cert = pki.client_cert(&id("http-victim"));
-    let grpc_cert = pki.client_cert(&id("grpc-victim"));
+    let http_cert = pki.client_cert(&shop("http-victim"));
+    let grpc_cert = pki.client_cert(&shop("grpc-victim"));
     let http_victim = pki
         .client_with(&http_cert)
         .alpn_protocols([b"http/1.1".to_vec()])
@@ -241,7 +230,7 @@ async fn revoked_http1_keep_alive_and_grpc_channel_close_others_stay() {
         .build()
         .unwrap();
     let bystander = pki
-        .client(&id("bystander"))
+        .client(&shop("bystander"))
         .alpn_protocols([b"h2".to_vec()])
         .build()
         .unwrap();
@@ -291,8 +280,8 @@ async fn revoked_http1_keep_alive_and_grpc_channel_close_others_stay() {
     ];
     closed.sort_by(|a, b| a.1.cmp(&b.1));
     assert!(closed.iter().all(|(r, _)| *r == RejectReason::Revoked));
-    assert!(closed[0].1.contains(&id("grpc-victim")), "{closed:?}");
-    assert!(closed[1].1.contains(&id("http-victim")), "{closed:?}");
+    assert!(closed[0].1.contains(&shop("grpc-victim")), "{closed:?}");
+    assert!(closed[1].1.contains(&shop("http-victim")), "{closed:?}");
 
     // The HTTP/1.1 connection has ended; a request on it fails.
     let ended = tokio::time::timeout(Duration::from_secs(10), http_conn)
@@ -312,23 +301,24 @@ async fn revoked_http1_keep_alive_and_grpc_channel_close_others_stay() {
 async fn removal_from_the_allow_list_closes_the_connection() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&id("a")))
-        .allow(Allow::spiffe_id(&id("b")))
+        .server_allow(Allow::spiffe_id(&shop("a")))
+        .allow(Allow::spiffe_id(&shop("b")))
         .live_connection_grace(GRACE)
         .build()
         .unwrap();
     let mut events = server.subscribe();
     let (addr, _ended) = echo_server(&server).await;
-    let mut a = Line::open(&pki.client(&id("a")).build().unwrap(), addr).await;
-    let mut b = Line::open(&pki.client(&id("b")).build().unwrap(), addr).await;
+    let mut a = Line::open(&pki.client(&shop("a")).build().unwrap(), addr).await;
+    let mut b = Line::open(&pki.client(&shop("b")).build().unwrap(), addr).await;
     a.ping().await.unwrap();
     b.ping().await.unwrap();
 
-    server.set_allow_list([Allow::spiffe_id(&id("b"))]).unwrap();
+    server
+        .set_allow_list([Allow::spiffe_id(&shop("b"))])
+        .unwrap();
     let (reason, detail) = next_closed(&mut events).await;
     assert_eq!(reason, RejectReason::NotAllowed);
-    assert!(detail.contains(&id("a")), "{detail}");
+    assert!(detail.contains(&shop("a")), "{detail}");
     assert!(a.ping().await.is_err());
     b.ping().await.unwrap();
     assert_eq!(server.stats().closed_for(RejectReason::NotAllowed), 1);
@@ -354,10 +344,10 @@ async fn a_ca_dropped_from_the_bundle_closes_its_clients_connections() {
     let mut events = server.subscribe();
     let (addr, _ended) = echo_server(&server).await;
 
-    let from_old = pki.client(&id("old-ca")).build().unwrap();
+    let from_old = pki.client(&shop("old-ca")).build().unwrap();
     let new_cert = other_ca
         .leaf()
-        .spiffe(&id("new-ca"))
+        .spiffe(&shop("new-ca"))
         .client()
         .issue()
         .unwrap();
@@ -371,7 +361,7 @@ async fn a_ca_dropped_from_the_bundle_closes_its_clients_connections() {
     replace(&roots, other_ca.cert_pem());
     let (reason, detail) = next_closed(&mut events).await;
     assert_eq!(reason, RejectReason::UnknownIssuer);
-    assert!(detail.contains(&id("old-ca")), "{detail}");
+    assert!(detail.contains(&shop("old-ca")), "{detail}");
     assert!(old_line.ping().await.is_err());
     new_line.ping().await.unwrap();
 }
@@ -379,17 +369,14 @@ async fn a_ca_dropped_from_the_bundle_closes_its_clients_connections() {
 #[tokio::test]
 async fn with_keep_live_connections_nothing_closes() {
     let pki = Pki::new();
-    let crl = pki.write(
-        "ca.crl",
-        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
-    );
+    let crl = pki.write_crl(&[]);
     let server = revoking_server(&pki, &crl)
         .keep_live_connections()
         .watch()
         .unwrap();
     let mut events = server.subscribe();
     let (addr, _ended) = echo_server(&server).await;
-    let cert = pki.client_cert(&id("victim"));
+    let cert = pki.client_cert(&shop("victim"));
     let client = pki.client_with(&cert).build().unwrap();
     let mut line = Line::open(&client, addr).await;
     line.ping().await.unwrap();
@@ -426,12 +413,9 @@ async fn a_client_closes_its_connection_to_a_revoked_server_with_the_reason() {
         .build()
         .unwrap();
     let (addr, _ended) = echo_server(&server).await;
-    let crl = pki.write(
-        "ca.crl",
-        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
-    );
+    let crl = pki.write_crl(&[]);
     let client = pki
-        .client(&id("caller"))
+        .client(&shop("caller"))
         .crl_file(&crl)
         .debounce(DEBOUNCE)
         .live_connection_grace(Duration::ZERO)
@@ -464,7 +448,7 @@ async fn closing_at_the_peers_expiry_is_opt_in() {
     let short = pki
         .ca
         .leaf()
-        .spiffe(&id("short"))
+        .spiffe(&shop("short"))
         .client()
         .valid_between(now - Duration::from_secs(60), now + Duration::from_secs(2))
         .issue()
@@ -472,15 +456,13 @@ async fn closing_at_the_peers_expiry_is_opt_in() {
     let client = pki.client_with(&short).build().unwrap();
 
     let closing = pki
-        .server()
-        .allow(Allow::spiffe_trust_domain(TD))
+        .server_td()
         .live_connection_grace(Duration::ZERO)
         .close_at_peer_expiry()
         .build()
         .unwrap();
     let keeping = pki
-        .server()
-        .allow(Allow::spiffe_trust_domain(TD))
+        .server_td()
         .live_connection_grace(Duration::ZERO)
         .build()
         .unwrap();
@@ -506,10 +488,7 @@ async fn closing_at_the_peers_expiry_is_opt_in() {
 #[tokio::test]
 async fn expired_peers_on_live_connections_do_not_stop_the_sweeper() {
     let pki = Pki::new();
-    let crl = pki.write(
-        "ca.crl",
-        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
-    );
+    let crl = pki.write_crl(&[]);
     let server = revoking_server(&pki, &crl).watch().unwrap();
     let mut events = server.subscribe();
     let (addr, _ended) = echo_server(&server).await;
@@ -518,7 +497,7 @@ async fn expired_peers_on_live_connections_do_not_stop_the_sweeper() {
         let cert = pki
             .ca
             .leaf()
-            .spiffe(&id(name))
+            .spiffe(&shop(name))
             .client()
             .valid_between(
                 now - Duration::from_secs(60),
@@ -530,7 +509,7 @@ async fn expired_peers_on_live_connections_do_not_stop_the_sweeper() {
     };
     let mut first = Line::open(&short("first", 2), addr).await;
     let mut second = Line::open(&short("second", 3), addr).await;
-    let victim_cert = pki.client_cert(&id("victim"));
+    let victim_cert = pki.client_cert(&shop("victim"));
     let mut victim = Line::open(&pki.client_with(&victim_cert).build().unwrap(), addr).await;
     first.ping().await.unwrap();
     second.ping().await.unwrap();
@@ -549,7 +528,7 @@ async fn expired_peers_on_live_connections_do_not_stop_the_sweeper() {
     );
     let (reason, detail) = next_closed(&mut events).await;
     assert_eq!(reason, RejectReason::Revoked, "{detail}");
-    assert!(detail.contains(&id("victim")), "{detail}");
+    assert!(detail.contains(&shop("victim")), "{detail}");
     assert!(
         victim.ping().await.is_err(),
         "the revoked peer is still connected"
@@ -562,17 +541,14 @@ async fn expired_peers_on_live_connections_do_not_stop_the_sweeper() {
 #[tokio::test]
 async fn the_sweeper_outlives_the_runtime_of_the_first_connection() {
     let pki = Pki::new();
-    let crl = pki.write(
-        "ca.crl",
-        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
-    );
+    let crl = pki.write_crl(&[]);
     let server = revoking_server(&pki, &crl).watch().unwrap();
     let mut events = server.subscribe();
 
     // A start-up self-check on a runtime of its own, which then ends.
     {
         let server = server.clone();
-        let check = pki.client(&id("self-check")).build().unwrap();
+        let check = pki.client(&shop("self-check")).build().unwrap();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -589,7 +565,7 @@ async fn the_sweeper_outlives_the_runtime_of_the_first_connection() {
     }
 
     let (addr, _ended) = echo_server(&server).await;
-    let victim_cert = pki.client_cert(&id("victim"));
+    let victim_cert = pki.client_cert(&shop("victim"));
     let mut victim = Line::open(&pki.client_with(&victim_cert).build().unwrap(), addr).await;
     victim.ping().await.unwrap();
     replace(
@@ -639,15 +615,20 @@ async fn dropping_a_ca_after_a_same_name_rotation_closes_its_clients() {
             .build()
             .unwrap()
     };
-    let mut of_old = Line::open(&client_of(&old.client_cert(&id("old-key"))), addr).await;
-    let new_cert = new.leaf().spiffe(&id("new-key")).client().issue().unwrap();
+    let mut of_old = Line::open(&client_of(&old.client_cert(&shop("old-key"))), addr).await;
+    let new_cert = new
+        .leaf()
+        .spiffe(&shop("new-key"))
+        .client()
+        .issue()
+        .unwrap();
     let mut of_new = Line::open(&client_of(&new_cert), addr).await;
     of_old.ping().await.unwrap();
     of_new.ping().await.unwrap();
 
     replace(&roots, new.cert_pem());
     let (reason, detail) = next_closed(&mut events).await;
-    assert!(detail.contains(&id("old-key")), "{reason}: {detail}");
+    assert!(detail.contains(&shop("old-key")), "{reason}: {detail}");
     assert!(
         of_old.ping().await.is_err(),
         "the old CA's client is still connected"
@@ -657,8 +638,7 @@ async fn dropping_a_ca_after_a_same_name_rotation_closes_its_clients() {
 
 /// A server that closes at the peer's expiry, on a clock the test moves.
 fn expiring_server(pki: &Pki, time: &meshtls::ManualClock) -> ServerTls {
-    pki.server()
-        .allow(Allow::spiffe_trust_domain(TD))
+    pki.server_td()
         .live_connection_grace(Duration::ZERO)
         .close_at_peer_expiry()
         .dangerous()
@@ -677,7 +657,7 @@ fn client_valid_for(
     let cert = pki
         .ca
         .leaf()
-        .spiffe(&id(name))
+        .spiffe(&shop(name))
         .client()
         .valid_between(start - Duration::from_secs(60), start + life)
         .issue()
@@ -715,7 +695,7 @@ async fn a_connection_opened_while_the_sweeper_waits_is_closed_at_its_peers_expi
     time.advance(Duration::from_secs(2 * 3600));
     let (reason, detail) = next_closed(&mut events).await;
     assert_eq!(reason, RejectReason::Expired, "{detail}");
-    assert!(detail.contains(&id("short")), "{detail}");
+    assert!(detail.contains(&shop("short")), "{detail}");
     assert!(
         short.ping().await.is_err(),
         "the expired peer is still connected"
@@ -744,7 +724,7 @@ async fn a_connection_kept_past_its_peers_expiry_closes_when_the_peer_is_revoked
     let cert = pki
         .ca
         .leaf()
-        .spiffe(&id("expiring"))
+        .spiffe(&shop("expiring"))
         .client()
         .valid_between(
             start - Duration::from_secs(60),
@@ -778,15 +758,12 @@ async fn a_connection_kept_under_a_stale_crl_closes_when_the_peer_leaves_the_all
     let pki = Pki::new();
     let start = std::time::SystemTime::now();
     let time = meshtls::ManualClock::new(start);
-    let crl = pki.write(
-        "ca.crl",
-        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
-    );
+    let crl = pki.write_crl(&[]);
     let server = pki
         .server()
         .crl_file(&crl)
-        .allow(Allow::spiffe_id(&id("a")))
-        .allow(Allow::spiffe_id(&id("b")))
+        .allow(Allow::spiffe_id(&shop("a")))
+        .allow(Allow::spiffe_id(&shop("b")))
         .live_connection_grace(Duration::ZERO)
         .dangerous()
         .clock(time.clock())
@@ -794,7 +771,7 @@ async fn a_connection_kept_under_a_stale_crl_closes_when_the_peer_leaves_the_all
         .unwrap();
     let mut events = server.subscribe();
     let (addr, _ended) = echo_server(&server).await;
-    let mut a = Line::open(&pki.client(&id("a")).build().unwrap(), addr).await;
+    let mut a = Line::open(&pki.client(&shop("a")).build().unwrap(), addr).await;
     a.ping().await.unwrap();
 
     // The CRL goes stale: kept (a CRL publisher's outage closes nothing).
@@ -802,7 +779,9 @@ async fn a_connection_kept_under_a_stale_crl_closes_when_the_peer_leaves_the_all
     assert_nothing_closed(&mut events, Duration::from_millis(300)).await;
     a.ping().await.unwrap();
 
-    server.set_allow_list([Allow::spiffe_id(&id("b"))]).unwrap();
+    server
+        .set_allow_list([Allow::spiffe_id(&shop("b"))])
+        .unwrap();
     let (reason, detail) = next_closed(&mut events).await;
     assert_eq!(reason, RejectReason::NotAllowed, "{detail}");
     assert!(

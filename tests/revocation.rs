@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{Pki, TD, Wire, bare_client, call, serve};
+use common::{Pki, TD, Wire, bare_client, call, serve, shop};
 use meshtls::dev::DevCa;
 use meshtls::error::MaterialError;
 use meshtls::rustls;
@@ -14,17 +14,13 @@ use meshtls::{Allow, Error, ManualClock, RejectReason};
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
 
-fn caller() -> String {
-    format!("spiffe://{TD}/ns/shop/sa/web")
-}
-
 /// Issue 19, defect 8: two CRLs of one CA with the same CRL number and
 /// thisUpdate but different contents. Which is "newest" cannot be told, and
 /// taking the first listed hid the second's revocation: refuse the set.
 #[test]
 fn two_crls_of_one_ca_that_tie_but_differ_are_refused() {
     let pki = Pki::new();
-    let revoked = pki.client_cert(&caller());
+    let revoked = pki.client_cert(&shop("web"));
     let this_update = SystemTime::now() - Duration::from_secs(60);
     // Two handles on one CA key that each count their own CRL numbers: a
     // CA that reissued without moving its number on.
@@ -65,7 +61,7 @@ fn two_crls_of_one_ca_that_tie_but_differ_are_refused() {
 #[tokio::test]
 async fn dev_ca_crls_issued_back_to_back_are_ordered() {
     let pki = Pki::new();
-    let revoked = pki.client_cert(&caller());
+    let revoked = pki.client_cert(&shop("web"));
     let mut pem = String::new();
     for _ in 0..5 {
         pem.push_str(&pki.ca.crl(&[], HOUR).unwrap());
@@ -112,8 +108,7 @@ fn control_the_same_crl_bytes_twice_load() {
     let (a, _) = same_crl_signed_twice(&pki);
     let first = pki.write("first.crl", &a);
     let second = pki.write("second.crl", &a);
-    pki.server()
-        .allow(Allow::spiffe_trust_domain(TD))
+    pki.server_td()
         .crl_file(first)
         .crl_file(second)
         .build()
@@ -126,12 +121,7 @@ fn the_same_crl_signed_twice_loads() {
     let (a, b) = same_crl_signed_twice(&pki);
     let first = pki.write("first.crl", &a);
     let second = pki.write("second.crl", &b);
-    let built = pki
-        .server()
-        .allow(Allow::spiffe_trust_domain(TD))
-        .crl_file(first)
-        .crl_file(second)
-        .build();
+    let built = pki.server_td().crl_file(first).crl_file(second).build();
     if let Err(e) = built {
         panic!(
             "two CRLs with the same issuer key, number, dates and (no) entries, differing only in \
@@ -168,8 +158,7 @@ fn handshake_two_hours_after(short_first: bool) -> Result<(), String> {
     let crl = pki.write("ca.crl", crls);
     let time = ManualClock::new(now);
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&caller()))
+        .server_allow(Allow::spiffe_id(&shop("web")))
         .crl_file(&crl)
         .dangerous()
         .clock(time.clock())
@@ -178,7 +167,7 @@ fn handshake_two_hours_after(short_first: bool) -> Result<(), String> {
     let cert = pki
         .ca
         .leaf()
-        .spiffe(&caller())
+        .spiffe(&shop("web"))
         .client()
         .valid_for(2 * DAY)
         .issue()

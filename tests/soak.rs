@@ -14,15 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Pki, TD, replace};
+use common::{Pki, TD, replace, svid};
 use meshtls::dev::{DevCa, DevCert};
 use meshtls::{Allow, ClientTls, ServerTls};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-
-fn id(name: &str) -> String {
-    format!("spiffe://{TD}/ns/{name}/sa/client")
-}
 
 fn fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
@@ -95,10 +91,7 @@ async fn rotations_under_traffic_lose_nothing_and_admit_no_one_refused() {
         "roots.crt",
         format!("{}{}", pki.ca.cert_pem(), second.cert_pem()),
     );
-    let crl = pki.write(
-        "ca.crl",
-        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
-    );
+    let crl = pki.write_crl(&[]);
     let everyone = vec![Allow::spiffe_trust_domain(TD)];
     let without_marked = vec![
         Allow::spiffe_pattern(&format!("spiffe://{TD}/ns/valid/**")),
@@ -140,7 +133,7 @@ async fn rotations_under_traffic_lose_nothing_and_admit_no_one_refused() {
         .collect();
     // The marked client (revoked and un-revoked, removed and restored), with
     // resumption on: resumed handshakes must be refused too.
-    let marked_cert: DevCert = pki.client_cert(&id("marked"));
+    let marked_cert: DevCert = pki.client_cert(&svid("marked", "client"));
     let marked = pki.client_with(&marked_cert).build().unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use common::{Open, Pki, TD, bare_presenting, chain_of, closed_within, echo_incoming};
+use common::{Open, Pki, bare_presenting, chain_of, closed_within, echo_incoming, shop};
 use meshtls::{Allow, RejectReason};
 use metrics::{Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
 
@@ -91,10 +91,6 @@ async fn install() -> tokio::sync::MutexGuard<'static, ()> {
     guard
 }
 
-fn id(name: &str) -> String {
-    format!("spiffe://{TD}/ns/shop/sa/{name}")
-}
-
 /// Peer `a` (valid an hour) is connected and tracked, so the sweeper runs
 /// and sleeps toward a's expiry. Peer `x` (valid two days) connects; its
 /// admission is held after the acceptor read the epoch and before it
@@ -103,9 +99,8 @@ fn id(name: &str) -> String {
 async fn removed_while_being_tracked(during_hold: bool) -> (Option<(RejectReason, String)>, bool) {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&id("a")))
-        .allow(Allow::spiffe_id(&id("x")))
+        .server_allow(Allow::spiffe_id(&shop("a")))
+        .allow(Allow::spiffe_id(&shop("x")))
         .live_connection_grace(Duration::ZERO)
         .build()
         .unwrap();
@@ -115,7 +110,7 @@ async fn removed_while_being_tracked(during_hold: bool) -> (Option<(RejectReason
     let a_cert = pki
         .ca
         .leaf()
-        .spiffe(&id("a"))
+        .spiffe(&shop("a"))
         .client()
         .valid_for(Duration::from_secs(3600))
         .issue()
@@ -132,7 +127,7 @@ async fn removed_while_being_tracked(during_hold: bool) -> (Option<(RejectReason
     let x_cert = pki
         .ca
         .leaf()
-        .spiffe(&id("x"))
+        .spiffe(&shop("x"))
         .client()
         .valid_for(Duration::from_secs(2 * 86_400))
         .issue()
@@ -150,7 +145,11 @@ async fn removed_while_being_tracked(during_hold: bool) -> (Option<(RejectReason
         ENTERED.load(Ordering::SeqCst),
         "x's admission never reached the hook"
     );
-    let remove = || server.set_allow_list([Allow::spiffe_id(&id("a"))]).unwrap();
+    let remove = || {
+        server
+            .set_allow_list([Allow::spiffe_id(&shop("a"))])
+            .unwrap()
+    };
     if during_hold {
         remove();
         // The sweep for the new policy runs (it sees only a) and ends.

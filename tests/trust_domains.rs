@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Pki, Seen, call, replace, serve};
+use common::{Pki, Seen, ServerBuilderExt, call, replace, serve};
 use meshtls::dev::DevCa;
 use meshtls::error::ConfigError;
 use meshtls::{Allow, ClientTls, Error, RejectReason, ServerTls, VouchedBy};
@@ -273,8 +273,7 @@ async fn a_trust_domain_bundle_does_not_vouch_for_a_dialled_name() {
     let server = ServerTls::builder()
         .identity_files(cert, key)
         .client_roots_file(f.pki.ca_file())
-        .dangerous()
-        .allow_any_authenticated()
+        .any_authenticated()
         .build()
         .unwrap();
     let running = serve(&server).await;
@@ -313,8 +312,7 @@ async fn a_trust_domain_bundle_does_not_vouch_for_a_dialled_name() {
     let honest_server = ServerTls::builder()
         .identity_files(cert, key)
         .client_roots_file(f.pki.ca_file())
-        .dangerous()
-        .allow_any_authenticated()
+        .any_authenticated()
         .build()
         .unwrap();
     let running = serve(&honest_server).await;

@@ -8,12 +8,51 @@ use std::time::Duration;
 
 use meshtls::dev::{DevCa, DevCert};
 use meshtls::rustls;
-use meshtls::{ClientTls, HandshakeError, PeerIdentity, RejectReason, ServerTls};
+use meshtls::{Allow, ClientTls, HandshakeError, PeerIdentity, RejectReason, ServerTls};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 pub const TD: &str = "prod.example";
+
+/// The SPIFFE ID `spiffe://<td>/ns/<ns>/sa/<sa>`.
+pub fn spiffe_in(td: &str, ns: &str, sa: &str) -> String {
+    format!("spiffe://{td}/ns/{ns}/sa/{sa}")
+}
+
+/// The SPIFFE ID of service account `sa` in namespace `ns` of [`TD`].
+pub fn svid(ns: &str, sa: &str) -> String {
+    spiffe_in(TD, ns, sa)
+}
+
+/// A workload of the `shop` namespace: `spiffe://<TD>/ns/shop/sa/<name>`.
+pub fn shop(name: &str) -> String {
+    svid("shop", name)
+}
+
+/// The caller the handshake and reload tests admit:
+/// `spiffe://<TD>/ns/billing/sa/web`.
+pub fn billing_web() -> String {
+    svid("billing", "web")
+}
+
+/// The SPIFFE ID of [`Pki::server_cert`]: `spiffe://<TD>/ns/billing/sa/api`.
+pub fn server_id() -> String {
+    svid("billing", "api")
+}
+
+/// Shortcuts on any server builder.
+pub trait ServerBuilderExt {
+    /// `.dangerous().allow_any_authenticated()`: admits every peer whose
+    /// chain reaches the client roots, with no identity check.
+    fn any_authenticated(self) -> Self;
+}
+
+impl<State> ServerBuilderExt for meshtls::ServerTlsBuilder<State> {
+    fn any_authenticated(self) -> Self {
+        self.dangerous().allow_any_authenticated()
+    }
+}
 
 /// A CA, a temp directory, and shortcuts for the certificates tests need.
 pub struct Pki {
@@ -56,7 +95,7 @@ impl Pki {
     pub fn server_cert(&self) -> DevCert {
         self.ca
             .leaf()
-            .spiffe(&format!("spiffe://{TD}/ns/billing/sa/api"))
+            .spiffe(&server_id())
             .dns("localhost")
             .server()
             .issue()
@@ -66,6 +105,14 @@ impl Pki {
     /// A client certificate with the given SPIFFE ID.
     pub fn client_cert(&self, spiffe: &str) -> DevCert {
         self.ca.leaf().spiffe(spiffe).client().issue().unwrap()
+    }
+
+    /// Writes `ca.crl`, this CA's CRL listing `revoked`, valid for an hour.
+    pub fn write_crl(&self, revoked: &[&DevCert]) -> PathBuf {
+        self.write(
+            "ca.crl",
+            self.ca.crl(revoked, Duration::from_secs(3600)).unwrap(),
+        )
     }
 
     /// Writes `cert` as `<name>.crt` / `<name>.key`.
@@ -82,6 +129,21 @@ impl Pki {
         ServerTls::builder()
             .identity_files(cert, key)
             .client_roots_file(self.ca_file())
+    }
+
+    /// [`Pki::server`] admitting any authenticated peer (`dangerous()`).
+    pub fn server_any(&self) -> meshtls::ServerTlsBuilder<meshtls::Ready> {
+        self.server().any_authenticated()
+    }
+
+    /// [`Pki::server`] admitting the peers `rule` allows.
+    pub fn server_allow(&self, rule: Allow) -> meshtls::ServerTlsBuilder<meshtls::Ready> {
+        self.server().allow(rule)
+    }
+
+    /// [`Pki::server`] admitting every workload of the trust domain [`TD`].
+    pub fn server_td(&self) -> meshtls::ServerTlsBuilder<meshtls::Ready> {
+        self.server_allow(Allow::spiffe_trust_domain(TD))
     }
 
     /// A client builder presenting `cert` and trusting this CA.
@@ -112,6 +174,11 @@ impl Running {
             .await
             .expect("no accept result within 10 s")
             .expect("server loop ended")
+    }
+
+    /// `client` calls this server as `localhost`: what it saw.
+    pub async fn call(&self, client: &ClientTls) -> Seen {
+        call(client, self.addr, "localhost").await
     }
 
     /// The server's side of an admitted handshake: who it admitted.
@@ -155,6 +222,20 @@ impl Running {
             Seen::Reply(..) => panic!("admitted, expected {alert}: {seen:?}"),
         };
         assert!(text.contains(alert), "expected {alert}: {seen:?}");
+        self.expect_refused(reason).await
+    }
+
+    /// `client` calls (as `localhost`), its handshake completes on its side,
+    /// then the server's alert `alert` arrives (nothing else will do); the
+    /// server reports `reason`.
+    pub async fn assert_refused_late(
+        &mut self,
+        client: &ClientTls,
+        alert: &str,
+        reason: RejectReason,
+    ) -> HandshakeError {
+        let seen = self.call(client).await;
+        assert!(seen.refused().contains(alert), "{seen:?}");
         self.expect_refused(reason).await
     }
 }
