@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Pki, TD, bare_client_pem, call, call_bare, identity_of, serve};
+use common::{Pki, TD, bare_client_pem, call_bare, identity_of, serve};
 use meshtls::error::RuleError;
 use meshtls::rustls;
 use meshtls::{Allow, Policy, RejectReason};
@@ -66,14 +66,7 @@ fn rules_are_typed() {
     );
     assert!(policy(&["dns:billing.internal"]).check(&cn_only).is_err());
     // ...nor at a URI SAN whose host is that name.
-    let uri = identity_of(
-        &pki.ca
-            .leaf()
-            .spiffe("spiffe://billing.internal/x")
-            .client()
-            .issue()
-            .unwrap(),
-    );
+    let uri = identity_of(&pki.client_cert("spiffe://billing.internal/x"));
     assert!(policy(&["dns:billing.internal"]).check(&uri).is_err());
     // A SPIFFE rule does not look at DNS SANs.
     let dns = identity_of(&pki.ca.leaf().dns("prod.example").client().issue().unwrap());
@@ -175,12 +168,9 @@ async fn cn_rules_are_off_by_default() {
         .unwrap();
     let mut running = serve(&server).await;
     let legacy = pki.ca.leaf().cn("legacy-batch").client().issue().unwrap();
-    let seen = call(
-        &pki.client_with(&legacy).build().unwrap(),
-        running.addr,
-        "localhost",
-    )
-    .await;
+    let seen = running
+        .call(&pki.client_with(&legacy).build().unwrap())
+        .await;
     assert!(seen.reply().starts_with("hello legacy-batch"), "{seen:?}");
     assert_eq!(
         running.expect_admitted().await.common_name(),
@@ -225,12 +215,7 @@ async fn certificate_with_two_uri_sans_is_not_an_svid() {
         .client()
         .issue()
         .unwrap();
-    let seen = call(
-        &pki.client_with(&two).build().unwrap(),
-        running.addr,
-        "localhost",
-    )
-    .await;
+    let seen = running.call(&pki.client_with(&two).build().unwrap()).await;
     assert!(seen.refused().contains("AccessDenied"), "{seen:?}");
     let err = running
         .expect_refused(RejectReason::NotAWorkloadCertificate)
@@ -268,7 +253,8 @@ async fn allow_list_replaced_at_runtime() {
 
     running.assert_admitted(&client_a).await;
     assert!(
-        call(&client_b, running.addr, "localhost")
+        running
+            .call(&client_b)
             .await
             .refused()
             .contains("AccessDenied")
@@ -351,12 +337,7 @@ async fn a_bare_trust_domain_client_is_refused_over_the_wire() {
         .client()
         .issue()
         .unwrap();
-    let seen = call(
-        &pki.client_with(&leaf).build().unwrap(),
-        running.addr,
-        "localhost",
-    )
-    .await;
+    let seen = running.call(&pki.client_with(&leaf).build().unwrap()).await;
     assert!(seen.refused().contains("AccessDenied"), "{seen:?}");
     let err = running
         .expect_refused(RejectReason::NotAWorkloadCertificate)

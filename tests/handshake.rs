@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{Pki, Seen, TD, bare_client, billing_web, call, call_bare, serve};
+use common::{Pki, Seen, TD, bare_client, billing_web, call, call_bare, client_of, serve};
 use meshtls::dev::DevCa;
 use meshtls::rustls;
 use meshtls::{Allow, Event, RejectReason};
@@ -20,7 +20,7 @@ async fn allowed_client_is_accepted_and_told_who_it_is() {
     let mut running = serve(&server).await;
     let client = pki.client(&billing_web()).build().unwrap();
 
-    let seen = call(&client, running.addr, "localhost").await;
+    let seen = running.call(&client).await;
     assert!(
         seen.reply()
             .starts_with(&format!("hello {}", billing_web())),
@@ -68,12 +68,7 @@ async fn client_from_another_ca_is_refused() {
     let mut running = serve(&server).await;
 
     let other_ca = DevCa::new("someone else").unwrap();
-    let stranger = other_ca
-        .leaf()
-        .spiffe(&billing_web())
-        .client()
-        .issue()
-        .unwrap();
+    let stranger = client_of(&other_ca, &billing_web());
     let client = pki.client_with(&stranger).build().unwrap();
     running
         .assert_refused(&client, "UnknownCA", RejectReason::UnknownIssuer)
@@ -133,17 +128,11 @@ async fn expired_client_certificate_is_refused() {
     let mut running = serve(&server).await;
 
     let now = SystemTime::now();
-    let expired = pki
-        .ca
-        .leaf()
-        .spiffe(&billing_web())
-        .client()
-        .valid_between(
-            now - Duration::from_secs(7200),
-            now - Duration::from_secs(3600),
-        )
-        .issue()
-        .unwrap();
+    let expired = pki.client_cert_between(
+        &billing_web(),
+        now - Duration::from_secs(7200),
+        now - Duration::from_secs(3600),
+    );
     // The client refuses to load an expired certificate of its own, so present
     // it with a bare rustls client.
     let config = bare_client(
@@ -164,22 +153,14 @@ async fn revoked_client_is_refused() {
     let server = pki.server_any().crl_file(crl).build().unwrap();
     let mut running = serve(&server).await;
 
-    let seen = call(
-        &pki.client_with(&revoked).build().unwrap(),
-        running.addr,
-        "localhost",
-    )
-    .await;
-    assert!(seen.refused().contains("CertificateRevoked"), "{seen:?}");
-    running.expect_refused(RejectReason::Revoked).await;
+    running
+        .assert_revoked(&pki.client_with(&revoked).build().unwrap())
+        .await;
 
     // Someone else from the same CA still gets in.
-    let fine = call(
-        &pki.client(&billing_web()).build().unwrap(),
-        running.addr,
-        "localhost",
-    )
-    .await;
+    let fine = running
+        .call(&pki.client(&billing_web()).build().unwrap())
+        .await;
     assert!(fine.reply().starts_with("hello"), "{fine:?}");
 }
 
@@ -207,7 +188,7 @@ async fn client_verifies_server_by_spiffe_id() {
         .build()
         .unwrap();
     let mut events = wrong_id.subscribe();
-    let err = call(&wrong_id, running.addr, "localhost").await;
+    let err = running.call(&wrong_id).await;
     assert_eq!(
         err.handshake().reason(),
         RejectReason::NotAllowed,
@@ -221,7 +202,7 @@ async fn client_verifies_server_by_spiffe_id() {
         .expect_server(Allow::spiffe_trust_domain("staging.example"))
         .build()
         .unwrap();
-    let err = call(&wrong_domain, running.addr, "localhost").await;
+    let err = running.call(&wrong_domain).await;
     assert_eq!(
         err.handshake().reason(),
         RejectReason::NotAllowed,
@@ -236,12 +217,7 @@ async fn client_without_expectations_checks_the_dialled_name() {
     let running = serve(&server).await;
     let client = pki.client(&billing_web()).build().unwrap();
 
-    assert!(
-        call(&client, running.addr, "localhost")
-            .await
-            .reply()
-            .starts_with("hello")
-    );
+    assert!(running.call(&client).await.reply().starts_with("hello"));
     let err = call(&client, running.addr, "not-localhost.example").await;
     assert_eq!(
         err.handshake().reason(),
@@ -262,7 +238,7 @@ async fn client_refuses_server_from_unknown_ca() {
     let mut running = serve(&server).await;
 
     let client = pki.client(&billing_web()).build().unwrap();
-    let seen = call(&client, running.addr, "localhost").await;
+    let seen = running.call(&client).await;
     assert_eq!(
         seen.handshake().reason(),
         RejectReason::UnknownIssuer,
@@ -280,7 +256,7 @@ async fn same_named_ca_with_another_key_is_refused() {
     let server = impostor.server_any().build().unwrap();
     let running = serve(&server).await;
     let client = pki.client(&billing_web()).build().unwrap();
-    let seen = call(&client, running.addr, "localhost").await;
+    let seen = running.call(&client).await;
     assert_eq!(
         seen.handshake().reason(),
         RejectReason::BadCertificate,

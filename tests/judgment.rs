@@ -11,7 +11,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use common::{Pki, TD, Wire, bare_client, call, records, replace, serve, server_id, shop};
+use common::{Pki, TD, Wire, bare_client, records, replace, serve, server_id, shop};
 use meshtls::rustls;
 use meshtls::{Allow, Event, ManualClock, RejectReason, ReloadOutcome};
 
@@ -207,14 +207,11 @@ fn a_stale_crl_is_enforced_on_resumption() {
 fn an_expired_client_does_not_resume_on_the_bare_config() {
     let pki = Pki::new();
     let now = SystemTime::now();
-    let short = pki
-        .ca
-        .leaf()
-        .spiffe(&shop("web"))
-        .client()
-        .valid_between(now - Duration::from_secs(60), now + Duration::from_secs(2))
-        .issue()
-        .unwrap();
+    let short = pki.client_cert_between(
+        &shop("web"),
+        now - Duration::from_secs(60),
+        now + Duration::from_secs(2),
+    );
     let time = ManualClock::new(now);
     let server = pki
         .server_allow(Allow::spiffe_id(&shop("web")))
@@ -306,21 +303,11 @@ async fn an_older_crl_listed_first_does_not_hide_a_newer_revocation() {
         )
         .unwrap();
     let crl = pki.write("ca.crl", format!("{older}{newer}"));
-    let server = pki
-        .server()
-        .crl_file(&crl)
-        .allow(Allow::spiffe_trust_domain(TD))
-        .build()
-        .unwrap();
+    let server = pki.server_td().crl_file(&crl).build().unwrap();
     let mut running = serve(&server).await;
-    let seen = call(
-        &pki.client_with(&revoked).build().unwrap(),
-        running.addr,
-        "localhost",
-    )
-    .await;
-    assert!(seen.refused().contains("CertificateRevoked"), "{seen:?}");
-    running.expect_refused(RejectReason::Revoked).await;
+    running
+        .assert_revoked(&pki.client_with(&revoked).build().unwrap())
+        .await;
 }
 
 /// A CA key rotation under the same subject name, both CAs trusted, each
@@ -361,7 +348,7 @@ async fn same_named_ca_rotation_works_with_crls() {
     };
     for pki in [&old, &new] {
         let client = client_of(pki, &pki.client_cert(&shop("web")));
-        let seen = call(&client, running.addr, "localhost").await;
+        let seen = running.call(&client).await;
         let result = running.next().await;
         assert!(result.is_ok(), "a client of a trusted CA: {result:?}");
         assert!(seen.reply().starts_with("hello"), "{seen:?}");
@@ -396,7 +383,7 @@ async fn unverified_names_are_bounded_and_escaped_in_events() {
         .server_roots(meshtls::Source::pem("ca", pki.ca.cert_pem()))
         .build()
         .unwrap();
-    let _ = call(&client, running.addr, "localhost").await;
+    let _ = running.call(&client).await;
     let err = running.expect_refused(RejectReason::UnknownIssuer).await;
     let detail = loop {
         match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
@@ -432,13 +419,7 @@ fn a_refusal_left_behind_is_not_attributed_to_another_handshake() {
         //    not verify (a CA with the same name and another key); nobody
         //    collects the refusal's specifics.
         let impostor = Pki::named("meshtls test root");
-        let forged = impostor
-            .ca
-            .leaf()
-            .spiffe(&format!("spiffe://{TD}/ns/impostor/sa/x"))
-            .client()
-            .issue()
-            .unwrap();
+        let forged = impostor.client_cert(&format!("spiffe://{TD}/ns/impostor/sa/x"));
         let err = Wire::new(server.config(), bare(&pki, &forged))
             .complete()
             .unwrap_err();
@@ -602,14 +583,7 @@ fn after_step_back(resume: bool) -> (Result<(), String>, bool) {
         .clock(time.clock())
         .build()
         .unwrap();
-    let cert = pki
-        .ca
-        .leaf()
-        .spiffe(&shop("web"))
-        .client()
-        .valid_between(now - Duration::from_secs(60), now + DAY)
-        .issue()
-        .unwrap();
+    let cert = pki.client_cert_between(&shop("web"), now - Duration::from_secs(60), now + DAY);
     let client = bare_client(pki.ca.cert_pem(), Some(&cert), &[&rustls::version::TLS13]);
     Wire::new(server.config(), client.clone())
         .complete()

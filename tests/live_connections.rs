@@ -10,7 +10,7 @@ mod greeter;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Pki, TD, replace, shop};
+use common::{Pki, TD, client_of, replace, shop};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -345,12 +345,7 @@ async fn a_ca_dropped_from_the_bundle_closes_its_clients_connections() {
     let (addr, _ended) = echo_server(&server).await;
 
     let from_old = pki.client(&shop("old-ca")).build().unwrap();
-    let new_cert = other_ca
-        .leaf()
-        .spiffe(&shop("new-ca"))
-        .client()
-        .issue()
-        .unwrap();
+    let new_cert = client_of(&other_ca, &shop("new-ca"));
     let from_new = pki.client_with(&new_cert).build().unwrap();
     let mut old_line = Line::open(&from_old, addr).await;
     let mut new_line = Line::open(&from_new, addr).await;
@@ -445,14 +440,11 @@ async fn a_client_closes_its_connection_to_a_revoked_server_with_the_reason() {
 async fn closing_at_the_peers_expiry_is_opt_in() {
     let pki = Pki::new();
     let now = std::time::SystemTime::now();
-    let short = pki
-        .ca
-        .leaf()
-        .spiffe(&shop("short"))
-        .client()
-        .valid_between(now - Duration::from_secs(60), now + Duration::from_secs(2))
-        .issue()
-        .unwrap();
+    let short = pki.client_cert_between(
+        &shop("short"),
+        now - Duration::from_secs(60),
+        now + Duration::from_secs(2),
+    );
     let client = pki.client_with(&short).build().unwrap();
 
     let closing = pki
@@ -494,17 +486,11 @@ async fn expired_peers_on_live_connections_do_not_stop_the_sweeper() {
     let (addr, _ended) = echo_server(&server).await;
     let now = std::time::SystemTime::now();
     let short = |name: &str, secs: u64| {
-        let cert = pki
-            .ca
-            .leaf()
-            .spiffe(&shop(name))
-            .client()
-            .valid_between(
-                now - Duration::from_secs(60),
-                now + Duration::from_secs(secs),
-            )
-            .issue()
-            .unwrap();
+        let cert = pki.client_cert_between(
+            &shop(name),
+            now - Duration::from_secs(60),
+            now + Duration::from_secs(secs),
+        );
         pki.client_with(&cert).build().unwrap()
     };
     let mut first = Line::open(&short("first", 2), addr).await;
@@ -607,7 +593,7 @@ async fn dropping_a_ca_after_a_same_name_rotation_closes_its_clients() {
         .unwrap();
     let mut events = server.subscribe();
     let (addr, _ended) = echo_server(&server).await;
-    let client_of = |cert: &meshtls::dev::DevCert| {
+    let client_for = |cert: &meshtls::dev::DevCert| {
         let (c, k) = old.write_cert(&cert.serial().replace(':', ""), cert);
         ClientTls::builder()
             .identity_files(c, k)
@@ -615,14 +601,9 @@ async fn dropping_a_ca_after_a_same_name_rotation_closes_its_clients() {
             .build()
             .unwrap()
     };
-    let mut of_old = Line::open(&client_of(&old.client_cert(&shop("old-key"))), addr).await;
-    let new_cert = new
-        .leaf()
-        .spiffe(&shop("new-key"))
-        .client()
-        .issue()
-        .unwrap();
-    let mut of_new = Line::open(&client_of(&new_cert), addr).await;
+    let mut of_old = Line::open(&client_for(&old.client_cert(&shop("old-key"))), addr).await;
+    let new_cert = client_of(&new, &shop("new-key"));
+    let mut of_new = Line::open(&client_for(&new_cert), addr).await;
     of_old.ping().await.unwrap();
     of_new.ping().await.unwrap();
 
@@ -654,14 +635,7 @@ fn client_valid_for(
     start: std::time::SystemTime,
     life: Duration,
 ) -> ClientTls {
-    let cert = pki
-        .ca
-        .leaf()
-        .spiffe(&shop(name))
-        .client()
-        .valid_between(start - Duration::from_secs(60), start + life)
-        .issue()
-        .unwrap();
+    let cert = pki.client_cert_between(&shop(name), start - Duration::from_secs(60), start + life);
     pki.client_with(&cert).build().unwrap()
 }
 
@@ -721,17 +695,11 @@ async fn a_connection_kept_past_its_peers_expiry_closes_when_the_peer_is_revoked
         .unwrap();
     let mut events = server.subscribe();
     let (addr, _ended) = echo_server(&server).await;
-    let cert = pki
-        .ca
-        .leaf()
-        .spiffe(&shop("expiring"))
-        .client()
-        .valid_between(
-            start - Duration::from_secs(60),
-            start + Duration::from_secs(3600),
-        )
-        .issue()
-        .unwrap();
+    let cert = pki.client_cert_between(
+        &shop("expiring"),
+        start - Duration::from_secs(60),
+        start + Duration::from_secs(3600),
+    );
     let mut line = Line::open(&pki.client_with(&cert).build().unwrap(), addr).await;
     line.ping().await.unwrap();
 

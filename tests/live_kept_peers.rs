@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{
-    Open, Pki, TD, bare_presenting, chain_of, closed_within, der_of, echo_incoming,
+    Open, Pki, TD, bare_presenting, chain_of, client_between, closed_within, der_of, echo_incoming,
     expired_unrelated_ca, shop,
 };
 use meshtls::dev::DevCa;
@@ -55,17 +55,11 @@ async fn expired_then_revoked(
         .unwrap();
     let mut events = server.subscribe();
     let (addr, _echo) = echo_incoming(&server).await;
-    let cert = pki
-        .ca
-        .leaf()
-        .spiffe(&shop("expiring"))
-        .client()
-        .valid_between(
-            start - Duration::from_secs(60),
-            start + Duration::from_secs(3600),
-        )
-        .issue()
-        .unwrap();
+    let cert = pki.client_cert_between(
+        &shop("expiring"),
+        start - Duration::from_secs(60),
+        start + Duration::from_secs(3600),
+    );
     let mut chain = vec![CertificateDer::from(cert.der().to_vec())];
     chain.extend(extra);
     let mut line = Open::connect(
@@ -202,17 +196,11 @@ async fn removed_after(step_back: Option<Duration>) -> (Option<(RejectReason, St
         .unwrap();
     let mut events = server.subscribe();
     let (addr, _echo) = echo_incoming(&server).await;
-    let cert = pki
-        .ca
-        .leaf()
-        .spiffe(&shop("a"))
-        .client()
-        .valid_between(
-            start - Duration::from_secs(60),
-            start + Duration::from_secs(86_400),
-        )
-        .issue()
-        .unwrap();
+    let cert = pki.client_cert_between(
+        &shop("a"),
+        start - Duration::from_secs(60),
+        start + Duration::from_secs(86_400),
+    );
     let chain = vec![CertificateDer::from(cert.der().to_vec())];
     let mut a = Open::connect(
         bare_presenting(pki.ca.cert_pem(), chain, cert.key_pem()),
@@ -316,13 +304,12 @@ async fn short_peer_after_policy_change(
     let mut events = server.subscribe();
     let acceptor = server.acceptor();
     let peer = |name: String, life: Duration| {
-        let cert = inter
-            .leaf()
-            .spiffe(&shop(&name))
-            .client()
-            .valid_between(start - Duration::from_secs(60), start + life)
-            .issue()
-            .unwrap();
+        let cert = client_between(
+            &inter,
+            &shop(&name),
+            start - Duration::from_secs(60),
+            start + life,
+        );
         bare_presenting(
             pki.ca.cert_pem(),
             vec![CertificateDer::from(cert.der().to_vec()), inter_der.clone()],
@@ -532,13 +519,7 @@ async fn revoke_intermediate(with_expired_sibling: bool) -> Outcome {
     );
     let inter = DevCa::from_pem(&i1, &inter_key.serialize_pem()).unwrap();
     // The peer's leaf: issued a month ago, while I2 was still valid.
-    let leaf = inter
-        .leaf()
-        .spiffe(&shop("peer"))
-        .client()
-        .valid_between(now - 30 * DAY, now + 30 * DAY)
-        .issue()
-        .unwrap();
+    let leaf = client_between(&inter, &shop("peer"), now - 30 * DAY, now + 30 * DAY);
 
     // The server: its own certificate from the root; its chain file also
     // carries I1, so that the intermediate's CRL is matched to its key.
@@ -671,13 +652,7 @@ async fn expired_leaf_with_renewed_intermediate(new_first: bool) -> Option<(Reje
         t0 + 365 * DAY,
     );
     let inter = DevCa::from_pem(&i_old, &inter_key.serialize_pem()).unwrap();
-    let leaf = inter
-        .leaf()
-        .spiffe(&shop("peer"))
-        .client()
-        .valid_between(t0 - 5 * DAY, t0 + 10 * DAY)
-        .issue()
-        .unwrap();
+    let leaf = client_between(&inter, &shop("peer"), t0 - 5 * DAY, t0 + 10 * DAY);
     let own = root
         .leaf()
         .spiffe(&shop("server"))
@@ -804,17 +779,11 @@ async fn expiry_of_a_peer_tracked(during: bool) -> Option<Duration> {
             .await
             .expect("a closed after its grace");
     }
-    let b_cert = pki
-        .ca
-        .leaf()
-        .spiffe(&shop("b"))
-        .client()
-        .valid_between(
-            start - Duration::from_secs(60),
-            start + Duration::from_secs(3600),
-        )
-        .issue()
-        .unwrap();
+    let b_cert = pki.client_cert_between(
+        &shop("b"),
+        start - Duration::from_secs(60),
+        start + Duration::from_secs(3600),
+    );
     let _b = Open::connect(
         bare_presenting(pki.ca.cert_pem(), chain_of(&b_cert), b_cert.key_pem()),
         addr,

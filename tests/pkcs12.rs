@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{
-    INSTALL_JDK, INSTALL_OPENSSL, Pki, ServerBuilderExt, call, find_program, missing_peer, openssl,
+    INSTALL_JDK, INSTALL_OPENSSL, Pki, ServerBuilderExt, find_program, missing_peer, openssl,
     require_peer, serve, svid,
 };
 use meshtls::error::Pkcs12Error;
@@ -77,12 +77,9 @@ async fn openssl_keystore_and_truststore_serve_mtls() {
         .unwrap();
     assert_eq!(server.certificate().serial, serial);
     let mut running = serve(&server).await;
-    let seen = call(
-        &pki.client(&svid("app", "java")).build().unwrap(),
-        running.addr,
-        "localhost",
-    )
-    .await;
+    let seen = running
+        .call(&pki.client(&svid("app", "java")).build().unwrap())
+        .await;
     assert!(seen.reply().starts_with("hello"), "{seen:?}");
     assert_eq!(
         running
@@ -316,12 +313,9 @@ async fn keytool_keystore_and_truststore_serve_mtls() {
         .unwrap();
     assert_eq!(server.certificate().serial, serial);
     let mut running = serve(&server).await;
-    let seen = call(
-        &pki.client(&svid("app", "java")).build().unwrap(),
-        running.addr,
-        "localhost",
-    )
-    .await;
+    let seen = running
+        .call(&pki.client(&svid("app", "java")).build().unwrap())
+        .await;
     assert!(seen.reply().starts_with("hello"), "{seen:?}");
     running.expect_admitted().await;
 

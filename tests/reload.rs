@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use common::{Pki, ServerBuilderExt, TD, billing_web, call, replace, serve};
+use common::{Pki, ServerBuilderExt, TD, billing_web, call, client_of, replace, serve};
 use meshtls::dev::DevCert;
 use meshtls::{Allow, ClientTls, Event, RejectReason, ReloadOutcome, Resumption, ServerTls};
 use tokio::sync::broadcast::Receiver;
@@ -311,12 +311,7 @@ async fn ca_bundle_rotation_with_overlap() {
 
     let new_ca = meshtls::dev::DevCa::new("meshtls next root").unwrap();
     let old_client = pki.client(&billing_web()).build().unwrap();
-    let new_cert = new_ca
-        .leaf()
-        .spiffe(&billing_web())
-        .client()
-        .issue()
-        .unwrap();
+    let new_cert = client_of(&new_ca, &billing_web());
     let new_client = pki.client_with(&new_cert).build().unwrap();
 
     running.assert_admitted(&old_client).await;
@@ -382,7 +377,8 @@ async fn crl_update_refuses_new_connections_but_not_the_open_one() {
         .build()
         .unwrap();
     assert!(
-        call(&fresh, running.addr, "localhost")
+        running
+            .call(&fresh)
             .await
             .refused()
             .contains("CertificateRevoked")
@@ -555,24 +551,14 @@ async fn client_certificate_rotates_too() {
         .watch()
         .unwrap();
     let mut events = client.subscribe();
-    assert!(
-        call(&client, running.addr, "localhost")
-            .await
-            .reply()
-            .starts_with("hello")
-    );
+    assert!(running.call(&client).await.reply().starts_with("hello"));
     assert_eq!(running.expect_admitted().await.serial(), first.serial());
 
     let next = pki.client_cert(&billing_web());
     replace(&c, next.chain_pem());
     replace(&k, next.key_pem());
     expect_reloaded(&mut events).await;
-    assert!(
-        call(&client, running.addr, "localhost")
-            .await
-            .reply()
-            .starts_with("hello")
-    );
+    assert!(running.call(&client).await.reply().starts_with("hello"));
     assert_eq!(running.expect_admitted().await.serial(), next.serial());
 }
 

@@ -5,11 +5,11 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{Pki, TD, Wire, bare_client, call, serve, shop};
+use common::{Pki, Wire, bare_client, serve, shop};
 use meshtls::dev::DevCa;
 use meshtls::error::MaterialError;
 use meshtls::rustls;
-use meshtls::{Allow, Error, ManualClock, RejectReason};
+use meshtls::{Allow, Error, ManualClock};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
@@ -34,9 +34,8 @@ fn two_crls_of_one_ca_that_tie_but_differ_are_refused() {
         .unwrap();
     let crl = pki.write("ca.crl", format!("{clean}{revoking}"));
     let err = pki
-        .server()
+        .server_td()
         .crl_file(&crl)
-        .allow(Allow::spiffe_trust_domain(TD))
         .build()
         .map(|_| ())
         .expect_err("a set of CRLs that contradict each other was accepted");
@@ -49,11 +48,7 @@ fn two_crls_of_one_ca_that_tie_but_differ_are_refused() {
 
     // The same CRL twice is no conflict.
     let twice = pki.write("twice.crl", format!("{revoking}{revoking}"));
-    pki.server()
-        .crl_file(&twice)
-        .allow(Allow::spiffe_trust_domain(TD))
-        .build()
-        .unwrap();
+    pki.server_td().crl_file(&twice).build().unwrap();
 }
 
 /// `DevCa::crl` issued twice in a row (the same millisecond, the same
@@ -68,21 +63,11 @@ async fn dev_ca_crls_issued_back_to_back_are_ordered() {
     }
     pem.push_str(&pki.ca.crl(&[&revoked], HOUR).unwrap());
     let crl = pki.write("ca.crl", pem);
-    let server = pki
-        .server()
-        .crl_file(&crl)
-        .allow(Allow::spiffe_trust_domain(TD))
-        .build()
-        .unwrap();
+    let server = pki.server_td().crl_file(&crl).build().unwrap();
     let mut running = serve(&server).await;
-    let seen = call(
-        &pki.client_with(&revoked).build().unwrap(),
-        running.addr,
-        "localhost",
-    )
-    .await;
-    assert!(seen.refused().contains("CertificateRevoked"), "{seen:?}");
-    running.expect_refused(RejectReason::Revoked).await;
+    running
+        .assert_revoked(&pki.client_with(&revoked).build().unwrap())
+        .await;
 }
 
 // Found by the red team of issue 19: a CA that signs one CRL twice (ECDSA

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Pki, Seen, ServerBuilderExt, call, replace, serve};
+use common::{Pki, Seen, ServerBuilderExt, client_of, replace, serve};
 use meshtls::dev::DevCa;
 use meshtls::error::ConfigError;
 use meshtls::{Allow, ClientTls, Error, RejectReason, ServerTls, VouchedBy};
@@ -29,7 +29,7 @@ impl Federation {
     }
 
     fn client(&self, ca: &DevCa, id: &str) -> ClientTls {
-        let cert = ca.leaf().spiffe(id).client().issue().unwrap();
+        let cert = client_of(&ca, id);
         self.pki.client_with(&cert).build().unwrap()
     }
 
@@ -184,14 +184,7 @@ async fn a_client_checks_servers_against_their_trust_domains_roots() {
         .unwrap();
     let running = serve(&server).await;
 
-    let client_cert = f
-        .pki
-        .ca
-        .leaf()
-        .spiffe(&format!("spiffe://{A}/ns/app/sa/alice"))
-        .client()
-        .issue()
-        .unwrap();
+    let client_cert = f.pki.client_cert(&format!("spiffe://{A}/ns/app/sa/alice"));
     let (c, k) = f.pki.write_cert("alice", &client_cert);
     let a = f.pki.write("a.pem", f.pki.ca.cert_pem());
     let b = f.pki.write("b.pem", f.b.cert_pem());
@@ -202,7 +195,7 @@ async fn a_client_checks_servers_against_their_trust_domains_roots() {
         .expect_server(Allow::spiffe_trust_domain(B))
         .build()
         .unwrap();
-    let seen = common::call(&client, running.addr, "localhost").await;
+    let seen = running.call(&client).await;
     assert_eq!(
         seen.handshake().reason(),
         RejectReason::UnknownIssuer,
@@ -377,7 +370,7 @@ async fn partner_calls_with(
         .issue()
         .unwrap();
     let client = pki.client_with(&cert).build().unwrap();
-    let seen = call(&client, running.addr, "localhost").await;
+    let seen = running.call(&client).await;
     let server_side = running.next().await;
     (seen, server_side)
 }

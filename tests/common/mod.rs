@@ -41,6 +41,27 @@ pub fn server_id() -> String {
     svid("billing", "api")
 }
 
+/// A client certificate for `spiffe`, issued by `ca`.
+pub fn client_of(ca: &DevCa, spiffe: &str) -> DevCert {
+    ca.leaf().spiffe(spiffe).client().issue().unwrap()
+}
+
+/// A client certificate for `spiffe`, issued by `ca`, valid from
+/// `not_before` to `not_after`.
+pub fn client_between(
+    ca: &DevCa,
+    spiffe: &str,
+    not_before: std::time::SystemTime,
+    not_after: std::time::SystemTime,
+) -> DevCert {
+    ca.leaf()
+        .spiffe(spiffe)
+        .client()
+        .valid_between(not_before, not_after)
+        .issue()
+        .unwrap()
+}
+
 /// Shortcuts on any server builder.
 pub trait ServerBuilderExt {
     /// `.dangerous().allow_any_authenticated()`: admits every peer whose
@@ -104,7 +125,18 @@ impl Pki {
 
     /// A client certificate with the given SPIFFE ID.
     pub fn client_cert(&self, spiffe: &str) -> DevCert {
-        self.ca.leaf().spiffe(spiffe).client().issue().unwrap()
+        client_of(&self.ca, spiffe)
+    }
+
+    /// A client certificate with the given SPIFFE ID, valid from
+    /// `not_before` to `not_after`.
+    pub fn client_cert_between(
+        &self,
+        spiffe: &str,
+        not_before: std::time::SystemTime,
+        not_after: std::time::SystemTime,
+    ) -> DevCert {
+        client_between(&self.ca, spiffe, not_before, not_after)
     }
 
     /// Writes `ca.crl`, this CA's CRL listing `revoked`, valid for an hour.
@@ -179,6 +211,14 @@ impl Running {
     /// `client` calls this server as `localhost`: what it saw.
     pub async fn call(&self, client: &ClientTls) -> Seen {
         call(client, self.addr, "localhost").await
+    }
+
+    /// `client`'s certificate is revoked: its handshake completes, then the
+    /// server's `CertificateRevoked` alert arrives; the server reports
+    /// [`RejectReason::Revoked`].
+    pub async fn assert_revoked(&mut self, client: &ClientTls) -> HandshakeError {
+        self.assert_refused_late(client, "CertificateRevoked", RejectReason::Revoked)
+            .await
     }
 
     /// The server's side of an admitted handshake: who it admitted.
