@@ -11,7 +11,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use common::{Pki, TD, Wire, bare_client, records, replace, serve, server_id, shop};
+use common::{BuilderExt, Pki, TD, Wire, bare_client, records, replace, serve, server_id, shop};
 use meshtls::rustls;
 use meshtls::{Allow, Event, ManualClock, RejectReason, ReloadOutcome};
 
@@ -171,8 +171,7 @@ fn a_stale_crl_is_enforced_on_resumption() {
         .server()
         .crl_file(&crl)
         .allow(Allow::spiffe_id(&shop("web")))
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
     let acceptor = server.acceptor();
@@ -215,8 +214,7 @@ fn an_expired_client_does_not_resume_on_the_bare_config() {
     let time = ManualClock::new(now);
     let server = pki
         .server_allow(Allow::spiffe_id(&shop("web")))
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
     let client = bare(&pki, &short);
@@ -249,8 +247,7 @@ fn a_client_does_not_resume_to_a_server_under_a_stale_crl() {
         .client(&shop("web"))
         .crl_file(&crl)
         .expect_server(Allow::spiffe_id(&server_id()))
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
     let connector = client.connector();
@@ -579,8 +576,7 @@ fn after_step_back(resume: bool) -> (Result<(), String>, bool) {
     let time = ManualClock::new(now);
     let server = pki
         .server_allow(Allow::spiffe_id(&shop("web")))
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
     let cert = pki.client_cert_between(&shop("web"), now - Duration::from_secs(60), now + DAY);

@@ -10,107 +10,20 @@ mod greeter;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Pki, TD, client_of, replace, shop};
+use common::{
+    BuilderExt, Open, Pki, TD, assert_nothing_closed, client_of, echo_reporting, events_and_echo,
+    next_closed, replace, shop,
+};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use meshtls::dev::DevCa;
-use meshtls::tokio_rustls::client::TlsStream;
-use meshtls::{Allow, ClientTls, Event, RejectReason, ServerTls, Tracked};
+use meshtls::{Allow, ClientTls, RejectReason, ServerTls};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc};
 
 const GRACE: Duration = Duration::from_millis(300);
 const DEBOUNCE: Duration = Duration::from_millis(50);
-
-/// An echo server on the acceptor's `Incoming`: each connection answers
-/// every line; how each connection ended on the server's side is sent to
-/// the returned channel.
-async fn echo_server(server: &ServerTls) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut incoming = server.acceptor().incoming(listener);
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(conn) = incoming.next().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut conn = BufReader::new(conn);
-                let ended = loop {
-                    let mut line = String::new();
-                    match conn.read_line(&mut line).await {
-                        Ok(0) => break "eof".to_owned(),
-                        Ok(_) => {
-                            if let Err(e) = conn.get_mut().write_all(line.as_bytes()).await {
-                                break e.to_string();
-                            }
-                        }
-                        Err(e) => break e.to_string(),
-                    }
-                };
-                let _ = tx.send(ended);
-            });
-        }
-    });
-    (addr, rx)
-}
-
-/// A client connection kept open, sending lines on it.
-struct Line(BufReader<Tracked<TlsStream<TcpStream>>>);
-
-impl Line {
-    async fn open(client: &ClientTls, addr: SocketAddr) -> Self {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let (tls, _) = client.connector().connect("localhost", tcp).await.unwrap();
-        Self(BufReader::new(tls))
-    }
-
-    /// Sends a line and reads the echo; an error or the end of the stream
-    /// is the error text.
-    async fn ping(&mut self) -> Result<(), String> {
-        self.0
-            .get_mut()
-            .write_all(b"ping\n")
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut line = String::new();
-        match tokio::time::timeout(Duration::from_secs(10), self.0.read_line(&mut line)).await {
-            Err(_) => Err("no answer within 10 s".into()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Ok(Ok(0)) => Err("end of stream".into()),
-            Ok(Ok(_)) => Ok(()),
-        }
-    }
-}
-
-/// The next `ConnectionClosed` event (at most 10 s), skipping others.
-async fn next_closed(events: &mut broadcast::Receiver<Event>) -> (RejectReason, String) {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Event::ConnectionClosed { reason, detail } = events.recv().await.unwrap() {
-                return (reason, detail);
-            }
-        }
-    })
-    .await
-    .expect("no ConnectionClosed event within 10 s")
-}
-
-/// Until `events` has been quiet about closing for `quiet`.
-async fn assert_nothing_closed(events: &mut broadcast::Receiver<Event>, quiet: Duration) {
-    let waited = tokio::time::timeout(quiet, async {
-        loop {
-            if let Ok(Event::ConnectionClosed { reason, detail }) = events.recv().await {
-                return format!("{reason}: {detail}");
-            }
-        }
-    })
-    .await;
-    if let Ok(closed) = waited {
-        panic!("a connection was closed: {closed}");
-    }
-}
 
 /// A new connection by `client` is refused by the server as revoked (the
 /// client sees the certificate_revoked alert on its first read).
@@ -145,13 +58,13 @@ async fn a_revoked_clients_connection_is_closed_and_the_others_stay() {
     let crl = pki.write_crl(&[]);
     let server = revoking_server(&pki, &crl).watch().unwrap();
     let mut events = server.subscribe();
-    let (addr, mut ended) = echo_server(&server).await;
+    let (addr, mut ended) = echo_reporting(&server).await;
 
     let victim_cert = pki.client_cert(&shop("victim"));
     let victim = pki.client_with(&victim_cert).build().unwrap();
     let bystander = pki.client(&shop("bystander")).build().unwrap();
-    let mut victim_line = Line::open(&victim, addr).await;
-    let mut bystander_line = Line::open(&bystander, addr).await;
+    let mut victim_line = Open::meshtls(&victim, addr).await;
+    let mut bystander_line = Open::meshtls(&bystander, addr).await;
     victim_line.ping().await.unwrap();
     bystander_line.ping().await.unwrap();
     assert_eq!(server.stats().live_connections, 2);
@@ -306,10 +219,9 @@ async fn removal_from_the_allow_list_closes_the_connection() {
         .live_connection_grace(GRACE)
         .build()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _ended) = echo_server(&server).await;
-    let mut a = Line::open(&pki.client(&shop("a")).build().unwrap(), addr).await;
-    let mut b = Line::open(&pki.client(&shop("b")).build().unwrap(), addr).await;
+    let (mut events, addr) = events_and_echo(&server).await;
+    let mut a = Open::meshtls(&pki.client(&shop("a")).build().unwrap(), addr).await;
+    let mut b = Open::meshtls(&pki.client(&shop("b")).build().unwrap(), addr).await;
     a.ping().await.unwrap();
     b.ping().await.unwrap();
 
@@ -341,14 +253,13 @@ async fn a_ca_dropped_from_the_bundle_closes_its_clients_connections() {
         .live_connection_grace(GRACE)
         .watch()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _ended) = echo_server(&server).await;
+    let (mut events, addr) = events_and_echo(&server).await;
 
     let from_old = pki.client(&shop("old-ca")).build().unwrap();
     let new_cert = client_of(&other_ca, &shop("new-ca"));
     let from_new = pki.client_with(&new_cert).build().unwrap();
-    let mut old_line = Line::open(&from_old, addr).await;
-    let mut new_line = Line::open(&from_new, addr).await;
+    let mut old_line = Open::meshtls(&from_old, addr).await;
+    let mut new_line = Open::meshtls(&from_new, addr).await;
     old_line.ping().await.unwrap();
     new_line.ping().await.unwrap();
 
@@ -369,11 +280,10 @@ async fn with_keep_live_connections_nothing_closes() {
         .keep_live_connections()
         .watch()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _ended) = echo_server(&server).await;
+    let (mut events, addr) = events_and_echo(&server).await;
     let cert = pki.client_cert(&shop("victim"));
     let client = pki.client_with(&cert).build().unwrap();
-    let mut line = Line::open(&client, addr).await;
+    let mut line = Open::meshtls(&client, addr).await;
     line.ping().await.unwrap();
 
     replace(
@@ -407,7 +317,7 @@ async fn a_client_closes_its_connection_to_a_revoked_server_with_the_reason() {
         .allow(Allow::spiffe_trust_domain(TD))
         .build()
         .unwrap();
-    let (addr, _ended) = echo_server(&server).await;
+    let (addr, _ended) = echo_reporting(&server).await;
     let crl = pki.write_crl(&[]);
     let client = pki
         .client(&shop("caller"))
@@ -417,7 +327,7 @@ async fn a_client_closes_its_connection_to_a_revoked_server_with_the_reason() {
         .watch()
         .unwrap();
     let mut events = client.subscribe();
-    let mut line = Line::open(&client, addr).await;
+    let mut line = Open::meshtls(&client, addr).await;
     line.ping().await.unwrap();
 
     replace(
@@ -433,7 +343,7 @@ async fn a_client_closes_its_connection_to_a_revoked_server_with_the_reason() {
         error.contains("closed by meshtls: certificate revoked"),
         "{error}"
     );
-    assert!(line.0.get_ref().closed_by_policy().is_some());
+    assert!(line.get_ref().closed_by_policy().is_some());
 }
 
 #[tokio::test]
@@ -460,10 +370,10 @@ async fn closing_at_the_peers_expiry_is_opt_in() {
         .unwrap();
     let mut closing_events = closing.subscribe();
     let mut keeping_events = keeping.subscribe();
-    let (closing_addr, _a) = echo_server(&closing).await;
-    let (keeping_addr, _b) = echo_server(&keeping).await;
-    let mut closed_line = Line::open(&client, closing_addr).await;
-    let mut kept_line = Line::open(&client, keeping_addr).await;
+    let (closing_addr, _a) = echo_reporting(&closing).await;
+    let (keeping_addr, _b) = echo_reporting(&keeping).await;
+    let mut closed_line = Open::meshtls(&client, closing_addr).await;
+    let mut kept_line = Open::meshtls(&client, keeping_addr).await;
     closed_line.ping().await.unwrap();
     kept_line.ping().await.unwrap();
 
@@ -482,8 +392,7 @@ async fn expired_peers_on_live_connections_do_not_stop_the_sweeper() {
     let pki = Pki::new();
     let crl = pki.write_crl(&[]);
     let server = revoking_server(&pki, &crl).watch().unwrap();
-    let mut events = server.subscribe();
-    let (addr, _ended) = echo_server(&server).await;
+    let (mut events, addr) = events_and_echo(&server).await;
     let now = std::time::SystemTime::now();
     let short = |name: &str, secs: u64| {
         let cert = pki.client_cert_between(
@@ -493,10 +402,10 @@ async fn expired_peers_on_live_connections_do_not_stop_the_sweeper() {
         );
         pki.client_with(&cert).build().unwrap()
     };
-    let mut first = Line::open(&short("first", 2), addr).await;
-    let mut second = Line::open(&short("second", 3), addr).await;
+    let mut first = Open::meshtls(&short("first", 2), addr).await;
+    let mut second = Open::meshtls(&short("second", 3), addr).await;
     let victim_cert = pki.client_cert(&shop("victim"));
-    let mut victim = Line::open(&pki.client_with(&victim_cert).build().unwrap(), addr).await;
+    let mut victim = Open::meshtls(&pki.client_with(&victim_cert).build().unwrap(), addr).await;
     first.ping().await.unwrap();
     second.ping().await.unwrap();
     victim.ping().await.unwrap();
@@ -541,8 +450,8 @@ async fn the_sweeper_outlives_the_runtime_of_the_first_connection() {
                 .build()
                 .unwrap();
             runtime.block_on(async {
-                let (addr, _ended) = echo_server(&server).await;
-                let mut line = Line::open(&check, addr).await;
+                let (addr, _ended) = echo_reporting(&server).await;
+                let mut line = Open::meshtls(&check, addr).await;
                 line.ping().await.unwrap();
             });
         })
@@ -550,9 +459,9 @@ async fn the_sweeper_outlives_the_runtime_of_the_first_connection() {
         .unwrap();
     }
 
-    let (addr, _ended) = echo_server(&server).await;
+    let (addr, _ended) = echo_reporting(&server).await;
     let victim_cert = pki.client_cert(&shop("victim"));
-    let mut victim = Line::open(&pki.client_with(&victim_cert).build().unwrap(), addr).await;
+    let mut victim = Open::meshtls(&pki.client_with(&victim_cert).build().unwrap(), addr).await;
     victim.ping().await.unwrap();
     replace(
         &crl,
@@ -591,8 +500,7 @@ async fn dropping_a_ca_after_a_same_name_rotation_closes_its_clients() {
         .live_connection_grace(GRACE)
         .watch()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _ended) = echo_server(&server).await;
+    let (mut events, addr) = events_and_echo(&server).await;
     let client_for = |cert: &meshtls::dev::DevCert| {
         let (c, k) = old.write_cert(&cert.serial().replace(':', ""), cert);
         ClientTls::builder()
@@ -601,9 +509,9 @@ async fn dropping_a_ca_after_a_same_name_rotation_closes_its_clients() {
             .build()
             .unwrap()
     };
-    let mut of_old = Line::open(&client_for(&old.client_cert(&shop("old-key"))), addr).await;
+    let mut of_old = Open::meshtls(&client_for(&old.client_cert(&shop("old-key"))), addr).await;
     let new_cert = client_of(&new, &shop("new-key"));
-    let mut of_new = Line::open(&client_for(&new_cert), addr).await;
+    let mut of_new = Open::meshtls(&client_for(&new_cert), addr).await;
     of_old.ping().await.unwrap();
     of_new.ping().await.unwrap();
 
@@ -622,8 +530,7 @@ fn expiring_server(pki: &Pki, time: &meshtls::ManualClock) -> ServerTls {
     pki.server_td()
         .live_connection_grace(Duration::ZERO)
         .close_at_peer_expiry()
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap()
 }
@@ -647,19 +554,18 @@ async fn a_connection_opened_while_the_sweeper_waits_is_closed_at_its_peers_expi
     let start = std::time::SystemTime::now();
     let time = meshtls::ManualClock::new(start);
     let server = expiring_server(&pki, &time);
-    let mut events = server.subscribe();
-    let (addr, _ended) = echo_server(&server).await;
+    let (mut events, addr) = events_and_echo(&server).await;
 
     // The first connection's peer is valid for a day: the sweeper sleeps
     // toward that.
-    let mut long = Line::open(
+    let mut long = Open::meshtls(
         &client_valid_for(&pki, "long", start, Duration::from_secs(86_400)),
         addr,
     )
     .await;
     long.ping().await.unwrap();
     // Then a peer valid for an hour connects.
-    let mut short = Line::open(
+    let mut short = Open::meshtls(
         &client_valid_for(&pki, "short", start, Duration::from_secs(3600)),
         addr,
     )
@@ -689,18 +595,16 @@ async fn a_connection_kept_past_its_peers_expiry_closes_when_the_peer_is_revoked
     let crl = pki.write("ca.crl", pki.ca.crl(&[], day).unwrap());
     let server = revoking_server(&pki, &crl)
         .live_connection_grace(Duration::ZERO)
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _ended) = echo_server(&server).await;
+    let (mut events, addr) = events_and_echo(&server).await;
     let cert = pki.client_cert_between(
         &shop("expiring"),
         start - Duration::from_secs(60),
         start + Duration::from_secs(3600),
     );
-    let mut line = Line::open(&pki.client_with(&cert).build().unwrap(), addr).await;
+    let mut line = Open::meshtls(&pki.client_with(&cert).build().unwrap(), addr).await;
     line.ping().await.unwrap();
 
     // Expired, and kept (the default).
@@ -733,13 +637,11 @@ async fn a_connection_kept_under_a_stale_crl_closes_when_the_peer_leaves_the_all
         .allow(Allow::spiffe_id(&shop("a")))
         .allow(Allow::spiffe_id(&shop("b")))
         .live_connection_grace(Duration::ZERO)
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _ended) = echo_server(&server).await;
-    let mut a = Line::open(&pki.client(&shop("a")).build().unwrap(), addr).await;
+    let (mut events, addr) = events_and_echo(&server).await;
+    let mut a = Open::meshtls(&pki.client(&shop("a")).build().unwrap(), addr).await;
     a.ping().await.unwrap();
 
     // The CRL goes stale: kept (a CRL publisher's outage closes nothing).

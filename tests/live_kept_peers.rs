@@ -9,8 +9,8 @@ mod common;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{
-    Open, Pki, TD, bare_presenting, chain_of, client_between, closed_within, der_of, echo_incoming,
-    expired_unrelated_ca, shop,
+    BuilderExt, Open, Pki, TD, bare_presenting, client_between, closed_within, der_of,
+    events_and_echo, expired_unrelated_ca, shop,
 };
 use meshtls::dev::DevCa;
 use meshtls::rustls;
@@ -49,25 +49,16 @@ async fn expired_then_revoked(
         .server_td()
         .crl_file(&crl)
         .live_connection_grace(Duration::ZERO)
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _echo) = echo_incoming(&server).await;
+    let (mut events, addr) = events_and_echo(&server).await;
     let cert = pki.client_cert_between(
         &shop("expiring"),
         start - Duration::from_secs(60),
         start + Duration::from_secs(3600),
     );
-    let mut chain = vec![CertificateDer::from(cert.der().to_vec())];
-    chain.extend(extra);
-    let mut line = Open::connect(
-        bare_presenting(pki.ca.cert_pem(), chain, cert.key_pem()),
-        addr,
-    )
-    .await
-    .unwrap();
+    let mut line = pki.open_presenting(&cert, extra, addr).await;
     line.ping().await.unwrap();
 
     // Expired, and kept (the default).
@@ -121,21 +112,12 @@ async fn stale_crl_then_removed(
         .allow(Allow::spiffe_id(&shop("a")))
         .allow(Allow::spiffe_id(&shop("b")))
         .live_connection_grace(Duration::ZERO)
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _echo) = echo_incoming(&server).await;
+    let (mut events, addr) = events_and_echo(&server).await;
     let cert = pki.client_cert(&shop("a"));
-    let mut chain = vec![CertificateDer::from(cert.der().to_vec())];
-    chain.extend(extra);
-    let mut a = Open::connect(
-        bare_presenting(pki.ca.cert_pem(), chain, cert.key_pem()),
-        addr,
-    )
-    .await
-    .unwrap();
+    let mut a = pki.open_presenting(&cert, extra, addr).await;
     a.ping().await.unwrap();
 
     // The CRL goes stale: kept.
@@ -190,24 +172,16 @@ async fn removed_after(step_back: Option<Duration>) -> (Option<(RejectReason, St
         .server_allow(Allow::spiffe_id(&shop("a")))
         .allow(Allow::spiffe_id(&shop("b")))
         .live_connection_grace(Duration::ZERO)
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _echo) = echo_incoming(&server).await;
+    let (mut events, addr) = events_and_echo(&server).await;
     let cert = pki.client_cert_between(
         &shop("a"),
         start - Duration::from_secs(60),
         start + Duration::from_secs(86_400),
     );
-    let chain = vec![CertificateDer::from(cert.der().to_vec())];
-    let mut a = Open::connect(
-        bare_presenting(pki.ca.cert_pem(), chain, cert.key_pem()),
-        addr,
-    )
-    .await
-    .unwrap();
+    let mut a = pki.open_presenting(&cert, None, addr).await;
     a.ping().await.unwrap();
     if let Some(back) = step_back {
         // NTP steps the clock back (a VM restored from a snapshot, ...).
@@ -297,8 +271,7 @@ async fn short_peer_after_policy_change(
         .server_td()
         .close_at_peer_expiry()
         .live_connection_grace(Duration::ZERO)
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
     let mut events = server.subscribe();
@@ -390,20 +363,12 @@ async fn removed_then_clock_steps_back(
         .server_allow(Allow::spiffe_id(&shop("a")))
         .allow(Allow::spiffe_id(&shop("b")))
         .live_connection_grace(grace)
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _echo) = echo_incoming(&server).await;
+    let (mut events, addr) = events_and_echo(&server).await;
     let cert = pki.client_cert(&shop("a"));
-    let chain = vec![CertificateDer::from(cert.der().to_vec())];
-    let mut a = Open::connect(
-        bare_presenting(pki.ca.cert_pem(), chain, cert.key_pem()),
-        addr,
-    )
-    .await
-    .unwrap();
+    let mut a = pki.open_presenting(&cert, None, addr).await;
     a.ping().await.unwrap();
     server
         .set_allow_list([Allow::spiffe_id(&shop("b"))])
@@ -549,8 +514,7 @@ async fn revoke_intermediate(with_expired_sibling: bool) -> Outcome {
         .live_connection_grace(Duration::ZERO)
         .build()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _echo) = echo_incoming(&server).await;
+    let (mut events, addr) = events_and_echo(&server).await;
 
     let mut chain = vec![der_of(leaf.cert_pem()), der_of(&i1)];
     if with_expired_sibling {
@@ -670,12 +634,10 @@ async fn expired_leaf_with_renewed_intermediate(new_first: bool) -> Option<(Reje
         .client_roots_file(write("ca.crt", root.cert_pem()))
         .allow(Allow::spiffe_trust_domain(TD))
         .live_connection_grace(Duration::ZERO)
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _echo) = echo_incoming(&server).await;
+    let (mut events, addr) = events_and_echo(&server).await;
     let chain = if new_first {
         vec![der_of(leaf.cert_pem()), der_of(&i_new), der_of(&i_old)]
     } else {
@@ -755,19 +717,12 @@ async fn expiry_of_a_peer_tracked(during: bool) -> Option<Duration> {
         .allow(Allow::spiffe_id(&shop("b")))
         .close_at_peer_expiry()
         .live_connection_grace(GRACE)
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _echo) = echo_incoming(&server).await;
+    let (mut events, addr) = events_and_echo(&server).await;
     let a_cert = pki.client_cert(&shop("a"));
-    let _a = Open::connect(
-        bare_presenting(pki.ca.cert_pem(), chain_of(&a_cert), a_cert.key_pem()),
-        addr,
-    )
-    .await
-    .unwrap();
+    let _a = pki.open_presenting(&a_cert, None, addr).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     // a is refused: closing after the grace.
     server
@@ -784,12 +739,7 @@ async fn expiry_of_a_peer_tracked(during: bool) -> Option<Duration> {
         start - Duration::from_secs(60),
         start + Duration::from_secs(3600),
     );
-    let _b = Open::connect(
-        bare_presenting(pki.ca.cert_pem(), chain_of(&b_cert), b_cert.key_pem()),
-        addr,
-    )
-    .await
-    .unwrap();
+    let _b = pki.open_presenting(&b_cert, None, addr).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     time.advance(Duration::from_secs(2 * 3600));
     let advanced = Instant::now();

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{Pki, Wire, bare_client, serve, shop};
+use common::{BuilderExt, Pki, Wire, bare_client, serve, shop};
 use meshtls::dev::DevCa;
 use meshtls::error::MaterialError;
 use meshtls::rustls;
@@ -145,8 +145,7 @@ fn handshake_two_hours_after(short_first: bool) -> Result<(), String> {
     let server = pki
         .server_allow(Allow::spiffe_id(&shop("web")))
         .crl_file(&crl)
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
     let cert = pki

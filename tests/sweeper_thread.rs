@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Open, Pki, bare_presenting, chain_of, echo_incoming, expired_unrelated_ca, shop};
+use common::{Pki, echo_incoming, expired_unrelated_ca, shop};
 use meshtls::rustls::pki_types::CertificateDer;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -46,14 +46,7 @@ async fn sweeper_cpu_with(extra: Option<CertificateDer<'static>>) -> u64 {
     let (addr, task) = echo_incoming(&server).await;
     let before = threads("meshtls-sweep");
     let cert = pki.client_cert(&shop("a"));
-    let mut chain = vec![CertificateDer::from(cert.der().to_vec())];
-    chain.extend(extra);
-    let line = Open::connect(
-        bare_presenting(pki.ca.cert_pem(), chain, cert.key_pem()),
-        addr,
-    )
-    .await
-    .unwrap();
+    let line = pki.open_presenting(&cert, extra, addr).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ours: Vec<u32> = threads("meshtls-sweep")
         .difference(&before)
@@ -106,12 +99,7 @@ async fn sweeper_and_watcher_threads_end_with_their_servers() {
             .unwrap();
         let (addr, task) = echo_incoming(&server).await;
         let cert = pki.client_cert(&shop(&format!("c{i}")));
-        let line = Open::connect(
-            bare_presenting(pki.ca.cert_pem(), chain_of(&cert), cert.key_pem()),
-            addr,
-        )
-        .await
-        .unwrap();
+        let line = pki.open_presenting(&cert, None, addr).await;
         drop(server);
         task.abort();
         let _ = task.await;

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use common::{Open, Pki, bare_presenting, chain_of, closed_within, echo_incoming, shop};
+use common::{Open, Pki, closed_within, events_and_echo, shop};
 use meshtls::{Allow, RejectReason};
 use metrics::{Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
 
@@ -104,8 +104,7 @@ async fn removed_while_being_tracked(during_hold: bool) -> (Option<(RejectReason
         .live_connection_grace(Duration::ZERO)
         .build()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _echo) = echo_incoming(&server).await;
+    let (mut events, addr) = events_and_echo(&server).await;
 
     let a_cert = pki
         .ca
@@ -115,12 +114,7 @@ async fn removed_while_being_tracked(during_hold: bool) -> (Option<(RejectReason
         .valid_for(Duration::from_secs(3600))
         .issue()
         .unwrap();
-    let mut a = Open::connect(
-        bare_presenting(pki.ca.cert_pem(), chain_of(&a_cert), a_cert.key_pem()),
-        addr,
-    )
-    .await
-    .unwrap();
+    let mut a = pki.open_presenting(&a_cert, None, addr).await;
     // The sweeper started with a's connection and sleeps toward its expiry.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -133,7 +127,7 @@ async fn removed_while_being_tracked(during_hold: bool) -> (Option<(RejectReason
         .issue()
         .unwrap();
     HOLD.store(true, Ordering::SeqCst);
-    let x_config = bare_presenting(pki.ca.cert_pem(), chain_of(&x_cert), x_cert.key_pem());
+    let x_config = pki.presenting(&x_cert, None);
     let x = tokio::spawn(async move { Open::connect(x_config, addr).await });
     for _ in 0..1000 {
         if ENTERED.load(Ordering::SeqCst) {

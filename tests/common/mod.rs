@@ -75,6 +75,18 @@ impl<State> ServerBuilderExt for meshtls::ServerTlsBuilder<State> {
     }
 }
 
+/// Shortcuts on any builder, server's or client's.
+pub trait BuilderExt {
+    /// `.dangerous().clock(time.clock())`: the side reads time from `time`.
+    fn on_clock(self, time: &meshtls::ManualClock) -> Self;
+}
+
+impl<Side, State> BuilderExt for meshtls::Builder<Side, State> {
+    fn on_clock(self, time: &meshtls::ManualClock) -> Self {
+        self.dangerous().clock(time.clock())
+    }
+}
+
 /// A CA, a temp directory, and shortcuts for the certificates tests need.
 pub struct Pki {
     pub ca: DevCa,
@@ -185,6 +197,31 @@ impl Pki {
         ClientTls::builder()
             .identity_files(c, k)
             .server_roots_file(self.ca_file())
+    }
+
+    /// A bare rustls client trusting this CA and presenting `cert` alone,
+    /// or followed by `extra` (what a peer may append to its chain).
+    pub fn presenting(
+        &self,
+        cert: &DevCert,
+        extra: Option<rustls::pki_types::CertificateDer<'static>>,
+    ) -> Arc<rustls::ClientConfig> {
+        let mut chain = chain_of(cert);
+        chain.extend(extra);
+        bare_presenting(self.ca.cert_pem(), chain, cert.key_pem())
+    }
+
+    /// A connection held open by [`Pki::presenting`]`(cert, extra)`: it must
+    /// be admitted (see [`Open::connect`]).
+    pub async fn open_presenting(
+        &self,
+        cert: &DevCert,
+        extra: Option<rustls::pki_types::CertificateDer<'static>>,
+        addr: SocketAddr,
+    ) -> Open {
+        Open::connect(self.presenting(cert, extra), addr)
+            .await
+            .unwrap()
     }
 
     /// A client builder with a fresh certificate for `spiffe`.
@@ -680,32 +717,67 @@ pub fn chain_of(cert: &DevCert) -> Vec<rustls::pki_types::CertificateDer<'static
 /// comes back, until the connection ends. The task is returned to be
 /// aborted.
 pub async fn echo_incoming(server: &ServerTls) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut incoming = server.acceptor().incoming(listener);
-    let task = tokio::spawn(async move {
-        while let Some(conn) = incoming.next().await {
-            tokio::spawn(async move {
-                let mut conn = BufReader::new(conn);
-                loop {
-                    let mut line = String::new();
-                    match conn.read_line(&mut line).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            if conn.get_mut().write_all(line.as_bytes()).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
+    let (addr, task, _ended) = spawn_echo(server).await;
     (addr, task)
 }
 
-/// A connection held open by a bare client, answering pings.
-pub struct Open(BufReader<meshtls::tokio_rustls::client::TlsStream<TcpStream>>);
+/// Subscribes to `server`'s events, then serves [`echo_incoming`] (the
+/// task runs on when dropped): the events and the address.
+pub async fn events_and_echo(
+    server: &ServerTls,
+) -> (tokio::sync::broadcast::Receiver<meshtls::Event>, SocketAddr) {
+    let events = server.subscribe();
+    let (addr, _task) = echo_incoming(server).await;
+    (events, addr)
+}
+
+/// [`echo_incoming`] that also says how each connection ended on the
+/// server's side (`eof`, or the error) on the returned channel.
+pub async fn echo_reporting(server: &ServerTls) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
+    let (addr, _task, ended) = spawn_echo(server).await;
+    (addr, ended)
+}
+
+async fn spawn_echo(
+    server: &ServerTls,
+) -> (
+    SocketAddr,
+    tokio::task::JoinHandle<()>,
+    mpsc::UnboundedReceiver<String>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut incoming = server.acceptor().incoming(listener);
+    let (tx, ended) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        while let Some(conn) = incoming.next().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut conn = BufReader::new(conn);
+                let how = loop {
+                    let mut line = String::new();
+                    match conn.read_line(&mut line).await {
+                        Ok(0) => break "eof".to_owned(),
+                        Ok(_) => {
+                            if let Err(e) = conn.get_mut().write_all(line.as_bytes()).await {
+                                break e.to_string();
+                            }
+                        }
+                        Err(e) => break e.to_string(),
+                    }
+                };
+                let _ = tx.send(how);
+            });
+        }
+    });
+    (addr, task, ended)
+}
+
+/// A connection held open, answering pings: by default a bare client's.
+pub struct Open<S = meshtls::tokio_rustls::client::TlsStream<TcpStream>>(BufReader<S>);
+
+/// A meshtls client's connection, tracked by its client.
+pub type TrackedStream = meshtls::Tracked<meshtls::tokio_rustls::client::TlsStream<TcpStream>>;
 
 impl Open {
     /// Connects with `config` (as `localhost`) and pings once: in TLS 1.3
@@ -724,7 +796,19 @@ impl Open {
         open.ping().await?;
         Ok(open)
     }
+}
 
+impl Open<TrackedStream> {
+    /// Connects with the meshtls `client` (as `localhost`); the handshake
+    /// must succeed on the client's side. No ping yet.
+    pub async fn meshtls(client: &ClientTls, addr: SocketAddr) -> Self {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (tls, _) = client.connector().connect("localhost", tcp).await.unwrap();
+        Self(BufReader::new(tls))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Open<S> {
     /// Sends a line and reads the echo; an error or the end of the stream
     /// is the error text.
     pub async fn ping(&mut self) -> Result<(), String> {
@@ -740,6 +824,11 @@ impl Open {
             Ok(Ok(0)) => Err("end of stream".into()),
             Ok(Ok(_)) => Ok(()),
         }
+    }
+
+    /// The stream under the line reader.
+    pub fn get_ref(&self) -> &S {
+        self.0.get_ref()
     }
 }
 
@@ -760,6 +849,25 @@ pub async fn closed_within(
     })
     .await
     .ok()
+}
+
+/// The next `ConnectionClosed` (at most 10 s), skipping other events.
+pub async fn next_closed(
+    events: &mut tokio::sync::broadcast::Receiver<meshtls::Event>,
+) -> (RejectReason, String) {
+    closed_within(events, Duration::from_secs(10))
+        .await
+        .expect("no ConnectionClosed event within 10 s")
+}
+
+/// Waits `quiet`, failing if a connection is closed meanwhile.
+pub async fn assert_nothing_closed(
+    events: &mut tokio::sync::broadcast::Receiver<meshtls::Event>,
+    quiet: Duration,
+) {
+    if let Some((reason, detail)) = closed_within(events, quiet).await {
+        panic!("a connection was closed: {reason}: {detail}");
+    }
 }
 
 /// A CA certificate unrelated to anyone's chain, expired in 2001.
