@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::routing::get;
+use common::web::{endpoint, reqwest_builder, serve_axum, serve_grpc, url};
 use common::{Pki, shop};
 use meshtls::{Allow, ClientTls, ServerTls};
 use tonic::service::interceptor::InterceptedService;
@@ -19,16 +20,8 @@ fn server(pki: &Pki) -> ServerTls {
 }
 
 async fn get_status(client: &ClientTls, addr: SocketAddr, path: &str) -> (u16, String) {
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured((*client.config()).clone())
-        .resolve("localhost", addr)
-        .build()
-        .unwrap();
-    let response = http
-        .get(format!("https://localhost:{}{path}", addr.port()))
-        .send()
-        .await
-        .unwrap();
+    let http = reqwest_builder(client, addr).build().unwrap();
+    let response = http.get(url(addr, path)).send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
 }
@@ -44,11 +37,7 @@ async fn axum_routes_admit_only_their_rules() {
     let app = Router::new()
         .route("/admin", get(|| async { "admin area" }).route_layer(admins))
         .route("/public", get(|| async { "hello" }));
-    let listener = meshtls::axum::MtlsListener::bind("127.0.0.1:0", &server)
-        .await
-        .unwrap();
-    let addr = axum::serve::Listener::local_addr(&listener).unwrap();
-    tokio::spawn(async move { meshtls::axum::serve(listener, app).await.unwrap() });
+    let addr = serve_axum(&server, app).await;
 
     let admin = pki.client(&shop("admin")).build().unwrap();
     let web = pki.client(&shop("web")).build().unwrap();
@@ -98,15 +87,10 @@ async fn a_route_layer_outside_meshtls_refuses_rather_than_admits() {
 async fn tonic_services_admit_only_their_rules() {
     let pki = Pki::new();
     let server = server(&pki);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let only_web = meshtls::tonic::RequirePeer::new([Allow::spiffe_id(&shop("web"))]).unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(InterceptedService::new(greeter::server(), only_web))
-            .serve_with_incoming(server.acceptor().incoming(listener)),
-    );
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    let service = InterceptedService::new(greeter::server(), only_web);
+    let (addr, _serving) = serve_grpc(&server, tonic::service::Routes::new(service)).await;
+    let endpoint = endpoint(addr);
 
     let web = pki.client(&shop("web")).build().unwrap();
     let channel = meshtls::tonic::channel(&web, endpoint.clone(), "localhost")

@@ -8,6 +8,7 @@ mod greeter;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::web::{endpoint, h2, reqwest_builder, serve_axum, serve_grpc, url};
 use common::{Pki, replace, shop};
 use http_body_util::Empty;
 use hyper::body::Bytes;
@@ -16,22 +17,13 @@ use meshtls::rustls::AlertDescription;
 use meshtls::{Allow, ClientTls, RefusedBy, RejectReason, ServerTls, refused};
 
 async fn axum_server(server: &ServerTls) -> SocketAddr {
-    let listener = meshtls::axum::MtlsListener::bind("127.0.0.1:0", server)
-        .await
-        .unwrap();
-    let addr = axum::serve::Listener::local_addr(&listener).unwrap();
     let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
-    tokio::spawn(async move { meshtls::axum::serve(listener, app).await.unwrap() });
-    addr
+    serve_axum(server, app).await
 }
 
 async fn reqwest_get(client: &ClientTls, addr: SocketAddr) -> reqwest::Error {
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured((*client.config()).clone())
-        .resolve("localhost", addr)
-        .build()
-        .unwrap();
-    http.get(format!("https://localhost:{}/", addr.port()))
+    let http = reqwest_builder(client, addr).build().unwrap();
+    http.get(url(addr, "/"))
         .send()
         .await
         .expect_err("the request went through")
@@ -78,23 +70,17 @@ async fn reqwest_over_http2_refused_by_the_allow_list() {
     let pki = Pki::new();
     let server = pki
         .server_allow(Allow::spiffe_id(&shop("web")))
-        .alpn_protocols([b"h2".to_vec()])
+        .alpn_protocols(h2())
         .build()
         .unwrap();
     let addr = axum_server(&server).await;
-    let other = pki
-        .client(&shop("other"))
-        .alpn_protocols([b"h2".to_vec()])
-        .build()
-        .unwrap();
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured((*other.config()).clone())
-        .resolve("localhost", addr)
+    let other = pki.grpc_client(&shop("other")).build().unwrap();
+    let http = reqwest_builder(&other, addr)
         .http2_prior_knowledge()
         .build()
         .unwrap();
     let error = http
-        .get(format!("https://localhost:{}/", addr.port()))
+        .get(url(addr, "/"))
         .send()
         .await
         .expect_err("the request went through");
@@ -182,22 +168,13 @@ async fn tonic_refused_with_the_reason() {
     let pki = Pki::new();
     let server = pki
         .server_allow(Allow::spiffe_id(&shop("web")))
-        .alpn_protocols([b"h2".to_vec()])
+        .alpn_protocols(h2())
         .build()
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(greeter::server())
-            .serve_with_incoming(server.acceptor().incoming(listener)),
-    );
-    let other = pki
-        .client(&shop("other"))
-        .alpn_protocols([b"h2".to_vec()])
-        .build()
-        .unwrap();
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    let (addr, _serving) =
+        serve_grpc(&server, tonic::service::Routes::new(greeter::server())).await;
+    let other = pki.grpc_client(&shop("other")).build().unwrap();
+    let endpoint = endpoint(addr);
     let (found, said) = match meshtls::tonic::channel(&other, endpoint, "localhost").await {
         Err(e) => (refused(&e), format!("{e:?}")),
         Ok(channel) => {
@@ -235,29 +212,19 @@ async fn a_status_message_that_quotes_an_alert_is_not_a_refusal() {
     let pki = Pki::new();
     let server = pki
         .server_allow(Allow::spiffe_id(&shop("web")))
-        .alpn_protocols([b"h2".to_vec()])
+        .alpn_protocols(h2())
         .build()
         .unwrap();
-    let web = pki
-        .client(&shop("web"))
-        .alpn_protocols([b"h2".to_vec()])
-        .build()
-        .unwrap();
+    let web = pki.grpc_client(&shop("web")).build().unwrap();
     for code in [
         tonic::Code::PermissionDenied,
         tonic::Code::Unavailable,
         tonic::Code::Internal,
         tonic::Code::Unknown,
     ] {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let service = greeter::proto::greeter_server::GreeterServer::new(Liar(code));
-        let serving = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(server.acceptor().incoming(listener)),
-        );
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+        let (addr, serving) = serve_grpc(&server, tonic::service::Routes::new(service)).await;
+        let endpoint = endpoint(addr);
         let channel = meshtls::tonic::channel(&web, endpoint, "localhost")
             .await
             .expect("the mTLS connection itself was refused");
@@ -318,25 +285,19 @@ async fn alert_words_outside_a_tls_failure_are_not_a_refusal() {
     let pki = Pki::new();
     let server = pki
         .server_allow(Allow::spiffe_id(&shop("web")))
-        .alpn_protocols([b"h2".to_vec()])
+        .alpn_protocols(h2())
         .build()
         .unwrap();
-    let web = pki
-        .client(&shop("web"))
-        .alpn_protocols([b"h2".to_vec()])
-        .build()
-        .unwrap();
+    let web = pki.grpc_client(&shop("web")).build().unwrap();
     let addr = goaway_server(&server).await;
 
     // reqwest over HTTP/2: the GOAWAY's debug data is in its error's words.
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured((*web.config()).clone())
-        .resolve("localhost", addr)
+    let http = reqwest_builder(&web, addr)
         .http2_prior_knowledge()
         .build()
         .unwrap();
     let error = http
-        .get(format!("https://localhost:{}/", addr.port()))
+        .get(url(addr, "/"))
         .send()
         .await
         .expect_err("the GOAWAY server answered");
@@ -354,7 +315,7 @@ async fn alert_words_outside_a_tls_failure_are_not_a_refusal() {
     );
 
     // tonic over the same.
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    let endpoint = endpoint(addr);
     match meshtls::tonic::channel(&web, endpoint, "localhost").await {
         Err(e) => assert_eq!(refused(&e), None, "{e:?}"),
         Ok(channel) => {

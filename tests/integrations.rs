@@ -10,6 +10,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
+use common::web::{endpoint, h2, reqwest_builder, serve_axum, serve_grpc, url};
 use common::{Pki, TD, replace, shop};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -28,24 +29,16 @@ async fn whoami(
 }
 
 async fn start_axum(server: &ServerTls) -> SocketAddr {
-    let listener = meshtls::axum::MtlsListener::bind("127.0.0.1:0", server)
-        .await
-        .unwrap();
-    let addr = axum::serve::Listener::local_addr(&listener).unwrap();
     // A finer, per-route decision on the identity meshtls verified.
     let admins = meshtls::axum::RequirePeer::new([Allow::spiffe_id(&shop("ops"))]).unwrap();
     let app = Router::new()
         .route("/whoami", get(whoami))
         .route("/admin", get(|| async { "welcome" }).route_layer(admins));
-    tokio::spawn(async move { meshtls::axum::serve(listener, app).await.unwrap() });
-    addr
+    serve_axum(server, app).await
 }
 
 fn reqwest_client(client: &ClientTls, addr: SocketAddr) -> reqwest::Client {
-    reqwest::Client::builder()
-        // The same rustls config: its certificate rotates with the files.
-        .tls_backend_preconfigured((*client.config()).clone())
-        .resolve("localhost", addr)
+    reqwest_builder(client, addr)
         .pool_max_idle_per_host(0)
         .build()
         .unwrap()
@@ -56,10 +49,7 @@ async fn get_json(
     addr: SocketAddr,
     path: &str,
 ) -> Result<(u16, String), reqwest::Error> {
-    let response = client
-        .get(format!("https://localhost:{}{path}", addr.port()))
-        .send()
-        .await?;
+    let response = client.get(url(addr, path)).send().await?;
     let status = response.status().as_u16();
     Ok((status, response.text().await?))
 }
@@ -213,24 +203,18 @@ async fn tonic_handler_reads_the_caller_identity() {
     let pki = Pki::new();
     let server = pki
         .server_allow(Allow::spiffe_id(&shop("web")))
-        .alpn_protocols([b"h2".to_vec()])
+        .alpn_protocols(h2())
         .build()
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let incoming = server.acceptor().incoming(listener);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(greeter::server())
-            .serve_with_incoming(incoming),
-    );
+    let (addr, _serving) =
+        serve_grpc(&server, tonic::service::Routes::new(greeter::server())).await;
 
     let api = format!("spiffe://{TD}/ns/billing/sa/api");
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    let endpoint = endpoint(addr);
     let web = pki
         .client(&shop("web"))
         .expect_server(Allow::spiffe_id(&api))
-        .alpn_protocols([b"h2".to_vec()])
+        .alpn_protocols(h2())
         .build()
         .unwrap();
     let channel = meshtls::tonic::channel(&web, endpoint.clone(), "localhost")
@@ -243,7 +227,7 @@ async fn tonic_handler_reads_the_caller_identity() {
     let other = pki
         .client(&shop("intruder"))
         .expect_server(Allow::spiffe_id(&api))
-        .alpn_protocols([b"h2".to_vec()])
+        .alpn_protocols(h2())
         .build()
         .unwrap();
     let refused = match meshtls::tonic::channel(&other, endpoint, "localhost").await {

@@ -12,6 +12,7 @@ use std::net::TcpListener as StdListener;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::web::serve_axum;
 use common::{
     INSTALL_CURL, INSTALL_JDK, INSTALL_OPENSSL, INSTALL_PYTHON, Pki, TD, openssl, require_peer,
     serve, svid,
@@ -335,15 +336,11 @@ async fn curl_calls_an_axum_service() {
         .server_allow(Allow::spiffe_id(&svid("interop", "peer")))
         .build()
         .unwrap();
-    let listener = meshtls::axum::MtlsListener::bind("127.0.0.1:0", &server)
-        .await
-        .unwrap();
-    let port = axum::serve::Listener::local_addr(&listener).unwrap().port();
     let app = axum::Router::new().route(
         "/whoami",
         get(|peer: meshtls::PeerIdentity| async move { peer.to_string() }),
     );
-    tokio::spawn(async move { meshtls::axum::serve(listener, app).await });
+    let port = serve_axum(&server, app).await.port();
 
     let (cert, key) = pki.write_cert("curl-client", &pki.client_cert(&svid("interop", "peer")));
     let url = format!("https://localhost:{port}/whoami");

@@ -10,6 +10,7 @@ mod greeter;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::web::{endpoint, h2, serve_axum, serve_grpc};
 use common::{
     BuilderExt, Open, Pki, TD, assert_nothing_closed, client_of, echo_reporting, events_and_echo,
     next_closed, replace, shop,
@@ -20,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use meshtls::dev::DevCa;
 use meshtls::{Allow, ClientTls, RejectReason, ServerTls};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const GRACE: Duration = Duration::from_millis(300);
 const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -115,20 +116,11 @@ async fn revoked_http1_keep_alive_and_grpc_channel_close_others_stay() {
     let mut events = server.subscribe();
 
     // axum, HTTP/1.1 keep-alive.
-    let listener = meshtls::axum::MtlsListener::bind("127.0.0.1:0", &server)
-        .await
-        .unwrap();
-    let http_addr = axum::serve::Listener::local_addr(&listener).unwrap();
     let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
-    tokio::spawn(async move { meshtls::axum::serve(listener, app).await.unwrap() });
+    let http_addr = serve_axum(&server, app).await;
     // tonic, HTTP/2.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc_addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(greeter::server())
-            .serve_with_incoming(server.acceptor().incoming(listener)),
-    );
+    let (grpc_addr, _serving) =
+        serve_grpc(&server, tonic::service::Routes::new(greeter::server())).await;
 
     let http_cert = pki.client_cert(&shop("http-victim"));
     let grpc_cert = pki.client_cert(&shop("grpc-victim"));
@@ -139,14 +131,10 @@ async fn revoked_http1_keep_alive_and_grpc_channel_close_others_stay() {
         .unwrap();
     let grpc_victim = pki
         .client_with(&grpc_cert)
-        .alpn_protocols([b"h2".to_vec()])
+        .alpn_protocols(h2())
         .build()
         .unwrap();
-    let bystander = pki
-        .client(&shop("bystander"))
-        .alpn_protocols([b"h2".to_vec()])
-        .build()
-        .unwrap();
+    let bystander = pki.grpc_client(&shop("bystander")).build().unwrap();
 
     let tcp = TcpStream::connect(http_addr).await.unwrap();
     let (tls, _) = http_victim
@@ -170,7 +158,7 @@ async fn revoked_http1_keep_alive_and_grpc_channel_close_others_stay() {
         "ok"
     );
 
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}")).unwrap();
+    let endpoint = endpoint(grpc_addr);
     let grpc = meshtls::tonic::channel(&grpc_victim, endpoint.clone(), "localhost")
         .await
         .unwrap();
@@ -530,7 +518,7 @@ fn expiring_server(pki: &Pki, time: &meshtls::ManualClock) -> ServerTls {
     pki.server_td()
         .live_connection_grace(Duration::ZERO)
         .close_at_peer_expiry()
-        .on_clock(&time)
+        .on_clock(time)
         .build()
         .unwrap()
 }

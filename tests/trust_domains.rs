@@ -29,7 +29,7 @@ impl Federation {
     }
 
     fn client(&self, ca: &DevCa, id: &str) -> ClientTls {
-        let cert = client_of(&ca, id);
+        let cert = client_of(ca, id);
         self.pki.client_with(&cert).build().unwrap()
     }
 

@@ -1,6 +1,8 @@
 //! A small PKI and loopback harness shared by the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod web;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -222,6 +224,11 @@ impl Pki {
         Open::connect(self.presenting(cert, extra), addr)
             .await
             .unwrap()
+    }
+
+    /// [`Pki::client`] speaking gRPC (ALPN `h2` only).
+    pub fn grpc_client(&self, spiffe: &str) -> meshtls::ClientTlsBuilder<meshtls::Ready> {
+        self.client(spiffe).alpn_protocols(web::h2())
     }
 
     /// A client builder with a fresh certificate for `spiffe`.
