@@ -8,7 +8,7 @@ mod greeter;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::web::{endpoint, h2, reqwest_builder, serve_axum, serve_grpc, url};
+use common::web::{endpoint, reqwest_builder, serve_axum, serve_grpc, url};
 use common::{Pki, replace, shop};
 use http_body_util::Empty;
 use hyper::body::Bytes;
@@ -69,8 +69,7 @@ async fn reqwest_refused_by_the_allow_list_and_by_a_crl() {
 async fn reqwest_over_http2_refused_by_the_allow_list() {
     let pki = Pki::new();
     let server = pki
-        .server_allow(Allow::spiffe_id(&shop("web")))
-        .alpn_protocols(h2())
+        .grpc_server(Allow::spiffe_id(&shop("web")))
         .build()
         .unwrap();
     let addr = axum_server(&server).await;
@@ -167,8 +166,7 @@ async fn hyper_over_the_connector_refused_and_refusing() {
 async fn tonic_refused_with_the_reason() {
     let pki = Pki::new();
     let server = pki
-        .server_allow(Allow::spiffe_id(&shop("web")))
-        .alpn_protocols(h2())
+        .grpc_server(Allow::spiffe_id(&shop("web")))
         .build()
         .unwrap();
     let (addr, _serving) =
@@ -211,8 +209,7 @@ impl greeter::proto::greeter_server::Greeter for Liar {
 async fn a_status_message_that_quotes_an_alert_is_not_a_refusal() {
     let pki = Pki::new();
     let server = pki
-        .server_allow(Allow::spiffe_id(&shop("web")))
-        .alpn_protocols(h2())
+        .grpc_server(Allow::spiffe_id(&shop("web")))
         .build()
         .unwrap();
     let web = pki.grpc_client(&shop("web")).build().unwrap();
@@ -284,8 +281,7 @@ async fn goaway_server(server: &ServerTls) -> SocketAddr {
 async fn alert_words_outside_a_tls_failure_are_not_a_refusal() {
     let pki = Pki::new();
     let server = pki
-        .server_allow(Allow::spiffe_id(&shop("web")))
-        .alpn_protocols(h2())
+        .grpc_server(Allow::spiffe_id(&shop("web")))
         .build()
         .unwrap();
     let web = pki.grpc_client(&shop("web")).build().unwrap();

@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{Pki, TD};
+use common::{Pki, TD, ping_over};
 use meshtls::{Event, ServerTls};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -307,23 +307,7 @@ async fn stallers_that_sent_a_hello_do_not_get_a_valid_client_shed() {
             .build()
             .unwrap();
         let start = Instant::now();
-        let served = tokio::time::timeout(Duration::from_secs(10), async {
-            let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-            let (tls, _) = client
-                .connector()
-                .connect("localhost", tcp)
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut tls = BufReader::new(tls);
-            tls.get_mut()
-                .write_all(b"ping\n")
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut line = String::new();
-            tls.read_line(&mut line).await.map_err(|e| e.to_string())?;
-            Ok::<_, String>(line)
-        })
-        .await;
+        let served = tokio::time::timeout(Duration::from_secs(10), ping_over(&client, addr)).await;
         let took = start.elapsed();
         eprintln!("flood: attempt {attempt}: served in {took:?}");
         match served {

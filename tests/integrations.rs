@@ -202,8 +202,7 @@ async fn hyper_over_the_meshtls_connector() {
 async fn tonic_handler_reads_the_caller_identity() {
     let pki = Pki::new();
     let server = pki
-        .server_allow(Allow::spiffe_id(&shop("web")))
-        .alpn_protocols(h2())
+        .grpc_server(Allow::spiffe_id(&shop("web")))
         .build()
         .unwrap();
     let (addr, _serving) =

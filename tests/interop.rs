@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::TcpListener as StdListener;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -15,40 +14,9 @@ use std::time::Duration;
 use common::web::serve_axum;
 use common::{
     INSTALL_CURL, INSTALL_JDK, INSTALL_OPENSSL, INSTALL_PYTHON, Pki, TD, openssl, require_peer,
-    serve, svid,
+    run_peer, serve, svid,
 };
 use meshtls::{Allow, ClientTls, RejectReason};
-
-/// Runs a peer command with `input` on stdin; returns (success, stdout+stderr).
-async fn peer(program: &str, args: Vec<String>, input: &'static str) -> (bool, String) {
-    let program = program.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(&program)
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    })
-    .await
-    .unwrap()
-}
 
 fn s_client_args(pki: &Pki, port: u16, with_cert: bool, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
@@ -92,31 +60,33 @@ async fn openssl_s_client_is_admitted_and_refused_with_the_right_alerts() {
     let mut running = serve(&server).await;
     let port = running.addr.port();
 
-    let (ok, out) = peer("openssl", s_client_args(&pki, port, true, &[]), "ping\n").await;
+    let (ok, out) = run_peer(
+        "openssl",
+        s_client_args(&pki, port, true, &[]),
+        Some("ping\n"),
+    )
+    .await;
     assert!(
         ok && out.contains(&format!("hello {}", svid("interop", "peer"))),
         "{out}"
     );
-    assert_eq!(
-        running
-            .expect_admitted()
-            .await
-            .spiffe_id()
-            .unwrap()
-            .as_str(),
-        svid("interop", "peer")
-    );
+    running.expect_admitted_as(&svid("interop", "peer")).await;
 
-    let (_, out) = peer("openssl", s_client_args(&pki, port, false, &[]), "ping\n").await;
+    let (_, out) = run_peer(
+        "openssl",
+        s_client_args(&pki, port, false, &[]),
+        Some("ping\n"),
+    )
+    .await;
     assert!(out.contains("certificate required"), "{out}");
     running
         .expect_refused(RejectReason::NoClientCertificate)
         .await;
 
-    let (_, out) = peer(
+    let (_, out) = run_peer(
         "openssl",
         s_client_args(&pki, port, true, &["-tls1_2"]),
-        "ping\n",
+        Some("ping\n"),
     )
     .await;
     assert!(out.contains("protocol version"), "{out}");
@@ -241,7 +211,7 @@ with socket.create_connection(("127.0.0.1", port)) as raw:
         cert.display().to_string(),
         key.display().to_string(),
     ];
-    let (ok, out) = peer("python3", args, "").await;
+    let (ok, out) = run_peer("python3", args, Some("")).await;
     assert!(
         ok && out.contains(&format!("hello {}", svid("interop", "peer")))
             && out.contains("TLSv1.3"),
@@ -290,20 +260,12 @@ async fn java_client_is_admitted() {
         "changeit".to_owned(),
         pki.ca_file().display().to_string(),
     ];
-    let (ok, out) = peer("java", args, "").await;
+    let (ok, out) = run_peer("java", args, Some("")).await;
     assert!(
         ok && out.contains(&format!("hello {}", svid("interop", "peer"))),
         "{out}"
     );
-    assert_eq!(
-        running
-            .expect_admitted()
-            .await
-            .spiffe_id()
-            .unwrap()
-            .as_str(),
-        svid("interop", "peer")
-    );
+    running.expect_admitted_as(&svid("interop", "peer")).await;
 }
 
 #[tokio::test]
@@ -366,7 +328,7 @@ async fn curl_calls_an_axum_service() {
         args.push(url.clone());
         args
     };
-    let (ok, out) = peer("curl", common(true), "").await;
+    let (ok, out) = run_peer("curl", common(true), Some("")).await;
     assert!(ok && out.trim() == svid("interop", "peer"), "{out}");
     // HTTP/2 is offered by default now: curl speaks it.
     let mut h2 = common(true);
@@ -374,13 +336,13 @@ async fn curl_calls_an_axum_service() {
         0..0,
         ["--write-out".to_owned(), " http/%{http_version}".to_owned()],
     );
-    let (ok, out) = peer("curl", h2, "").await;
+    let (ok, out) = run_peer("curl", h2, Some("")).await;
     assert!(ok && out.trim().ends_with("http/2"), "{out}");
 
     // No certificate: refused. Over HTTP/2 curl reports the broken
     // connection ((55)/(56)) rather than the alert; the server says why.
     let mut events = server.subscribe();
-    let (ok, out) = peer("curl", common(false), "").await;
+    let (ok, out) = run_peer("curl", common(false), Some("")).await;
     assert!(
         !ok && (out.contains("alert") || out.contains("(55)") || out.contains("(56)")),
         "{out}"

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
-use common::{INSTALL_GO, Pki, exchange, require_peer, serve, svid};
+use common::{INSTALL_GO, Pki, exchange, require_peer, run_peer, serve, svid};
 use meshtls::{Allow, RejectReason};
 
 /// The Go peer, built once per test run.
@@ -43,20 +43,8 @@ fn peer() -> &'static PathBuf {
 
 /// Runs the Go client; returns what it printed.
 async fn go_client(args: Vec<String>) -> String {
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(peer())
-            .arg("client")
-            .args(&args)
-            .output()
-            .unwrap();
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-    .await
-    .unwrap()
+    let args = std::iter::once("client".to_owned()).chain(args).collect();
+    run_peer(peer(), args, None).await.1
 }
 
 #[tokio::test]
@@ -87,15 +75,9 @@ async fn go_client_admitted_and_refused_with_the_right_alerts() {
         said.contains(&format!("reply: hello {}", svid("interop", "go-client"))),
         "{said}"
     );
-    assert_eq!(
-        running
-            .expect_admitted()
-            .await
-            .spiffe_id()
-            .unwrap()
-            .to_string(),
-        svid("interop", "go-client")
-    );
+    running
+        .expect_admitted_as(&svid("interop", "go-client"))
+        .await;
 
     // Off the allow-list: Go sees access_denied, the server says why.
     let (cert, key) = pki.write_cert("go-other", &pki.client_cert(&svid("interop", "go-other")));

@@ -198,14 +198,7 @@ fn cases() -> Vec<Case> {
             needs: None,
             make: |pki| {
                 let now = SystemTime::now();
-                let expired = pki
-                    .ca
-                    .leaf()
-                    .dns("localhost")
-                    .server()
-                    .valid_between(now - 2 * HOUR, now - HOUR)
-                    .issue()
-                    .unwrap();
+                let expired = pki.localhost_cert_between(now - 2 * HOUR, now - HOUR);
                 let (cert, key) = pki.write_cert("expired", &expired);
                 Setup {
                     cert: cert.clone(),
@@ -222,14 +215,7 @@ fn cases() -> Vec<Case> {
             needs: None,
             make: |pki| {
                 let now = SystemTime::now();
-                let future = pki
-                    .ca
-                    .leaf()
-                    .dns("localhost")
-                    .server()
-                    .valid_between(now + HOUR, now + 2 * HOUR)
-                    .issue()
-                    .unwrap();
+                let future = pki.localhost_cert_between(now + HOUR, now + 2 * HOUR);
                 let (cert, key) = pki.write_cert("future", &future);
                 Setup {
                     cert: cert.clone(),

@@ -81,15 +81,7 @@ async fn openssl_keystore_and_truststore_serve_mtls() {
         .call(&pki.client(&svid("app", "java")).build().unwrap())
         .await;
     assert!(seen.reply().starts_with("hello"), "{seen:?}");
-    assert_eq!(
-        running
-            .expect_admitted()
-            .await
-            .spiffe_id()
-            .unwrap()
-            .as_str(),
-        svid("app", "java")
-    );
+    running.expect_admitted_as(&svid("app", "java")).await;
 }
 
 #[test]

@@ -218,17 +218,10 @@ async fn bad_writes_keep_the_last_good_generation() {
     let client = fresh_client(&pki);
 
     let now = SystemTime::now();
-    let expired = pki
-        .ca
-        .leaf()
-        .dns("localhost")
-        .server()
-        .valid_between(
-            now - Duration::from_secs(7200),
-            now - Duration::from_secs(60),
-        )
-        .issue()
-        .unwrap();
+    let expired = pki.localhost_cert_between(
+        now - Duration::from_secs(7200),
+        now - Duration::from_secs(60),
+    );
     let stranger = pki.server_cert();
     let pem = good.chain_pem();
     let cases: Vec<(&str, &Path, String, &str)> = vec![
@@ -643,17 +636,10 @@ async fn expiring_and_expired_events() {
     let pki = Pki::new();
     let now = SystemTime::now();
     // 1.5 s of a 4 s life left: under the default third.
-    let short = pki
-        .ca
-        .leaf()
-        .dns("localhost")
-        .server()
-        .valid_between(
-            now - Duration::from_millis(2500),
-            now + Duration::from_millis(1500),
-        )
-        .issue()
-        .unwrap();
+    let short = pki.localhost_cert_between(
+        now - Duration::from_millis(2500),
+        now + Duration::from_millis(1500),
+    );
     let f = files(&pki, &short);
     let server = watched(&f)
         .poll_interval(Some(Duration::from_millis(100)))

@@ -137,6 +137,22 @@ impl Pki {
             .unwrap()
     }
 
+    /// A server certificate for `localhost` (no SPIFFE ID), valid from
+    /// `not_before` to `not_after`.
+    pub fn localhost_cert_between(
+        &self,
+        not_before: std::time::SystemTime,
+        not_after: std::time::SystemTime,
+    ) -> DevCert {
+        self.ca
+            .leaf()
+            .dns("localhost")
+            .server()
+            .valid_between(not_before, not_after)
+            .issue()
+            .unwrap()
+    }
+
     /// A client certificate with the given SPIFFE ID.
     pub fn client_cert(&self, spiffe: &str) -> DevCert {
         client_of(&self.ca, spiffe)
@@ -226,6 +242,11 @@ impl Pki {
             .unwrap()
     }
 
+    /// [`Pki::server_allow`] speaking gRPC (ALPN `h2` only).
+    pub fn grpc_server(&self, rule: Allow) -> meshtls::ServerTlsBuilder<meshtls::Ready> {
+        self.server_allow(rule).alpn_protocols(web::h2())
+    }
+
     /// [`Pki::client`] speaking gRPC (ALPN `h2` only).
     pub fn grpc_client(&self, spiffe: &str) -> meshtls::ClientTlsBuilder<meshtls::Ready> {
         self.client(spiffe).alpn_protocols(web::h2())
@@ -280,6 +301,13 @@ impl Running {
         };
         assert_eq!(err.reason(), reason, "{err}");
         err
+    }
+
+    /// The server's side of an admitted handshake: it admitted `spiffe`.
+    pub async fn expect_admitted_as(&mut self, spiffe: &str) -> PeerIdentity {
+        let peer = self.expect_admitted().await;
+        assert_eq!(peer.spiffe_id().unwrap().as_str(), spiffe);
+        peer
     }
 
     /// `client` calls (as `localhost`) and both sides say it was admitted:
@@ -409,6 +437,26 @@ pub async fn call(client: &ClientTls, addr: SocketAddr, name: &str) -> Seen {
             Err(e) => Seen::Refused(e),
         },
     }
+}
+
+/// Connects with the meshtls connector (as `localhost`), sends `ping`, reads
+/// one line (no time limit): the line as read (empty at the end of the
+/// stream), or the first error's text.
+pub async fn ping_over(client: &ClientTls, addr: SocketAddr) -> Result<String, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (tls, _) = client
+        .connector()
+        .connect("localhost", tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut tls = BufReader::new(tls);
+    tls.get_mut()
+        .write_all(b"ping\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    tls.read_line(&mut line).await.map_err(|e| e.to_string())?;
+    Ok(line)
 }
 
 /// Sends `ping`, reads one line; an error or EOF is the refusal text.
@@ -621,6 +669,50 @@ pub const INSTALL_CURL: &str = "apt-get install curl";
 /// The set in CI (`.ci/run`): a peer program that is missing fails the test
 /// instead of skipping it, so CI runs every peer.
 pub const REQUIRE_PEERS: &str = "MESHTLS_REQUIRE_PEERS";
+
+/// Runs a peer program with `args` (off the runtime's threads), `input` on
+/// its stdin (or none): whether it succeeded, and its stdout then stderr.
+pub async fn run_peer(
+    program: impl AsRef<std::ffi::OsStr>,
+    args: Vec<String>,
+    input: Option<&'static str>,
+) -> (bool, String) {
+    use std::process::{Command, Stdio};
+    let program = program.as_ref().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(&program)
+            .args(&args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+        if let Some(input) = input {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    })
+    .await
+    .unwrap()
+}
 
 /// Where `program` is on `PATH` (an executable file), if it is.
 pub fn find_program(program: &str) -> Option<PathBuf> {
