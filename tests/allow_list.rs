@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Pki, TD, bare_client_pem, call_bare, identity_of, serve};
+use common::{Pki, TD, bare_client_pem, call_bare, identity_of, serve, start};
 use meshtls::error::RuleError;
 use meshtls::rustls;
 use meshtls::{Allow, Policy, RejectReason};
@@ -159,14 +159,13 @@ async fn cn_rules_are_off_by_default() {
     assert!(err.to_string().contains("allow_legacy_cn()"), "{err}");
 
     // Opted in, a CN-only client certificate (no SAN) is admitted by its CN.
-    let server = pki
-        .server()
-        .dangerous()
-        .allow_legacy_cn()
-        .allow(Allow::cn("legacy-batch"))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(
+        pki.server()
+            .dangerous()
+            .allow_legacy_cn()
+            .allow(Allow::cn("legacy-batch")),
+    )
+    .await;
     let legacy = pki.ca.leaf().cn("legacy-batch").client().issue().unwrap();
     let seen = running
         .call(&pki.client_with(&legacy).build().unwrap())
@@ -205,8 +204,7 @@ async fn path_prefix_is_not_a_string_prefix_over_the_wire() {
 #[tokio::test]
 async fn certificate_with_two_uri_sans_is_not_an_svid() {
     let pki = Pki::new();
-    let server = pki.server_any().build().unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(pki.server_any()).await;
     let two = pki
         .ca
         .leaf()
@@ -226,8 +224,7 @@ async fn certificate_with_two_uri_sans_is_not_an_svid() {
 #[tokio::test]
 async fn ca_certificate_presented_as_client_leaf_is_refused() {
     let pki = Pki::new();
-    let server = pki.server_any().build().unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(pki.server_any()).await;
     // The CA's own certificate and key, presented as if they were a client's.
     let config = bare_client_pem(
         pki.ca.cert_pem(),
@@ -246,8 +243,7 @@ async fn allow_list_replaced_at_runtime() {
     let pki = Pki::new();
     let a = format!("spiffe://{TD}/a");
     let b = format!("spiffe://{TD}/b");
-    let server = pki.server_allow(Allow::spiffe_id(&a)).build().unwrap();
-    let mut running = serve(&server).await;
+    let (server, mut running) = start(pki.server_allow(Allow::spiffe_id(&a))).await;
     let client_a = pki.client(&a).build().unwrap();
     let client_b = pki.client(&b).build().unwrap();
 
@@ -328,8 +324,7 @@ fn a_leaf_named_after_a_bare_trust_domain_is_not_a_workload() {
 #[tokio::test]
 async fn a_bare_trust_domain_client_is_refused_over_the_wire() {
     let pki = Pki::new();
-    let server = pki.server_td().build().unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(pki.server_td()).await;
     let leaf = pki
         .ca
         .leaf()

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{Pki, Seen, TD, bare_client, billing_web, call, call_bare, client_of, serve};
+use common::{Pki, Seen, TD, bare_client, billing_web, call, call_bare, client_of, serve, start};
 use meshtls::dev::DevCa;
 use meshtls::rustls;
 use meshtls::{Allow, Event, RejectReason};
@@ -13,11 +13,7 @@ use meshtls::{Allow, Event, RejectReason};
 #[tokio::test]
 async fn allowed_client_is_accepted_and_told_who_it_is() {
     let pki = Pki::new();
-    let server = pki
-        .server_allow(Allow::spiffe_id(&billing_web()))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (server, mut running) = start(pki.server_allow(Allow::spiffe_id(&billing_web()))).await;
     let client = pki.client(&billing_web()).build().unwrap();
 
     let seen = running.call(&client).await;
@@ -42,8 +38,7 @@ async fn allowed_client_is_accepted_and_told_who_it_is() {
 #[tokio::test]
 async fn client_without_certificate_is_refused() {
     let pki = Pki::new();
-    let server = pki.server_any().build().unwrap();
-    let mut running = serve(&server).await;
+    let (server, mut running) = start(pki.server_any()).await;
 
     let config = bare_client(pki.ca.cert_pem(), None, &[&rustls::version::TLS13]);
     let err = call_bare(config, running.addr).await.unwrap_err();
@@ -110,8 +105,7 @@ async fn identity_not_on_the_allow_list_is_refused_with_access_denied() {
 #[tokio::test]
 async fn tls12_only_client_is_refused() {
     let pki = Pki::new();
-    let server = pki.server_any().build().unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(pki.server_any()).await;
 
     let cert = pki.client_cert(&billing_web());
     let config = bare_client(pki.ca.cert_pem(), Some(&cert), &[&rustls::version::TLS12]);
@@ -124,8 +118,7 @@ async fn tls12_only_client_is_refused() {
 #[tokio::test]
 async fn expired_client_certificate_is_refused() {
     let pki = Pki::new();
-    let server = pki.server_any().build().unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(pki.server_any()).await;
 
     let now = SystemTime::now();
     let expired = pki.client_cert_between(
@@ -150,8 +143,7 @@ async fn revoked_client_is_refused() {
     let pki = Pki::new();
     let revoked = pki.client_cert(&billing_web());
     let crl = pki.write_crl(&[&revoked]);
-    let server = pki.server_any().crl_file(crl).build().unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(pki.server_any().crl_file(crl)).await;
 
     running
         .assert_revoked(&pki.client_with(&revoked).build().unwrap())
@@ -167,8 +159,7 @@ async fn revoked_client_is_refused() {
 #[tokio::test]
 async fn client_verifies_server_by_spiffe_id() {
     let pki = Pki::new();
-    let server = pki.server_any().build().unwrap();
-    let running = serve(&server).await;
+    let (_server, running) = start(pki.server_any()).await;
     let api = format!("spiffe://{TD}/ns/billing/sa/api");
 
     let right = pki
@@ -213,8 +204,7 @@ async fn client_verifies_server_by_spiffe_id() {
 #[tokio::test]
 async fn client_without_expectations_checks_the_dialled_name() {
     let pki = Pki::new();
-    let server = pki.server_any().build().unwrap();
-    let running = serve(&server).await;
+    let (_server, running) = start(pki.server_any()).await;
     let client = pki.client(&billing_web()).build().unwrap();
 
     assert!(running.call(&client).await.reply().starts_with("hello"));
@@ -234,8 +224,7 @@ async fn client_without_expectations_checks_the_dialled_name() {
 async fn client_refuses_server_from_unknown_ca() {
     let pki = Pki::new();
     let other = Pki::named("another root");
-    let server = other.server_any().build().unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(other.server_any()).await;
 
     let client = pki.client(&billing_web()).build().unwrap();
     let seen = running.call(&client).await;
@@ -253,8 +242,7 @@ async fn client_refuses_server_from_unknown_ca() {
 async fn same_named_ca_with_another_key_is_refused() {
     let pki = Pki::new();
     let impostor = Pki::new(); // same CA name, different key
-    let server = impostor.server_any().build().unwrap();
-    let running = serve(&server).await;
+    let (_server, running) = start(impostor.server_any()).await;
     let client = pki.client(&billing_web()).build().unwrap();
     let seen = running.call(&client).await;
     assert_eq!(
@@ -281,12 +269,11 @@ async fn server_without_allow_list_does_not_build() {
 #[tokio::test]
 async fn handshake_timeout_is_reported() {
     let pki = Pki::new();
-    let server = pki
-        .server_any()
-        .handshake_timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(
+        pki.server_any()
+            .handshake_timeout(Duration::from_millis(200)),
+    )
+    .await;
     let _silent = tokio::net::TcpStream::connect(running.addr).await.unwrap();
     running.expect_refused(RejectReason::Timeout).await;
 }
@@ -294,11 +281,7 @@ async fn handshake_timeout_is_reported() {
 #[tokio::test]
 async fn resumption_works_and_is_rechecked() {
     let pki = Pki::new();
-    let server = pki
-        .server_allow(Allow::spiffe_id(&billing_web()))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (server, mut running) = start(pki.server_allow(Allow::spiffe_id(&billing_web()))).await;
     let client = pki.client(&billing_web()).build().unwrap();
 
     for _ in 0..3 {
@@ -369,12 +352,7 @@ fn certificate_facts_read_as_one_line_with_rfc3339_dates() {
 #[tokio::test]
 async fn control_a_server_with_a_huge_handshake_timeout_accepts() {
     let pki = Pki::new();
-    let server = pki
-        .server_td()
-        .handshake_timeout(Duration::MAX)
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(pki.server_td().handshake_timeout(Duration::MAX)).await;
     let client = pki.client(&format!("spiffe://{TD}/a")).build().unwrap();
     running.assert_admitted(&client).await;
 }
@@ -384,8 +362,7 @@ async fn control_a_server_with_a_huge_handshake_timeout_accepts() {
 #[tokio::test]
 async fn a_client_with_a_huge_handshake_timeout_connects_without_panicking() {
     let pki = Pki::new();
-    let server = pki.server_td().build().unwrap();
-    let running = serve(&server).await;
+    let (_server, running) = start(pki.server_td()).await;
     let client = pki
         .client(&format!("spiffe://{TD}/a"))
         .handshake_timeout(Duration::MAX)

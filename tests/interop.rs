@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::web::serve_axum;
 use common::{
     INSTALL_CURL, INSTALL_JDK, INSTALL_OPENSSL, INSTALL_PYTHON, Pki, TD, openssl, require_peer,
-    run_peer, serve, svid,
+    run_peer, start, svid,
 };
 use meshtls::{Allow, ClientTls, RejectReason};
 
@@ -53,11 +53,8 @@ async fn openssl_s_client_is_admitted_and_refused_with_the_right_alerts() {
         return;
     }
     let pki = Pki::new();
-    let server = pki
-        .server_allow(Allow::spiffe_id(&svid("interop", "peer")))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) =
+        start(pki.server_allow(Allow::spiffe_id(&svid("interop", "peer")))).await;
     let port = running.addr.port();
 
     let (ok, out) = run_peer(
@@ -185,11 +182,8 @@ async fn python_ssl_client_is_admitted() {
         return;
     }
     let pki = Pki::new();
-    let server = pki
-        .server_allow(Allow::spiffe_id(&svid("interop", "peer")))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) =
+        start(pki.server_allow(Allow::spiffe_id(&svid("interop", "peer")))).await;
     let (cert, key) = pki.write_cert("python-client", &pki.client_cert(&svid("interop", "peer")));
     let script = r#"
 import socket, ssl, sys
@@ -230,11 +224,8 @@ async fn java_client_is_admitted() {
         return;
     }
     let pki = Pki::new();
-    let server = pki
-        .server_allow(Allow::spiffe_id(&svid("interop", "peer")))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) =
+        start(pki.server_allow(Allow::spiffe_id(&svid("interop", "peer")))).await;
     let (cert, key) = pki.write_cert("java-client", &pki.client_cert(&svid("interop", "peer")));
     openssl(
         pki.dir.path(),

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
-use common::{INSTALL_GO, Pki, exchange, require_peer, run_peer, serve, svid};
+use common::{INSTALL_GO, Pki, exchange, require_peer, run_peer, start, svid};
 use meshtls::{Allow, RejectReason};
 
 /// The Go peer, built once per test run.
@@ -53,11 +53,8 @@ async fn go_client_admitted_and_refused_with_the_right_alerts() {
         return;
     }
     let pki = Pki::new();
-    let server = pki
-        .server_allow(Allow::spiffe_id(&svid("interop", "go-client")))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) =
+        start(pki.server_allow(Allow::spiffe_id(&svid("interop", "go-client")))).await;
     let addr = running.addr.to_string();
     let ca = pki.ca_file().display().to_string();
 

@@ -11,7 +11,9 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use common::{BuilderExt, Pki, TD, Wire, bare_client, records, replace, serve, server_id, shop};
+use common::{
+    BuilderExt, Pki, TD, Wire, bare_client, records, replace, serve, server_id, shop, start,
+};
 use meshtls::rustls;
 use meshtls::{Allow, Event, ManualClock, RejectReason, ReloadOutcome};
 
@@ -300,8 +302,7 @@ async fn an_older_crl_listed_first_does_not_hide_a_newer_revocation() {
         )
         .unwrap();
     let crl = pki.write("ca.crl", format!("{older}{newer}"));
-    let server = pki.server_td().crl_file(&crl).build().unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(pki.server_td().crl_file(&crl)).await;
     running
         .assert_revoked(&pki.client_with(&revoked).build().unwrap())
         .await;
@@ -327,14 +328,14 @@ async fn same_named_ca_rotation_works_with_crls() {
         ),
     );
     let (cert, key) = old.write_cert("server", &old.server_cert());
-    let server = meshtls::ServerTls::builder()
-        .identity_files(cert, key)
-        .client_roots_file(&roots)
-        .crl_file(&crl)
-        .allow(Allow::spiffe_trust_domain(TD))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(
+        meshtls::ServerTls::builder()
+            .identity_files(cert, key)
+            .client_roots_file(&roots)
+            .crl_file(&crl)
+            .allow(Allow::spiffe_trust_domain(TD)),
+    )
+    .await;
     let client_of = |pki: &Pki, cert: &meshtls::dev::DevCert| {
         let (c, k) = pki.write_cert(&format!("client-{}", cert.serial().replace(':', "")), cert);
         meshtls::ClientTls::builder()

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use common::{Pki, ServerBuilderExt, TD, billing_web, call, client_of, replace, serve};
+use common::{Pki, ServerBuilderExt, TD, billing_web, call, client_of, replace, serve, start};
 use meshtls::dev::DevCert;
 use meshtls::{Allow, ClientTls, Event, RejectReason, ReloadOutcome, Resumption, ServerTls};
 use tokio::sync::broadcast::Receiver;
@@ -565,8 +565,7 @@ async fn rotations_under_load_fail_no_handshake() {
     let pki = Pki::new();
     let first = pki.server_cert();
     let f = files(&pki, &first);
-    let server = watched(&f).build().unwrap();
-    let running = serve(&server).await;
+    let (server, running) = start(watched(&f)).await;
 
     let done = Arc::new(AtomicBool::new(false));
     let handshakes = Arc::new(AtomicUsize::new(0));
@@ -683,12 +682,11 @@ async fn a_policy_change_ends_old_sessions_and_new_ones_resume_at_once() {
     let pki = Pki::new();
     let a = billing_web();
     let b = format!("spiffe://{TD}/ns/billing/sa/batch");
-    let server = pki
-        .server_allow(Allow::spiffe_id(&a))
-        .allow(Allow::spiffe_id(&b))
-        .build()
-        .unwrap();
-    let running = serve(&server).await;
+    let (server, running) = start(
+        pki.server_allow(Allow::spiffe_id(&a))
+            .allow(Allow::spiffe_id(&b)),
+    )
+    .await;
     let client = pki.client(&a).build().unwrap();
     assert!(!resumed(&client, running.addr).await);
     assert!(

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{BuilderExt, Pki, Wire, bare_client, serve, shop};
+use common::{BuilderExt, Pki, Wire, bare_client, shop, start};
 use meshtls::dev::DevCa;
 use meshtls::error::MaterialError;
 use meshtls::rustls;
@@ -63,8 +63,7 @@ async fn dev_ca_crls_issued_back_to_back_are_ordered() {
     }
     pem.push_str(&pki.ca.crl(&[&revoked], HOUR).unwrap());
     let crl = pki.write("ca.crl", pem);
-    let server = pki.server_td().crl_file(&crl).build().unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(pki.server_td().crl_file(&crl)).await;
     running
         .assert_revoked(&pki.client_with(&revoked).build().unwrap())
         .await;

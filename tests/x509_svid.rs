@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{Pki, serve, spiffe_in};
+use common::{Pki, serve, spiffe_in, start};
 use meshtls::{Allow, ClientTls, RejectReason, ServerTls, Source};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -114,7 +114,7 @@ fn under_intermediate(pki: &Pki, ca_shape: &Shape, leaf_shape: &Shape) -> Client
 }
 
 fn server(pki: &Pki) -> ServerTls {
-    pki.server_td()
+    pki.server_allow(Allow::spiffe_trust_domain(TD))
         .allow(Allow::dns("plain.internal"))
         .build()
         .unwrap()
@@ -224,13 +224,13 @@ async fn a_signing_certificate_has_no_spiffe_path() {
 async fn a_malformed_spiffe_id_is_named_with_roots_per_trust_domain() {
     let pki = Pki::new();
     let (cert, key) = pki.write_cert("server", &pki.server_cert());
-    let server = ServerTls::builder()
-        .identity_files(cert, key)
-        .client_roots_for(TD, pki.ca_file())
-        .allow(Allow::spiffe_trust_domain(TD))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(
+        ServerTls::builder()
+            .identity_files(cert, key)
+            .client_roots_for(TD, pki.ca_file())
+            .allow(Allow::spiffe_trust_domain(TD)),
+    )
+    .await;
     let bad = leaf(&pki, &Shape::leaf().spiffe(&format!("spiffe://{TD}/a//b")));
     let err = running
         .assert_refused(&bad, "", RejectReason::NotAWorkloadCertificate)

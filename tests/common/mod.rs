@@ -352,6 +352,13 @@ impl Running {
     }
 }
 
+/// Builds `builder` (it must build) and [`serve`]s the server.
+pub async fn start(builder: meshtls::ServerTlsBuilder<meshtls::Ready>) -> (ServerTls, Running) {
+    let server = builder.build().unwrap();
+    let running = serve(&server).await;
+    (server, running)
+}
+
 /// Serves `server` on 127.0.0.1:0 with its acceptor. Each admitted
 /// connection reads one line and answers `hello <peer> serial <serial>`.
 pub async fn serve(server: &ServerTls) -> Running {
