@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Pki, TD, bare_client_pem, call, call_bare, identity_of, serve};
+use common::{Pki, TD, bare_client_pem, call_bare, identity_of, serve, start};
 use meshtls::error::RuleError;
 use meshtls::rustls;
 use meshtls::{Allow, Policy, RejectReason};
@@ -66,14 +66,7 @@ fn rules_are_typed() {
     );
     assert!(policy(&["dns:billing.internal"]).check(&cn_only).is_err());
     // ...nor at a URI SAN whose host is that name.
-    let uri = identity_of(
-        &pki.ca
-            .leaf()
-            .spiffe("spiffe://billing.internal/x")
-            .client()
-            .issue()
-            .unwrap(),
-    );
+    let uri = identity_of(&pki.client_cert("spiffe://billing.internal/x"));
     assert!(policy(&["dns:billing.internal"]).check(&uri).is_err());
     // A SPIFFE rule does not look at DNS SANs.
     let dns = identity_of(&pki.ca.leaf().dns("prod.example").client().issue().unwrap());
@@ -151,8 +144,7 @@ fn custom_rules_see_the_peer() {
 async fn cn_rules_are_off_by_default() {
     let pki = Pki::new();
     let err = pki
-        .server()
-        .allow(Allow::cn("legacy-batch"))
+        .server_allow(Allow::cn("legacy-batch"))
         .build()
         .unwrap_err();
     assert!(
@@ -167,21 +159,17 @@ async fn cn_rules_are_off_by_default() {
     assert!(err.to_string().contains("allow_legacy_cn()"), "{err}");
 
     // Opted in, a CN-only client certificate (no SAN) is admitted by its CN.
-    let server = pki
-        .server()
-        .dangerous()
-        .allow_legacy_cn()
-        .allow(Allow::cn("legacy-batch"))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
-    let legacy = pki.ca.leaf().cn("legacy-batch").client().issue().unwrap();
-    let seen = call(
-        &pki.client_with(&legacy).build().unwrap(),
-        running.addr,
-        "localhost",
+    let (_server, mut running) = start(
+        pki.server()
+            .dangerous()
+            .allow_legacy_cn()
+            .allow(Allow::cn("legacy-batch")),
     )
     .await;
+    let legacy = pki.ca.leaf().cn("legacy-batch").client().issue().unwrap();
+    let seen = running
+        .call(&pki.client_with(&legacy).build().unwrap())
+        .await;
     assert!(seen.reply().starts_with("hello legacy-batch"), "{seen:?}");
     assert_eq!(
         running.expect_admitted().await.common_name(),
@@ -193,8 +181,7 @@ async fn cn_rules_are_off_by_default() {
 async fn path_prefix_is_not_a_string_prefix_over_the_wire() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_pattern(&format!("spiffe://{TD}/ns/prod/**")))
+        .server_allow(Allow::spiffe_pattern(&format!("spiffe://{TD}/ns/prod/**")))
         .build()
         .unwrap();
     let mut running = serve(&server).await;
@@ -217,13 +204,7 @@ async fn path_prefix_is_not_a_string_prefix_over_the_wire() {
 #[tokio::test]
 async fn certificate_with_two_uri_sans_is_not_an_svid() {
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .dangerous()
-        .allow_any_authenticated()
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(pki.server_any()).await;
     let two = pki
         .ca
         .leaf()
@@ -232,12 +213,7 @@ async fn certificate_with_two_uri_sans_is_not_an_svid() {
         .client()
         .issue()
         .unwrap();
-    let seen = call(
-        &pki.client_with(&two).build().unwrap(),
-        running.addr,
-        "localhost",
-    )
-    .await;
+    let seen = running.call(&pki.client_with(&two).build().unwrap()).await;
     assert!(seen.refused().contains("AccessDenied"), "{seen:?}");
     let err = running
         .expect_refused(RejectReason::NotAWorkloadCertificate)
@@ -248,13 +224,7 @@ async fn certificate_with_two_uri_sans_is_not_an_svid() {
 #[tokio::test]
 async fn ca_certificate_presented_as_client_leaf_is_refused() {
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .dangerous()
-        .allow_any_authenticated()
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(pki.server_any()).await;
     // The CA's own certificate and key, presented as if they were a client's.
     let config = bare_client_pem(
         pki.ca.cert_pem(),
@@ -273,14 +243,14 @@ async fn allow_list_replaced_at_runtime() {
     let pki = Pki::new();
     let a = format!("spiffe://{TD}/a");
     let b = format!("spiffe://{TD}/b");
-    let server = pki.server().allow(Allow::spiffe_id(&a)).build().unwrap();
-    let mut running = serve(&server).await;
+    let (server, mut running) = start(pki.server_allow(Allow::spiffe_id(&a))).await;
     let client_a = pki.client(&a).build().unwrap();
     let client_b = pki.client(&b).build().unwrap();
 
     running.assert_admitted(&client_a).await;
     assert!(
-        call(&client_b, running.addr, "localhost")
+        running
+            .call(&client_b)
             .await
             .refused()
             .contains("AccessDenied")
@@ -354,12 +324,7 @@ fn a_leaf_named_after_a_bare_trust_domain_is_not_a_workload() {
 #[tokio::test]
 async fn a_bare_trust_domain_client_is_refused_over_the_wire() {
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .allow(Allow::spiffe_trust_domain(TD))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(pki.server_td()).await;
     let leaf = pki
         .ca
         .leaf()
@@ -367,12 +332,7 @@ async fn a_bare_trust_domain_client_is_refused_over_the_wire() {
         .client()
         .issue()
         .unwrap();
-    let seen = call(
-        &pki.client_with(&leaf).build().unwrap(),
-        running.addr,
-        "localhost",
-    )
-    .await;
+    let seen = running.call(&pki.client_with(&leaf).build().unwrap()).await;
     assert!(seen.refused().contains("AccessDenied"), "{seen:?}");
     let err = running
         .expect_refused(RejectReason::NotAWorkloadCertificate)

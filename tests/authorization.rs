@@ -9,33 +9,19 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::routing::get;
-use common::{Pki, TD};
+use common::web::{endpoint, reqwest_builder, serve_axum, serve_grpc, url};
+use common::{Pki, TD, shop};
 use meshtls::{Allow, ClientTls, RejectReason, ServerTls};
 use tonic::service::interceptor::InterceptedService;
 
-fn id(name: &str) -> String {
-    format!("spiffe://{TD}/ns/shop/sa/{name}")
-}
-
 fn server(pki: &Pki) -> ServerTls {
     // Both identities may connect.
-    pki.server()
-        .allow(Allow::spiffe_trust_domain(TD))
-        .build()
-        .unwrap()
+    pki.server_td().build().unwrap()
 }
 
 async fn get_status(client: &ClientTls, addr: SocketAddr, path: &str) -> (u16, String) {
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured((*client.config()).clone())
-        .resolve("localhost", addr)
-        .build()
-        .unwrap();
-    let response = http
-        .get(format!("https://localhost:{}{path}", addr.port()))
-        .send()
-        .await
-        .unwrap();
+    let http = reqwest_builder(client, addr).build().unwrap();
+    let response = http.get(url(addr, path)).send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
 }
@@ -53,14 +39,10 @@ async fn axum_routes_admit_only_their_rules() {
     let app = Router::new()
         .route("/admin", get(|| async { "admin area" }).route_layer(admins))
         .route("/public", get(|| async { "hello" }));
-    let listener = meshtls::axum::MtlsListener::bind("127.0.0.1:0", &server)
-        .await
-        .unwrap();
-    let addr = axum::serve::Listener::local_addr(&listener).unwrap();
-    tokio::spawn(async move { meshtls::axum::serve(listener, app).await.unwrap() });
+    let addr = serve_axum(&server, app).await;
 
-    let admin = pki.client(&id("admin")).build().unwrap();
-    let web = pki.client(&id("web")).build().unwrap();
+    let admin = pki.client(&shop("admin")).build().unwrap();
+    let web = pki.client(&shop("web")).build().unwrap();
     assert_eq!(
         get_status(&admin, addr, "/admin").await,
         (200, "admin area".into())
@@ -76,7 +58,7 @@ async fn axum_routes_admit_only_their_rules() {
     let (status, body) = get_status(&web, addr, "/admin").await;
     assert_eq!(status, 403, "{body}");
     assert!(
-        body.contains(&id("web")) && body.contains("may not call this route"),
+        body.contains(&shop("web")) && body.contains("may not call this route"),
         "{body}"
     );
     // The rules are not told to the caller.
@@ -86,7 +68,7 @@ async fn axum_routes_admit_only_their_rules() {
     let (reason, detail) = next_rejection(&mut events).await;
     assert_eq!(reason, RejectReason::NotAllowed);
     assert!(
-        detail.contains("route /admin") && detail.contains(&id("web")),
+        detail.contains("route /admin") && detail.contains(&shop("web")),
         "{detail}"
     );
     assert_eq!(server.stats().rejected_for(RejectReason::NotAllowed), 1);
@@ -130,7 +112,7 @@ fn route_rules_follow_the_servers_settings() {
 async fn a_route_layer_outside_meshtls_refuses_rather_than_admits() {
     // Served by plain axum (no mTLS, no connect info): the layer cannot
     // know the caller, and must not let the request through.
-    let admins = meshtls::axum::RequirePeer::new([Allow::spiffe_id(&id("admin"))]).unwrap();
+    let admins = meshtls::axum::RequirePeer::new([Allow::spiffe_id(&shop("admin"))]).unwrap();
     let app = Router::new().route("/admin", get(|| async { "admin area" }).route_layer(admins));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -150,33 +132,30 @@ async fn a_route_layer_outside_meshtls_refuses_rather_than_admits() {
 async fn tonic_services_admit_only_their_rules() {
     let pki = Pki::new();
     let server = server(&pki);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let only_web = server.require_peer([Allow::spiffe_id(&id("web"))]).unwrap();
+    let only_web = server
+        .require_peer([Allow::spiffe_id(&shop("web"))])
+        .unwrap();
     let mut events = server.subscribe();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(InterceptedService::new(greeter::server(), only_web))
-            .serve_with_incoming(server.acceptor().incoming(listener)),
-    );
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    let service = InterceptedService::new(greeter::server(), only_web);
+    let (addr, _serving) = serve_grpc(&server, tonic::service::Routes::new(service)).await;
+    let endpoint = endpoint(addr);
 
-    let web = pki.client(&id("web")).build().unwrap();
+    let web = pki.client(&shop("web")).build().unwrap();
     let channel = meshtls::tonic::channel(&web, endpoint.clone(), "localhost")
         .await
         .unwrap();
     let reply = greeter::say_hello(channel, "hi").await.unwrap();
-    assert!(reply.contains(&id("web")), "{reply}");
+    assert!(reply.contains(&shop("web")), "{reply}");
 
-    let other = pki.client(&id("other")).build().unwrap();
+    let other = pki.client(&shop("other")).build().unwrap();
     let channel = meshtls::tonic::channel(&other, endpoint, "localhost")
         .await
         .unwrap();
     let status = greeter::say_hello(channel, "hi").await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
-    assert!(status.message().contains(&id("other")), "{status:?}");
+    assert!(status.message().contains(&shop("other")), "{status:?}");
     let (reason, detail) = next_rejection(&mut events).await;
     assert_eq!(reason, RejectReason::NotAllowed);
-    assert!(detail.contains(&id("other")), "{detail}");
+    assert!(detail.contains(&shop("other")), "{detail}");
     assert_eq!(server.stats().rejected_for(RejectReason::NotAllowed), 1);
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Pki;
+use common::{Pki, ServerBuilderExt};
 use meshtls::{Allow, PeerIdentity, Policy, ServerTls, Source, SpiffeId, TrustDomain};
 
 /// xorshift64*: small, deterministic, good enough to mutate inputs.
@@ -103,8 +103,7 @@ fn mutated_pem_material_never_panics_and_always_explains() {
             .identity(Source::pem("chain", chain), Source::pem("key", key))
             .client_roots(Source::pem("roots", roots))
             .crl(Source::pem("crl", crl_pem))
-            .dangerous()
-            .allow_any_authenticated()
+            .any_authenticated()
             .build();
         if let Err(e) = built {
             refused[mutated] += 1;

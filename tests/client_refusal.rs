@@ -8,34 +8,22 @@ mod greeter;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Pki, TD, replace};
+use common::web::{endpoint, reqwest_builder, serve_axum, serve_grpc, url};
+use common::{Pki, replace, shop};
 use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use meshtls::rustls::AlertDescription;
 use meshtls::{Allow, ClientTls, RefusedBy, RejectReason, ServerTls, refused};
 
-fn id(name: &str) -> String {
-    format!("spiffe://{TD}/ns/shop/sa/{name}")
-}
-
 async fn axum_server(server: &ServerTls) -> SocketAddr {
-    let listener = meshtls::axum::MtlsListener::bind("127.0.0.1:0", server)
-        .await
-        .unwrap();
-    let addr = axum::serve::Listener::local_addr(&listener).unwrap();
     let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
-    tokio::spawn(async move { meshtls::axum::serve(listener, app).await.unwrap() });
-    addr
+    serve_axum(server, app).await
 }
 
 async fn reqwest_get(client: &ClientTls, addr: SocketAddr) -> reqwest::Error {
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured((*client.config()).clone())
-        .resolve("localhost", addr)
-        .build()
-        .unwrap();
-    http.get(format!("https://localhost:{}/", addr.port()))
+    let http = reqwest_builder(client, addr).build().unwrap();
+    http.get(url(addr, "/"))
         .send()
         .await
         .expect_err("the request went through")
@@ -44,20 +32,16 @@ async fn reqwest_get(client: &ClientTls, addr: SocketAddr) -> reqwest::Error {
 #[tokio::test]
 async fn reqwest_refused_by_the_allow_list_and_by_a_crl() {
     let pki = Pki::new();
-    let crl = pki.write(
-        "ca.crl",
-        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
-    );
+    let crl = pki.write_crl(&[]);
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&id("web")))
+        .server_allow(Allow::spiffe_id(&shop("web")))
         .crl_file(&crl)
         .build()
         .unwrap();
     let addr = axum_server(&server).await;
 
     // Off the allow-list: the server's access_denied alert.
-    let other = pki.client(&id("other")).build().unwrap();
+    let other = pki.client(&shop("other")).build().unwrap();
     let error = reqwest_get(&other, addr).await;
     let found = refused(&error).unwrap_or_else(|| panic!("nothing found in {error:?}"));
     assert_eq!(found.reason, RejectReason::NotAllowed, "{found}");
@@ -66,7 +50,7 @@ async fn reqwest_refused_by_the_allow_list_and_by_a_crl() {
     assert!(found.to_string().contains("the peer refused us"), "{found}");
 
     // Revoked: certificate_revoked.
-    let web_cert = pki.client_cert(&id("web"));
+    let web_cert = pki.client_cert(&shop("web"));
     let web = pki.client_with(&web_cert).build().unwrap();
     replace(
         &crl,
@@ -85,25 +69,17 @@ async fn reqwest_refused_by_the_allow_list_and_by_a_crl() {
 async fn reqwest_over_http2_refused_by_the_allow_list() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&id("web")))
-        .alpn_protocols([b"h2".to_vec()])
+        .grpc_server(Allow::spiffe_id(&shop("web")))
         .build()
         .unwrap();
     let addr = axum_server(&server).await;
-    let other = pki
-        .client(&id("other"))
-        .alpn_protocols([b"h2".to_vec()])
-        .build()
-        .unwrap();
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured((*other.config()).clone())
-        .resolve("localhost", addr)
+    let other = pki.grpc_client(&shop("other")).build().unwrap();
+    let http = reqwest_builder(&other, addr)
         .http2_prior_knowledge()
         .build()
         .unwrap();
     let error = http
-        .get(format!("https://localhost:{}/", addr.port()))
+        .get(url(addr, "/"))
         .send()
         .await
         .expect_err("the request went through");
@@ -117,13 +93,9 @@ async fn reqwest_over_http2_refused_by_the_allow_list() {
 async fn reqwest_refusing_a_server_from_another_ca() {
     let pki = Pki::new();
     let elsewhere = Pki::named("another root");
-    let server = elsewhere
-        .server()
-        .allow(Allow::spiffe_trust_domain(TD))
-        .build()
-        .unwrap();
+    let server = elsewhere.server_td().build().unwrap();
     let addr = axum_server(&server).await;
-    let client = pki.client(&id("web")).build().unwrap();
+    let client = pki.client(&shop("web")).build().unwrap();
     let error = reqwest_get(&client, addr).await;
     let found = refused(&error).unwrap_or_else(|| panic!("nothing found in {error:?}"));
     assert_eq!(found.reason, RejectReason::UnknownIssuer, "{found}");
@@ -135,14 +107,13 @@ async fn reqwest_refusing_a_server_from_another_ca() {
 async fn hyper_over_the_connector_refused_and_refusing() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&id("web")))
+        .server_allow(Allow::spiffe_id(&shop("web")))
         .build()
         .unwrap();
     let addr = axum_server(&server).await;
 
     // The server refuses us: seen on the first request, not on connect.
-    let other = pki.client(&id("other")).build().unwrap();
+    let other = pki.client(&shop("other")).build().unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (tls, _) = other.connector().connect("localhost", tcp).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -168,8 +139,8 @@ async fn hyper_over_the_connector_refused_and_refusing() {
 
     // We refuse the server: not the identity we expect.
     let picky = pki
-        .client(&id("web"))
-        .expect_server(Allow::spiffe_id(&id("someone-else")))
+        .client(&shop("web"))
+        .expect_server(Allow::spiffe_id(&shop("someone-else")))
         .build()
         .unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -195,24 +166,13 @@ async fn hyper_over_the_connector_refused_and_refusing() {
 async fn tonic_refused_with_the_reason() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&id("web")))
-        .alpn_protocols([b"h2".to_vec()])
+        .grpc_server(Allow::spiffe_id(&shop("web")))
         .build()
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(greeter::server())
-            .serve_with_incoming(server.acceptor().incoming(listener)),
-    );
-    let other = pki
-        .client(&id("other"))
-        .alpn_protocols([b"h2".to_vec()])
-        .build()
-        .unwrap();
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    let (addr, _serving) =
+        serve_grpc(&server, tonic::service::Routes::new(greeter::server())).await;
+    let other = pki.grpc_client(&shop("other")).build().unwrap();
+    let endpoint = endpoint(addr);
     let (found, said) = match meshtls::tonic::channel(&other, endpoint, "localhost").await {
         Err(e) => (refused(&e), format!("{e:?}")),
         Ok(channel) => {
@@ -249,31 +209,19 @@ impl greeter::proto::greeter_server::Greeter for Liar {
 async fn a_status_message_that_quotes_an_alert_is_not_a_refusal() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&id("web")))
-        .alpn_protocols([b"h2".to_vec()])
+        .grpc_server(Allow::spiffe_id(&shop("web")))
         .build()
         .unwrap();
-    let web = pki
-        .client(&id("web"))
-        .alpn_protocols([b"h2".to_vec()])
-        .build()
-        .unwrap();
+    let web = pki.grpc_client(&shop("web")).build().unwrap();
     for code in [
         tonic::Code::PermissionDenied,
         tonic::Code::Unavailable,
         tonic::Code::Internal,
         tonic::Code::Unknown,
     ] {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let service = greeter::proto::greeter_server::GreeterServer::new(Liar(code));
-        let serving = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(server.acceptor().incoming(listener)),
-        );
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+        let (addr, serving) = serve_grpc(&server, tonic::service::Routes::new(service)).await;
+        let endpoint = endpoint(addr);
         let channel = meshtls::tonic::channel(&web, endpoint, "localhost")
             .await
             .expect("the mTLS connection itself was refused");
@@ -333,27 +281,19 @@ async fn goaway_server(server: &ServerTls) -> SocketAddr {
 async fn alert_words_outside_a_tls_failure_are_not_a_refusal() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&id("web")))
-        .alpn_protocols([b"h2".to_vec()])
+        .grpc_server(Allow::spiffe_id(&shop("web")))
         .build()
         .unwrap();
-    let web = pki
-        .client(&id("web"))
-        .alpn_protocols([b"h2".to_vec()])
-        .build()
-        .unwrap();
+    let web = pki.grpc_client(&shop("web")).build().unwrap();
     let addr = goaway_server(&server).await;
 
     // reqwest over HTTP/2: the GOAWAY's debug data is in its error's words.
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured((*web.config()).clone())
-        .resolve("localhost", addr)
+    let http = reqwest_builder(&web, addr)
         .http2_prior_knowledge()
         .build()
         .unwrap();
     let error = http
-        .get(format!("https://localhost:{}/", addr.port()))
+        .get(url(addr, "/"))
         .send()
         .await
         .expect_err("the GOAWAY server answered");
@@ -371,7 +311,7 @@ async fn alert_words_outside_a_tls_failure_are_not_a_refusal() {
     );
 
     // tonic over the same.
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    let endpoint = endpoint(addr);
     match meshtls::tonic::channel(&web, endpoint, "localhost").await {
         Err(e) => assert_eq!(refused(&e), None, "{e:?}"),
         Ok(channel) => {

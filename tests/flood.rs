@@ -9,8 +9,8 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{Pki, TD};
-use meshtls::{Allow, Event, ServerTls};
+use common::{Pki, TD, ping_over};
+use meshtls::{Event, ServerTls};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -138,11 +138,7 @@ async fn valid_call(pki: &Pki, addr: SocketAddr) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_dribbling_sockets_do_not_starve_a_valid_client() {
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .allow(Allow::spiffe_trust_domain(TD))
-        .build()
-        .unwrap();
+    let server = pki.server_td().build().unwrap();
     let mut events = server.subscribe();
     let addr = serve(&server).await;
 
@@ -192,8 +188,7 @@ async fn silent_and_dribbling_sockets_do_not_starve_a_valid_client() {
 async fn past_the_bound_the_oldest_silent_handshakes_are_shed() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_trust_domain(TD))
+        .server_td()
         .max_pending_handshakes(100)
         .client_hello_timeout(Duration::from_secs(30))
         .handshake_timeout(Duration::from_secs(30))
@@ -281,8 +276,7 @@ fn staller(
 async fn stallers_that_sent_a_hello_do_not_get_a_valid_client_shed() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_trust_domain(TD))
+        .server_td()
         .max_pending_handshakes(100)
         .client_hello_timeout(Duration::from_secs(30))
         .handshake_timeout(Duration::from_secs(30))
@@ -313,23 +307,7 @@ async fn stallers_that_sent_a_hello_do_not_get_a_valid_client_shed() {
             .build()
             .unwrap();
         let start = Instant::now();
-        let served = tokio::time::timeout(Duration::from_secs(10), async {
-            let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-            let (tls, _) = client
-                .connector()
-                .connect("localhost", tcp)
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut tls = BufReader::new(tls);
-            tls.get_mut()
-                .write_all(b"ping\n")
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut line = String::new();
-            tls.read_line(&mut line).await.map_err(|e| e.to_string())?;
-            Ok::<_, String>(line)
-        })
-        .await;
+        let served = tokio::time::timeout(Duration::from_secs(10), ping_over(&client, addr)).await;
         let took = start.elapsed();
         eprintln!("flood: attempt {attempt}: served in {took:?}");
         match served {
@@ -371,8 +349,7 @@ async fn stallers_that_sent_a_hello_do_not_get_a_valid_client_shed() {
 async fn a_peer_that_stalls_after_its_hello_is_dropped_at_the_hello_timeout_again() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_trust_domain(TD))
+        .server_td()
         .client_hello_timeout(Duration::from_secs(1))
         .handshake_timeout(Duration::from_secs(30))
         .build()

@@ -5,29 +5,21 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{Pki, Seen, TD, bare_client, call, call_bare, serve};
+use common::{Pki, Seen, TD, bare_client, billing_web, call, call_bare, client_of, serve, start};
 use meshtls::dev::DevCa;
 use meshtls::rustls;
 use meshtls::{Allow, Event, RejectReason};
 
-fn billing() -> String {
-    format!("spiffe://{TD}/ns/billing/sa/web")
-}
-
 #[tokio::test]
 async fn allowed_client_is_accepted_and_told_who_it_is() {
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&billing()))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
-    let client = pki.client(&billing()).build().unwrap();
+    let (server, mut running) = start(pki.server_allow(Allow::spiffe_id(&billing_web()))).await;
+    let client = pki.client(&billing_web()).build().unwrap();
 
-    let seen = call(&client, running.addr, "localhost").await;
+    let seen = running.call(&client).await;
     assert!(
-        seen.reply().starts_with(&format!("hello {}", billing())),
+        seen.reply()
+            .starts_with(&format!("hello {}", billing_web())),
         "{seen:?}"
     );
     let Seen::Reply(_, server_identity) = &seen else {
@@ -39,20 +31,14 @@ async fn allowed_client_is_accepted_and_told_who_it_is() {
     );
 
     let peer = running.expect_admitted().await;
-    assert_eq!(peer.spiffe_id().unwrap().as_str(), billing());
+    assert_eq!(peer.spiffe_id().unwrap().as_str(), billing_web());
     assert_eq!(server.stats().handshakes_ok, 1);
 }
 
 #[tokio::test]
 async fn client_without_certificate_is_refused() {
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .dangerous()
-        .allow_any_authenticated()
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (server, mut running) = start(pki.server_any()).await;
 
     let config = bare_client(pki.ca.cert_pem(), None, &[&rustls::version::TLS13]);
     let err = call_bare(config, running.addr).await.unwrap_err();
@@ -72,24 +58,19 @@ async fn client_without_certificate_is_refused() {
 #[tokio::test]
 async fn client_from_another_ca_is_refused() {
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .dangerous()
-        .allow_any_authenticated()
-        .build()
-        .unwrap();
+    let server = pki.server_any().build().unwrap();
     let mut events = server.subscribe();
     let mut running = serve(&server).await;
 
     let other_ca = DevCa::new("someone else").unwrap();
-    let stranger = other_ca.leaf().spiffe(&billing()).client().issue().unwrap();
+    let stranger = client_of(&other_ca, &billing_web());
     let client = pki.client_with(&stranger).build().unwrap();
     running
         .assert_refused(&client, "UnknownCA", RejectReason::UnknownIssuer)
         .await;
     let detail = rejected_detail(&mut events).await;
     assert!(
-        detail.contains(&billing()),
+        detail.contains(&billing_web()),
         "event should name the peer: {detail}"
     );
     assert!(detail.contains("no chain to a trusted root"), "{detail}");
@@ -99,8 +80,7 @@ async fn client_from_another_ca_is_refused() {
 async fn identity_not_on_the_allow_list_is_refused_with_access_denied() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&billing()))
+        .server_allow(Allow::spiffe_id(&billing_web()))
         .build()
         .unwrap();
     let mut events = server.subscribe();
@@ -125,15 +105,9 @@ async fn identity_not_on_the_allow_list_is_refused_with_access_denied() {
 #[tokio::test]
 async fn tls12_only_client_is_refused() {
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .dangerous()
-        .allow_any_authenticated()
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(pki.server_any()).await;
 
-    let cert = pki.client_cert(&billing());
+    let cert = pki.client_cert(&billing_web());
     let config = bare_client(pki.ca.cert_pem(), Some(&cert), &[&rustls::version::TLS12]);
     let err = call_bare(config, running.addr).await.unwrap_err();
     assert!(err.contains("ProtocolVersion"), "client saw: {err}");
@@ -144,26 +118,14 @@ async fn tls12_only_client_is_refused() {
 #[tokio::test]
 async fn expired_client_certificate_is_refused() {
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .dangerous()
-        .allow_any_authenticated()
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(pki.server_any()).await;
 
     let now = SystemTime::now();
-    let expired = pki
-        .ca
-        .leaf()
-        .spiffe(&billing())
-        .client()
-        .valid_between(
-            now - Duration::from_secs(7200),
-            now - Duration::from_secs(3600),
-        )
-        .issue()
-        .unwrap();
+    let expired = pki.client_cert_between(
+        &billing_web(),
+        now - Duration::from_secs(7200),
+        now - Duration::from_secs(3600),
+    );
     // The client refuses to load an expired certificate of its own, so present
     // it with a bare rustls client.
     let config = bare_client(
@@ -179,53 +141,29 @@ async fn expired_client_certificate_is_refused() {
 #[tokio::test]
 async fn revoked_client_is_refused() {
     let pki = Pki::new();
-    let revoked = pki.client_cert(&billing());
-    let crl = pki.write(
-        "ca.crl",
-        pki.ca.crl(&[&revoked], Duration::from_secs(3600)).unwrap(),
-    );
-    let server = pki
-        .server()
-        .crl_file(crl)
-        .dangerous()
-        .allow_any_authenticated()
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let revoked = pki.client_cert(&billing_web());
+    let crl = pki.write_crl(&[&revoked]);
+    let (_server, mut running) = start(pki.server_any().crl_file(crl)).await;
 
-    let seen = call(
-        &pki.client_with(&revoked).build().unwrap(),
-        running.addr,
-        "localhost",
-    )
-    .await;
-    assert!(seen.refused().contains("CertificateRevoked"), "{seen:?}");
-    running.expect_refused(RejectReason::Revoked).await;
+    running
+        .assert_revoked(&pki.client_with(&revoked).build().unwrap())
+        .await;
 
     // Someone else from the same CA still gets in.
-    let fine = call(
-        &pki.client(&billing()).build().unwrap(),
-        running.addr,
-        "localhost",
-    )
-    .await;
+    let fine = running
+        .call(&pki.client(&billing_web()).build().unwrap())
+        .await;
     assert!(fine.reply().starts_with("hello"), "{fine:?}");
 }
 
 #[tokio::test]
 async fn client_verifies_server_by_spiffe_id() {
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .dangerous()
-        .allow_any_authenticated()
-        .build()
-        .unwrap();
-    let running = serve(&server).await;
+    let (_server, running) = start(pki.server_any()).await;
     let api = format!("spiffe://{TD}/ns/billing/sa/api");
 
     let right = pki
-        .client(&billing())
+        .client(&billing_web())
         .expect_server(Allow::spiffe_id(&api))
         .build()
         .unwrap();
@@ -234,14 +172,14 @@ async fn client_verifies_server_by_spiffe_id() {
     assert!(seen.reply().starts_with("hello"), "{seen:?}");
 
     let wrong_id = pki
-        .client(&billing())
+        .client(&billing_web())
         .expect_server(Allow::spiffe_id(&format!(
             "spiffe://{TD}/ns/billing/sa/other"
         )))
         .build()
         .unwrap();
     let mut events = wrong_id.subscribe();
-    let err = call(&wrong_id, running.addr, "localhost").await;
+    let err = running.call(&wrong_id).await;
     assert_eq!(
         err.handshake().reason(),
         RejectReason::NotAllowed,
@@ -251,11 +189,11 @@ async fn client_verifies_server_by_spiffe_id() {
     assert!(detail.contains(&api), "{detail}");
 
     let wrong_domain = pki
-        .client(&billing())
+        .client(&billing_web())
         .expect_server(Allow::spiffe_trust_domain("staging.example"))
         .build()
         .unwrap();
-    let err = call(&wrong_domain, running.addr, "localhost").await;
+    let err = running.call(&wrong_domain).await;
     assert_eq!(
         err.handshake().reason(),
         RejectReason::NotAllowed,
@@ -266,21 +204,10 @@ async fn client_verifies_server_by_spiffe_id() {
 #[tokio::test]
 async fn client_without_expectations_checks_the_dialled_name() {
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .dangerous()
-        .allow_any_authenticated()
-        .build()
-        .unwrap();
-    let running = serve(&server).await;
-    let client = pki.client(&billing()).build().unwrap();
+    let (_server, running) = start(pki.server_any()).await;
+    let client = pki.client(&billing_web()).build().unwrap();
 
-    assert!(
-        call(&client, running.addr, "localhost")
-            .await
-            .reply()
-            .starts_with("hello")
-    );
+    assert!(running.call(&client).await.reply().starts_with("hello"));
     let err = call(&client, running.addr, "not-localhost.example").await;
     assert_eq!(
         err.handshake().reason(),
@@ -297,16 +224,10 @@ async fn client_without_expectations_checks_the_dialled_name() {
 async fn client_refuses_server_from_unknown_ca() {
     let pki = Pki::new();
     let other = Pki::named("another root");
-    let server = other
-        .server()
-        .dangerous()
-        .allow_any_authenticated()
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(other.server_any()).await;
 
-    let client = pki.client(&billing()).build().unwrap();
-    let seen = call(&client, running.addr, "localhost").await;
+    let client = pki.client(&billing_web()).build().unwrap();
+    let seen = running.call(&client).await;
     assert_eq!(
         seen.handshake().reason(),
         RejectReason::UnknownIssuer,
@@ -321,15 +242,9 @@ async fn client_refuses_server_from_unknown_ca() {
 async fn same_named_ca_with_another_key_is_refused() {
     let pki = Pki::new();
     let impostor = Pki::new(); // same CA name, different key
-    let server = impostor
-        .server()
-        .dangerous()
-        .allow_any_authenticated()
-        .build()
-        .unwrap();
-    let running = serve(&server).await;
-    let client = pki.client(&billing()).build().unwrap();
-    let seen = call(&client, running.addr, "localhost").await;
+    let (_server, running) = start(impostor.server_any()).await;
+    let client = pki.client(&billing_web()).build().unwrap();
+    let seen = running.call(&client).await;
     assert_eq!(
         seen.handshake().reason(),
         RejectReason::BadCertificate,
@@ -354,14 +269,11 @@ async fn server_without_allow_list_does_not_build() {
 #[tokio::test]
 async fn handshake_timeout_is_reported() {
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .dangerous()
-        .allow_any_authenticated()
-        .handshake_timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(
+        pki.server_any()
+            .handshake_timeout(Duration::from_millis(200)),
+    )
+    .await;
     let _silent = tokio::net::TcpStream::connect(running.addr).await.unwrap();
     running.expect_refused(RejectReason::Timeout).await;
 }
@@ -369,13 +281,8 @@ async fn handshake_timeout_is_reported() {
 #[tokio::test]
 async fn resumption_works_and_is_rechecked() {
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&billing()))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
-    let client = pki.client(&billing()).build().unwrap();
+    let (server, mut running) = start(pki.server_allow(Allow::spiffe_id(&billing_web()))).await;
+    let client = pki.client(&billing_web()).build().unwrap();
 
     for _ in 0..3 {
         running.assert_admitted(&client).await;
@@ -413,11 +320,7 @@ async fn rejected_detail(events: &mut tokio::sync::broadcast::Receiver<Event>) -
 #[test]
 fn certificate_facts_read_as_one_line_with_rfc3339_dates() {
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .allow(Allow::spiffe_trust_domain(TD))
-        .build()
-        .unwrap();
+    let server = pki.server_td().build().unwrap();
     let facts = server.certificate();
     let text = facts.to_string();
     assert!(text.contains(&format!("serial {}", facts.serial)), "{text}");
@@ -449,13 +352,7 @@ fn certificate_facts_read_as_one_line_with_rfc3339_dates() {
 #[tokio::test]
 async fn control_a_server_with_a_huge_handshake_timeout_accepts() {
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .allow(Allow::spiffe_trust_domain(TD))
-        .handshake_timeout(Duration::MAX)
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(pki.server_td().handshake_timeout(Duration::MAX)).await;
     let client = pki.client(&format!("spiffe://{TD}/a")).build().unwrap();
     running.assert_admitted(&client).await;
 }
@@ -465,12 +362,7 @@ async fn control_a_server_with_a_huge_handshake_timeout_accepts() {
 #[tokio::test]
 async fn a_client_with_a_huge_handshake_timeout_connects_without_panicking() {
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .allow(Allow::spiffe_trust_domain(TD))
-        .build()
-        .unwrap();
-    let running = serve(&server).await;
+    let (_server, running) = start(pki.server_td()).await;
     let client = pki
         .client(&format!("spiffe://{TD}/a"))
         .handshake_timeout(Duration::MAX)

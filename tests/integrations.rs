@@ -10,15 +10,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
-use common::{Pki, TD, replace};
+use common::web::{endpoint, h2, reqwest_builder, serve_axum, serve_grpc, url};
+use common::{Pki, TD, replace, shop};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use meshtls::{Allow, ClientTls, PeerIdentity, PeerInfo, Resumption, ServerTls};
-
-fn id(name: &str) -> String {
-    format!("spiffe://{TD}/ns/shop/sa/{name}")
-}
 
 async fn whoami(
     peer: PeerIdentity,
@@ -32,24 +29,16 @@ async fn whoami(
 }
 
 async fn start_axum(server: &ServerTls) -> SocketAddr {
-    let listener = meshtls::axum::MtlsListener::bind("127.0.0.1:0", server)
-        .await
-        .unwrap();
-    let addr = axum::serve::Listener::local_addr(&listener).unwrap();
     // A finer, per-route decision on the identity meshtls verified.
-    let admins = meshtls::axum::RequirePeer::new([Allow::spiffe_id(&id("ops"))]).unwrap();
+    let admins = meshtls::axum::RequirePeer::new([Allow::spiffe_id(&shop("ops"))]).unwrap();
     let app = Router::new()
         .route("/whoami", get(whoami))
         .route("/admin", get(|| async { "welcome" }).route_layer(admins));
-    tokio::spawn(async move { meshtls::axum::serve(listener, app).await.unwrap() });
-    addr
+    serve_axum(server, app).await
 }
 
 fn reqwest_client(client: &ClientTls, addr: SocketAddr) -> reqwest::Client {
-    reqwest::Client::builder()
-        // The same rustls config: its certificate rotates with the files.
-        .tls_backend_preconfigured((*client.config()).clone())
-        .resolve("localhost", addr)
+    reqwest_builder(client, addr)
         .pool_max_idle_per_host(0)
         .build()
         .unwrap()
@@ -60,10 +49,7 @@ async fn get_json(
     addr: SocketAddr,
     path: &str,
 ) -> Result<(u16, String), reqwest::Error> {
-    let response = client
-        .get(format!("https://localhost:{}{path}", addr.port()))
-        .send()
-        .await?;
+    let response = client.get(url(addr, path)).send().await?;
     let status = response.status().as_u16();
     Ok((status, response.text().await?))
 }
@@ -72,22 +58,21 @@ async fn get_json(
 async fn axum_handlers_see_who_calls() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_pattern(&format!("spiffe://{TD}/ns/shop/**")))
+        .server_allow(Allow::spiffe_pattern(&format!("spiffe://{TD}/ns/shop/**")))
         .build()
         .unwrap();
     let addr = start_axum(&server).await;
 
-    let web = reqwest_client(&pki.client(&id("web")).build().unwrap(), addr);
-    let ops = reqwest_client(&pki.client(&id("ops")).build().unwrap(), addr);
+    let web = reqwest_client(&pki.client(&shop("web")).build().unwrap(), addr);
+    let ops = reqwest_client(&pki.client(&shop("ops")).build().unwrap(), addr);
 
     let (status, body) = get_json(&web, addr, "/whoami").await.unwrap();
     assert_eq!(status, 200);
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(json["spiffe_id"], id("web"));
+    assert_eq!(json["spiffe_id"], shop("web"));
     assert_eq!(json["from_loopback"], true);
     let (_, body) = get_json(&ops, addr, "/whoami").await.unwrap();
-    assert!(body.contains(&id("ops")), "{body}");
+    assert!(body.contains(&shop("ops")), "{body}");
 
     // Two identities, two answers from the same route.
     let (status, body) = get_json(&web, addr, "/admin").await.unwrap();
@@ -113,13 +98,12 @@ async fn axum_handlers_see_who_calls() {
 async fn reqwest_presents_the_rotated_client_certificate() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&id("web")))
+        .server_allow(Allow::spiffe_id(&shop("web")))
         .build()
         .unwrap();
     let addr = start_axum(&server).await;
 
-    let first = pki.client_cert(&id("web"));
+    let first = pki.client_cert(&shop("web"));
     let (cert, key) = pki.write_cert("web", &first);
     let client = ClientTls::builder()
         .identity_files(&cert, &key)
@@ -142,7 +126,7 @@ async fn reqwest_presents_the_rotated_client_certificate() {
         serial(get_json(&http, addr, "/whoami").await.unwrap().1),
         first.serial()
     );
-    let next = pki.client_cert(&id("web"));
+    let next = pki.client_cert(&shop("web"));
     replace(&cert, next.chain_pem());
     replace(&key, next.key_pem());
     let mut seen = String::new();
@@ -164,13 +148,12 @@ async fn reqwest_presents_the_rotated_client_certificate() {
 async fn hyper_over_the_meshtls_connector() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&id("web")))
+        .server_allow(Allow::spiffe_id(&shop("web")))
         .build()
         .unwrap();
     let addr = start_axum(&server).await;
     let client = pki
-        .client(&id("web"))
+        .client(&shop("web"))
         .expect_server(Allow::spiffe_id(&format!(
             "spiffe://{TD}/ns/billing/sa/api"
         )))
@@ -189,7 +172,7 @@ async fn hyper_over_the_meshtls_connector() {
         (vec![b"http/1.1".to_vec()], b"http/1.1".as_slice()),
     ] {
         let alpn_client = pki
-            .client(&id("web"))
+            .client(&shop("web"))
             .alpn_protocols(offer)
             .build()
             .unwrap();
@@ -212,46 +195,38 @@ async fn hyper_over_the_meshtls_connector() {
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), 200);
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    assert!(String::from_utf8_lossy(&body).contains(&id("web")));
+    assert!(String::from_utf8_lossy(&body).contains(&shop("web")));
 }
 
 #[tokio::test]
 async fn tonic_handler_reads_the_caller_identity() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&id("web")))
-        .alpn_protocols([b"h2".to_vec()])
+        .grpc_server(Allow::spiffe_id(&shop("web")))
         .build()
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let incoming = server.acceptor().incoming(listener);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(greeter::server())
-            .serve_with_incoming(incoming),
-    );
+    let (addr, _serving) =
+        serve_grpc(&server, tonic::service::Routes::new(greeter::server())).await;
 
     let api = format!("spiffe://{TD}/ns/billing/sa/api");
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    let endpoint = endpoint(addr);
     let web = pki
-        .client(&id("web"))
+        .client(&shop("web"))
         .expect_server(Allow::spiffe_id(&api))
-        .alpn_protocols([b"h2".to_vec()])
+        .alpn_protocols(h2())
         .build()
         .unwrap();
     let channel = meshtls::tonic::channel(&web, endpoint.clone(), "localhost")
         .await
         .unwrap();
     let reply = greeter::say_hello(channel, "hi").await.unwrap();
-    assert_eq!(reply, format!("hello {}, you said \"hi\"", id("web")));
+    assert_eq!(reply, format!("hello {}, you said \"hi\"", shop("web")));
 
     // Another identity never reaches the handler.
     let other = pki
-        .client(&id("intruder"))
+        .client(&shop("intruder"))
         .expect_server(Allow::spiffe_id(&api))
-        .alpn_protocols([b"h2".to_vec()])
+        .alpn_protocols(h2())
         .build()
         .unwrap();
     let refused = match meshtls::tonic::channel(&other, endpoint, "localhost").await {

@@ -7,51 +7,16 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::TcpListener as StdListener;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::web::serve_axum;
 use common::{
     INSTALL_CURL, INSTALL_JDK, INSTALL_OPENSSL, INSTALL_PYTHON, Pki, TD, openssl, require_peer,
-    serve,
+    run_peer, start, svid,
 };
 use meshtls::{Allow, ClientTls, RejectReason};
-
-fn client_id() -> String {
-    format!("spiffe://{TD}/ns/interop/sa/peer")
-}
-
-/// Runs a peer command with `input` on stdin; returns (success, stdout+stderr).
-async fn peer(program: &str, args: Vec<String>, input: &'static str) -> (bool, String) {
-    let program = program.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(&program)
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    })
-    .await
-    .unwrap()
-}
 
 fn s_client_args(pki: &Pki, port: u16, with_cert: bool, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
@@ -69,7 +34,8 @@ fn s_client_args(pki: &Pki, port: u16, with_cert: bool, extra: &[&str]) -> Vec<S
     .map(|s| s.to_string())
     .collect();
     if with_cert {
-        let (cert, key) = pki.write_cert("openssl-client", &pki.client_cert(&client_id()));
+        let (cert, key) =
+            pki.write_cert("openssl-client", &pki.client_cert(&svid("interop", "peer")));
         args.extend([
             "-cert".into(),
             cert.display().to_string(),
@@ -87,39 +53,37 @@ async fn openssl_s_client_is_admitted_and_refused_with_the_right_alerts() {
         return;
     }
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&client_id()))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) =
+        start(pki.server_allow(Allow::spiffe_id(&svid("interop", "peer")))).await;
     let port = running.addr.port();
 
-    let (ok, out) = peer("openssl", s_client_args(&pki, port, true, &[]), "ping\n").await;
+    let (ok, out) = run_peer(
+        "openssl",
+        s_client_args(&pki, port, true, &[]),
+        Some("ping\n"),
+    )
+    .await;
     assert!(
-        ok && out.contains(&format!("hello {}", client_id())),
+        ok && out.contains(&format!("hello {}", svid("interop", "peer"))),
         "{out}"
     );
-    assert_eq!(
-        running
-            .expect_admitted()
-            .await
-            .spiffe_id()
-            .unwrap()
-            .as_str(),
-        client_id()
-    );
+    running.expect_admitted_as(&svid("interop", "peer")).await;
 
-    let (_, out) = peer("openssl", s_client_args(&pki, port, false, &[]), "ping\n").await;
+    let (_, out) = run_peer(
+        "openssl",
+        s_client_args(&pki, port, false, &[]),
+        Some("ping\n"),
+    )
+    .await;
     assert!(out.contains("certificate required"), "{out}");
     running
         .expect_refused(RejectReason::NoClientCertificate)
         .await;
 
-    let (_, out) = peer(
+    let (_, out) = run_peer(
         "openssl",
         s_client_args(&pki, port, true, &["-tls1_2"]),
-        "ping\n",
+        Some("ping\n"),
     )
     .await;
     assert!(out.contains("protocol version"), "{out}");
@@ -200,7 +164,7 @@ async fn meshtls_client_against_openssl_s_server() {
     let pki = Pki::new();
     let s_server = SServer::start(&pki);
     let client = pki
-        .client(&client_id())
+        .client(&svid("interop", "peer"))
         .expect_server(Allow::spiffe_id(&format!(
             "spiffe://{TD}/ns/billing/sa/api"
         )))
@@ -218,13 +182,9 @@ async fn python_ssl_client_is_admitted() {
         return;
     }
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&client_id()))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
-    let (cert, key) = pki.write_cert("python-client", &pki.client_cert(&client_id()));
+    let (_server, mut running) =
+        start(pki.server_allow(Allow::spiffe_id(&svid("interop", "peer")))).await;
+    let (cert, key) = pki.write_cert("python-client", &pki.client_cert(&svid("interop", "peer")));
     let script = r#"
 import socket, ssl, sys
 port, ca, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
@@ -245,9 +205,10 @@ with socket.create_connection(("127.0.0.1", port)) as raw:
         cert.display().to_string(),
         key.display().to_string(),
     ];
-    let (ok, out) = peer("python3", args, "").await;
+    let (ok, out) = run_peer("python3", args, Some("")).await;
     assert!(
-        ok && out.contains(&format!("hello {}", client_id())) && out.contains("TLSv1.3"),
+        ok && out.contains(&format!("hello {}", svid("interop", "peer")))
+            && out.contains("TLSv1.3"),
         "{out}"
     );
     running.expect_admitted().await;
@@ -263,13 +224,9 @@ async fn java_client_is_admitted() {
         return;
     }
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&client_id()))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
-    let (cert, key) = pki.write_cert("java-client", &pki.client_cert(&client_id()));
+    let (_server, mut running) =
+        start(pki.server_allow(Allow::spiffe_id(&svid("interop", "peer")))).await;
+    let (cert, key) = pki.write_cert("java-client", &pki.client_cert(&svid("interop", "peer")));
     openssl(
         pki.dir.path(),
         &[
@@ -294,20 +251,12 @@ async fn java_client_is_admitted() {
         "changeit".to_owned(),
         pki.ca_file().display().to_string(),
     ];
-    let (ok, out) = peer("java", args, "").await;
+    let (ok, out) = run_peer("java", args, Some("")).await;
     assert!(
-        ok && out.contains(&format!("hello {}", client_id())),
+        ok && out.contains(&format!("hello {}", svid("interop", "peer"))),
         "{out}"
     );
-    assert_eq!(
-        running
-            .expect_admitted()
-            .await
-            .spiffe_id()
-            .unwrap()
-            .as_str(),
-        client_id()
-    );
+    running.expect_admitted_as(&svid("interop", "peer")).await;
 }
 
 #[tokio::test]
@@ -319,7 +268,7 @@ async fn meshtls_client_refused_by_openssl_s_server_sees_the_alert() {
     let s_server = SServer::start(&pki);
     // A client whose certificate s_server's CA did not sign.
     let other = Pki::named("other root");
-    let (c, k) = other.write_cert("stranger", &other.client_cert(&client_id()));
+    let (c, k) = other.write_cert("stranger", &other.client_cert(&svid("interop", "peer")));
     let client = ClientTls::builder()
         .identity_files(c, k)
         .server_roots_file(pki.ca_file())
@@ -337,21 +286,16 @@ async fn curl_calls_an_axum_service() {
     use axum::routing::get;
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&client_id()))
+        .server_allow(Allow::spiffe_id(&svid("interop", "peer")))
         .build()
         .unwrap();
-    let listener = meshtls::axum::MtlsListener::bind("127.0.0.1:0", &server)
-        .await
-        .unwrap();
-    let port = axum::serve::Listener::local_addr(&listener).unwrap().port();
     let app = axum::Router::new().route(
         "/whoami",
         get(|peer: meshtls::PeerIdentity| async move { peer.to_string() }),
     );
-    tokio::spawn(async move { meshtls::axum::serve(listener, app).await });
+    let port = serve_axum(&server, app).await.port();
 
-    let (cert, key) = pki.write_cert("curl-client", &pki.client_cert(&client_id()));
+    let (cert, key) = pki.write_cert("curl-client", &pki.client_cert(&svid("interop", "peer")));
     let url = format!("https://localhost:{port}/whoami");
     let resolve = format!("localhost:{port}:127.0.0.1");
     let common = |with_cert: bool| {
@@ -375,21 +319,21 @@ async fn curl_calls_an_axum_service() {
         args.push(url.clone());
         args
     };
-    let (ok, out) = peer("curl", common(true), "").await;
-    assert!(ok && out.trim() == client_id(), "{out}");
+    let (ok, out) = run_peer("curl", common(true), Some("")).await;
+    assert!(ok && out.trim() == svid("interop", "peer"), "{out}");
     // HTTP/2 is offered by default now: curl speaks it.
     let mut h2 = common(true);
     h2.splice(
         0..0,
         ["--write-out".to_owned(), " http/%{http_version}".to_owned()],
     );
-    let (ok, out) = peer("curl", h2, "").await;
+    let (ok, out) = run_peer("curl", h2, Some("")).await;
     assert!(ok && out.trim().ends_with("http/2"), "{out}");
 
     // No certificate: refused. Over HTTP/2 curl reports the broken
     // connection ((55)/(56)) rather than the alert; the server says why.
     let mut events = server.subscribe();
-    let (ok, out) = peer("curl", common(false), "").await;
+    let (ok, out) = run_peer("curl", common(false), Some("")).await;
     assert!(
         !ok && (out.contains("alert") || out.contains("(55)") || out.contains("(56)")),
         "{out}"

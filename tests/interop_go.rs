@@ -10,12 +10,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
-use common::{INSTALL_GO, Pki, TD, exchange, require_peer, serve};
+use common::{INSTALL_GO, Pki, exchange, require_peer, run_peer, start, svid};
 use meshtls::{Allow, RejectReason};
-
-fn id(name: &str) -> String {
-    format!("spiffe://{TD}/ns/interop/sa/{name}")
-}
 
 /// The Go peer, built once per test run.
 fn peer() -> &'static PathBuf {
@@ -47,20 +43,8 @@ fn peer() -> &'static PathBuf {
 
 /// Runs the Go client; returns what it printed.
 async fn go_client(args: Vec<String>) -> String {
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(peer())
-            .arg("client")
-            .args(&args)
-            .output()
-            .unwrap();
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-    .await
-    .unwrap()
+    let args = std::iter::once("client".to_owned()).chain(args).collect();
+    run_peer(peer(), args, None).await.1
 }
 
 #[tokio::test]
@@ -69,17 +53,13 @@ async fn go_client_admitted_and_refused_with_the_right_alerts() {
         return;
     }
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&id("go-client")))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) =
+        start(pki.server_allow(Allow::spiffe_id(&svid("interop", "go-client")))).await;
     let addr = running.addr.to_string();
     let ca = pki.ca_file().display().to_string();
 
     // Admitted, and told who it is.
-    let (cert, key) = pki.write_cert("go", &pki.client_cert(&id("go-client")));
+    let (cert, key) = pki.write_cert("go", &pki.client_cert(&svid("interop", "go-client")));
     let said = go_client(vec![
         addr.clone(),
         ca.clone(),
@@ -89,21 +69,15 @@ async fn go_client_admitted_and_refused_with_the_right_alerts() {
     ])
     .await;
     assert!(
-        said.contains(&format!("reply: hello {}", id("go-client"))),
+        said.contains(&format!("reply: hello {}", svid("interop", "go-client"))),
         "{said}"
     );
-    assert_eq!(
-        running
-            .expect_admitted()
-            .await
-            .spiffe_id()
-            .unwrap()
-            .to_string(),
-        id("go-client")
-    );
+    running
+        .expect_admitted_as(&svid("interop", "go-client"))
+        .await;
 
     // Off the allow-list: Go sees access_denied, the server says why.
-    let (cert, key) = pki.write_cert("go-other", &pki.client_cert(&id("go-other")));
+    let (cert, key) = pki.write_cert("go-other", &pki.client_cert(&svid("interop", "go-other")));
     let said = go_client(vec![
         addr.clone(),
         ca.clone(),
@@ -142,7 +116,7 @@ fn go_server(pki: &Pki) -> GoServer {
     let cert = pki
         .ca
         .leaf()
-        .spiffe(&id("go-server"))
+        .spiffe(&svid("interop", "go-server"))
         .dns("localhost")
         .server()
         .issue()
@@ -179,23 +153,26 @@ async fn meshtls_client_against_a_go_server_with_a_spiffe_id() {
 
     // Admitted with the right expected ID; Go saw our SPIFFE ID.
     let client = pki
-        .client(&id("rust"))
-        .expect_server(Allow::spiffe_id(&id("go-server")))
+        .client(&svid("interop", "rust"))
+        .expect_server(Allow::spiffe_id(&svid("interop", "go-server")))
         .build()
         .unwrap();
     let tcp = tokio::net::TcpStream::connect(go.1).await.unwrap();
     let (tls, server) = client.connector().connect("localhost", tcp).await.unwrap();
-    assert_eq!(server.spiffe_id().unwrap().to_string(), id("go-server"));
+    assert_eq!(
+        server.spiffe_id().unwrap().to_string(),
+        svid("interop", "go-server")
+    );
     let reply = exchange(tls).await.unwrap();
     assert!(
-        reply.contains(&format!("hello {} from go", id("rust"))),
+        reply.contains(&format!("hello {} from go", svid("interop", "rust"))),
         "{reply}"
     );
 
     // Refused with a wrong one, by our side, saying which.
     let wrong = pki
-        .client(&id("rust"))
-        .expect_server(Allow::spiffe_id(&id("someone-else")))
+        .client(&svid("interop", "rust"))
+        .expect_server(Allow::spiffe_id(&svid("interop", "someone-else")))
         .build()
         .unwrap();
     let tcp = tokio::net::TcpStream::connect(go.1).await.unwrap();
@@ -205,5 +182,8 @@ async fn meshtls_client_against_a_go_server_with_a_spiffe_id() {
         .await
         .unwrap_err();
     assert_eq!(error.reason(), RejectReason::NotAllowed, "{error}");
-    assert!(error.to_string().contains(&id("go-server")), "{error}");
+    assert!(
+        error.to_string().contains(&svid("interop", "go-server")),
+        "{error}"
+    );
 }

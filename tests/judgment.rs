@@ -11,17 +11,11 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use common::{Pki, TD, Wire, bare_client, call, records, replace, serve};
+use common::{
+    BuilderExt, Pki, TD, Wire, bare_client, records, replace, serve, server_id, shop, start,
+};
 use meshtls::rustls;
 use meshtls::{Allow, Event, ManualClock, RejectReason, ReloadOutcome};
-
-fn caller() -> String {
-    format!("spiffe://{TD}/ns/shop/sa/web")
-}
-
-fn api() -> String {
-    format!("spiffe://{TD}/ns/billing/sa/api")
-}
 
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
@@ -38,12 +32,12 @@ fn bare(pki: &Pki, cert: &meshtls::dev::DevCert) -> Arc<rustls::ClientConfig> {
 #[test]
 fn a_handshake_that_straddles_a_revocation_is_judged_by_the_new_policy() {
     let pki = Pki::new();
-    let client_cert = pki.client_cert(&caller());
+    let client_cert = pki.client_cert(&shop("web"));
     let crl = pki.write("ca.crl", pki.ca.crl(&[], HOUR).unwrap());
     let server = pki
         .server()
         .crl_file(&crl)
-        .allow(Allow::spiffe_id(&caller()))
+        .allow(Allow::spiffe_id(&shop("web")))
         .handshake_timeout(Duration::from_millis(200))
         .build()
         .unwrap();
@@ -106,14 +100,14 @@ fn a_late_ticket_does_not_resume_a_server_revoked_since() {
     let server = meshtls::ServerTls::builder()
         .identity_files(cert, key)
         .client_roots_file(pki.ca_file())
-        .allow(Allow::spiffe_id(&caller()))
+        .allow(Allow::spiffe_id(&shop("web")))
         .build()
         .unwrap();
     let crl = pki.write("client-ca.crl", pki.ca.crl(&[], HOUR).unwrap());
     let client = pki
-        .client(&caller())
+        .client(&shop("web"))
         .crl_file(&crl)
-        .expect_server(Allow::spiffe_id(&api()))
+        .expect_server(Allow::spiffe_id(&server_id()))
         .build()
         .unwrap();
     let connector = client.connector();
@@ -172,15 +166,14 @@ fn a_late_ticket_does_not_resume_a_server_revoked_since() {
 #[test]
 fn a_stale_crl_is_enforced_on_resumption() {
     let pki = Pki::new();
-    let client_cert = pki.client_cert(&caller());
+    let client_cert = pki.client_cert(&shop("web"));
     let crl = pki.write("ca.crl", pki.ca.crl(&[], Duration::from_secs(2)).unwrap());
     let time = ManualClock::new(SystemTime::now());
     let server = pki
         .server()
         .crl_file(&crl)
-        .allow(Allow::spiffe_id(&caller()))
-        .dangerous()
-        .clock(time.clock())
+        .allow(Allow::spiffe_id(&shop("web")))
+        .on_clock(&time)
         .build()
         .unwrap();
     let acceptor = server.acceptor();
@@ -190,7 +183,7 @@ fn a_stale_crl_is_enforced_on_resumption() {
     acceptor.identify(&wire.server).unwrap();
 
     time.advance(Duration::from_secs(3));
-    let newcomer = bare(&pki, &pki.client_cert(&caller()));
+    let newcomer = bare(&pki, &pki.client_cert(&shop("web")));
     let err = Wire::new(server.config(), newcomer)
         .complete()
         .expect_err("a new client was admitted under a stale CRL");
@@ -215,20 +208,15 @@ fn a_stale_crl_is_enforced_on_resumption() {
 fn an_expired_client_does_not_resume_on_the_bare_config() {
     let pki = Pki::new();
     let now = SystemTime::now();
-    let short = pki
-        .ca
-        .leaf()
-        .spiffe(&caller())
-        .client()
-        .valid_between(now - Duration::from_secs(60), now + Duration::from_secs(2))
-        .issue()
-        .unwrap();
+    let short = pki.client_cert_between(
+        &shop("web"),
+        now - Duration::from_secs(60),
+        now + Duration::from_secs(2),
+    );
     let time = ManualClock::new(now);
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&caller()))
-        .dangerous()
-        .clock(time.clock())
+        .server_allow(Allow::spiffe_id(&shop("web")))
+        .on_clock(&time)
         .build()
         .unwrap();
     let client = bare(&pki, &short);
@@ -249,8 +237,7 @@ fn an_expired_client_does_not_resume_on_the_bare_config() {
 fn a_client_does_not_resume_to_a_server_under_a_stale_crl() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&caller()))
+        .server_allow(Allow::spiffe_id(&shop("web")))
         .build()
         .unwrap();
     let crl = pki.write(
@@ -259,11 +246,10 @@ fn a_client_does_not_resume_to_a_server_under_a_stale_crl() {
     );
     let time = ManualClock::new(SystemTime::now());
     let client = pki
-        .client(&caller())
+        .client(&shop("web"))
         .crl_file(&crl)
-        .expect_server(Allow::spiffe_id(&api()))
-        .dangerous()
-        .clock(time.clock())
+        .expect_server(Allow::spiffe_id(&server_id()))
+        .on_clock(&time)
         .build()
         .unwrap();
     let connector = client.connector();
@@ -301,7 +287,7 @@ fn a_client_does_not_resume_to_a_server_under_a_stale_crl() {
 #[tokio::test]
 async fn an_older_crl_listed_first_does_not_hide_a_newer_revocation() {
     let pki = Pki::new();
-    let revoked = pki.client_cert(&caller());
+    let revoked = pki.client_cert(&shop("web"));
     let now = SystemTime::now();
     let older = pki
         .ca
@@ -316,21 +302,10 @@ async fn an_older_crl_listed_first_does_not_hide_a_newer_revocation() {
         )
         .unwrap();
     let crl = pki.write("ca.crl", format!("{older}{newer}"));
-    let server = pki
-        .server()
-        .crl_file(&crl)
-        .allow(Allow::spiffe_trust_domain(TD))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
-    let seen = call(
-        &pki.client_with(&revoked).build().unwrap(),
-        running.addr,
-        "localhost",
-    )
-    .await;
-    assert!(seen.refused().contains("CertificateRevoked"), "{seen:?}");
-    running.expect_refused(RejectReason::Revoked).await;
+    let (_server, mut running) = start(pki.server_td().crl_file(&crl)).await;
+    running
+        .assert_revoked(&pki.client_with(&revoked).build().unwrap())
+        .await;
 }
 
 /// A CA key rotation under the same subject name, both CAs trusted, each
@@ -343,7 +318,7 @@ async fn same_named_ca_rotation_works_with_crls() {
         "roots.crt",
         format!("{}{}", old.ca.cert_pem(), new.ca.cert_pem()),
     );
-    let revoked = new.client_cert(&caller());
+    let revoked = new.client_cert(&shop("web"));
     let crl = old.write(
         "ca.crl",
         format!(
@@ -353,14 +328,14 @@ async fn same_named_ca_rotation_works_with_crls() {
         ),
     );
     let (cert, key) = old.write_cert("server", &old.server_cert());
-    let server = meshtls::ServerTls::builder()
-        .identity_files(cert, key)
-        .client_roots_file(&roots)
-        .crl_file(&crl)
-        .allow(Allow::spiffe_trust_domain(TD))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(
+        meshtls::ServerTls::builder()
+            .identity_files(cert, key)
+            .client_roots_file(&roots)
+            .crl_file(&crl)
+            .allow(Allow::spiffe_trust_domain(TD)),
+    )
+    .await;
     let client_of = |pki: &Pki, cert: &meshtls::dev::DevCert| {
         let (c, k) = pki.write_cert(&format!("client-{}", cert.serial().replace(':', "")), cert);
         meshtls::ClientTls::builder()
@@ -370,8 +345,8 @@ async fn same_named_ca_rotation_works_with_crls() {
             .unwrap()
     };
     for pki in [&old, &new] {
-        let client = client_of(pki, &pki.client_cert(&caller()));
-        let seen = call(&client, running.addr, "localhost").await;
+        let client = client_of(pki, &pki.client_cert(&shop("web")));
+        let seen = running.call(&client).await;
         let result = running.next().await;
         assert!(result.is_ok(), "a client of a trusted CA: {result:?}");
         assert!(seen.reply().starts_with("hello"), "{seen:?}");
@@ -395,11 +370,7 @@ async fn unverified_names_are_bounded_and_escaped_in_events() {
         leaf = leaf.dns(&format!("n{i}.{}.example", "x".repeat(40)));
     }
     let intruder = leaf.issue().unwrap();
-    let server = pki
-        .server()
-        .allow(Allow::spiffe_trust_domain(TD))
-        .build()
-        .unwrap();
+    let server = pki.server_td().build().unwrap();
     let mut events = server.subscribe();
     let mut running = serve(&server).await;
     let client = meshtls::ClientTls::builder()
@@ -410,7 +381,7 @@ async fn unverified_names_are_bounded_and_escaped_in_events() {
         .server_roots(meshtls::Source::pem("ca", pki.ca.cert_pem()))
         .build()
         .unwrap();
-    let _ = call(&client, running.addr, "localhost").await;
+    let _ = running.call(&client).await;
     let err = running.expect_refused(RejectReason::UnknownIssuer).await;
     let detail = loop {
         match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
@@ -439,24 +410,14 @@ fn a_refusal_left_behind_is_not_attributed_to_another_handshake() {
         .unwrap();
     runtime.block_on(async {
         let pki = Pki::new();
-        let server = pki
-            .server()
-            .allow(Allow::spiffe_trust_domain(TD))
-            .build()
-            .unwrap();
+        let server = pki.server_td().build().unwrap();
         let mut events = server.subscribe();
 
         // 1. On this thread, the bare config refuses a client whose chain does
         //    not verify (a CA with the same name and another key); nobody
         //    collects the refusal's specifics.
         let impostor = Pki::named("meshtls test root");
-        let forged = impostor
-            .ca
-            .leaf()
-            .spiffe(&format!("spiffe://{TD}/ns/impostor/sa/x"))
-            .client()
-            .issue()
-            .unwrap();
+        let forged = impostor.client_cert(&format!("spiffe://{TD}/ns/impostor/sa/x"));
         let err = Wire::new(server.config(), bare(&pki, &forged))
             .complete()
             .unwrap_err();
@@ -466,8 +427,8 @@ fn a_refusal_left_behind_is_not_attributed_to_another_handshake() {
         // 2. The acceptor, on the same thread, sees a handshake fail with the
         //    same rustls error for another reason: a client whose
         //    CertificateVerify signature is made with the wrong key.
-        let honest = pki.client_cert(&caller());
-        let other_key = pki.client_cert(&caller());
+        let honest = pki.client_cert(&shop("web"));
+        let other_key = pki.client_cert(&shop("web"));
         let client = wrong_key_client(&pki, &honest, &other_key);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -557,7 +518,7 @@ fn the_bare_client_window_is_exactly_the_documented_one() {
         meshtls::ServerTls::builder()
             .identity_files(c, k)
             .client_roots_file(pki.ca_file())
-            .allow(Allow::spiffe_id(&caller()))
+            .allow(Allow::spiffe_id(&shop("web")))
             .build()
             .unwrap()
     };
@@ -566,9 +527,9 @@ fn the_bare_client_window_is_exactly_the_documented_one() {
     let (one, two) = (serving(&cert_one), serving(&cert_two));
     let crl = pki.write("client.crl", pki.ca.crl(&[], HOUR).unwrap());
     let client = pki
-        .client(&caller())
+        .client(&shop("web"))
         .crl_file(&crl)
-        .expect_server(Allow::spiffe_id(&api()))
+        .expect_server(Allow::spiffe_id(&server_id()))
         .build()
         .unwrap();
 
@@ -615,20 +576,11 @@ fn after_step_back(resume: bool) -> (Result<(), String>, bool) {
     let now = SystemTime::now();
     let time = ManualClock::new(now);
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&caller()))
-        .dangerous()
-        .clock(time.clock())
+        .server_allow(Allow::spiffe_id(&shop("web")))
+        .on_clock(&time)
         .build()
         .unwrap();
-    let cert = pki
-        .ca
-        .leaf()
-        .spiffe(&caller())
-        .client()
-        .valid_between(now - Duration::from_secs(60), now + DAY)
-        .issue()
-        .unwrap();
+    let cert = pki.client_cert_between(&shop("web"), now - Duration::from_secs(60), now + DAY);
     let client = bare_client(pki.ca.cert_pem(), Some(&cert), &[&rustls::version::TLS13]);
     Wire::new(server.config(), client.clone())
         .complete()

@@ -10,111 +10,21 @@ mod greeter;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Pki, TD, replace};
+use common::web::{endpoint, h2, serve_axum, serve_grpc};
+use common::{
+    BuilderExt, Open, Pki, TD, assert_nothing_closed, client_of, echo_reporting, events_and_echo,
+    next_closed, replace, shop,
+};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use meshtls::dev::DevCa;
-use meshtls::tokio_rustls::client::TlsStream;
-use meshtls::{Allow, ClientTls, Event, RejectReason, ServerTls, Tracked};
+use meshtls::{Allow, ClientTls, RejectReason, ServerTls};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc};
+use tokio::net::TcpStream;
 
 const GRACE: Duration = Duration::from_millis(300);
 const DEBOUNCE: Duration = Duration::from_millis(50);
-
-fn id(name: &str) -> String {
-    format!("spiffe://{TD}/ns/shop/sa/{name}")
-}
-
-/// An echo server on the acceptor's `Incoming`: each connection answers
-/// every line; how each connection ended on the server's side is sent to
-/// the returned channel.
-async fn echo_server(server: &ServerTls) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut incoming = server.acceptor().incoming(listener);
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(conn) = incoming.next().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut conn = BufReader::new(conn);
-                let ended = loop {
-                    let mut line = String::new();
-                    match conn.read_line(&mut line).await {
-                        Ok(0) => break "eof".to_owned(),
-                        Ok(_) => {
-                            if let Err(e) = conn.get_mut().write_all(line.as_bytes()).await {
-                                break e.to_string();
-                            }
-                        }
-                        Err(e) => break e.to_string(),
-                    }
-                };
-                let _ = tx.send(ended);
-            });
-        }
-    });
-    (addr, rx)
-}
-
-/// A client connection kept open, sending lines on it.
-struct Line(BufReader<Tracked<TlsStream<TcpStream>>>);
-
-impl Line {
-    async fn open(client: &ClientTls, addr: SocketAddr) -> Self {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let (tls, _) = client.connector().connect("localhost", tcp).await.unwrap();
-        Self(BufReader::new(tls))
-    }
-
-    /// Sends a line and reads the echo; an error or the end of the stream
-    /// is the error text.
-    async fn ping(&mut self) -> Result<(), String> {
-        self.0
-            .get_mut()
-            .write_all(b"ping\n")
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut line = String::new();
-        match tokio::time::timeout(Duration::from_secs(10), self.0.read_line(&mut line)).await {
-            Err(_) => Err("no answer within 10 s".into()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Ok(Ok(0)) => Err("end of stream".into()),
-            Ok(Ok(_)) => Ok(()),
-        }
-    }
-}
-
-/// The next `ConnectionClosed` event (at most 10 s), skipping others.
-async fn next_closed(events: &mut broadcast::Receiver<Event>) -> (RejectReason, String) {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Event::ConnectionClosed { reason, detail } = events.recv().await.unwrap() {
-                return (reason, detail);
-            }
-        }
-    })
-    .await
-    .expect("no ConnectionClosed event within 10 s")
-}
-
-/// Until `events` has been quiet about closing for `quiet`.
-async fn assert_nothing_closed(events: &mut broadcast::Receiver<Event>, quiet: Duration) {
-    let waited = tokio::time::timeout(quiet, async {
-        loop {
-            if let Ok(Event::ConnectionClosed { reason, detail }) = events.recv().await {
-                return format!("{reason}: {detail}");
-            }
-        }
-    })
-    .await;
-    if let Ok(closed) = waited {
-        panic!("a connection was closed: {closed}");
-    }
-}
 
 /// A new connection by `client` is refused by the server as revoked (the
 /// client sees the certificate_revoked alert on its first read).
@@ -137,8 +47,7 @@ async fn assert_victim_refused(client: &ClientTls, addr: SocketAddr) {
 }
 
 fn revoking_server(pki: &Pki, crl: &std::path::Path) -> meshtls::ServerTlsBuilder<meshtls::Ready> {
-    pki.server()
-        .allow(Allow::spiffe_trust_domain(TD))
+    pki.server_td()
         .crl_file(crl)
         .debounce(DEBOUNCE)
         .live_connection_grace(GRACE)
@@ -147,19 +56,16 @@ fn revoking_server(pki: &Pki, crl: &std::path::Path) -> meshtls::ServerTlsBuilde
 #[tokio::test]
 async fn a_revoked_clients_connection_is_closed_and_the_others_stay() {
     let pki = Pki::new();
-    let crl = pki.write(
-        "ca.crl",
-        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
-    );
+    let crl = pki.write_crl(&[]);
     let server = revoking_server(&pki, &crl).watch().unwrap();
     let mut events = server.subscribe();
-    let (addr, mut ended) = echo_server(&server).await;
+    let (addr, mut ended) = echo_reporting(&server).await;
 
-    let victim_cert = pki.client_cert(&id("victim"));
+    let victim_cert = pki.client_cert(&shop("victim"));
     let victim = pki.client_with(&victim_cert).build().unwrap();
-    let bystander = pki.client(&id("bystander")).build().unwrap();
-    let mut victim_line = Line::open(&victim, addr).await;
-    let mut bystander_line = Line::open(&bystander, addr).await;
+    let bystander = pki.client(&shop("bystander")).build().unwrap();
+    let mut victim_line = Open::meshtls(&victim, addr).await;
+    let mut bystander_line = Open::meshtls(&bystander, addr).await;
     victim_line.ping().await.unwrap();
     bystander_line.ping().await.unwrap();
     assert_eq!(server.stats().live_connections, 2);
@@ -173,7 +79,7 @@ async fn a_revoked_clients_connection_is_closed_and_the_others_stay() {
     );
     let (reason, detail) = next_closed(&mut events).await;
     assert_eq!(reason, RejectReason::Revoked);
-    assert!(detail.contains(&id("victim")), "{detail}");
+    assert!(detail.contains(&shop("victim")), "{detail}");
     assert!(
         revoked_at.elapsed() >= GRACE,
         "closed before the grace period was over"
@@ -202,10 +108,7 @@ async fn a_revoked_clients_connection_is_closed_and_the_others_stay() {
 #[tokio::test]
 async fn revoked_http1_keep_alive_and_grpc_channel_close_others_stay() {
     let pki = Pki::new();
-    let crl = pki.write(
-        "ca.crl",
-        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
-    );
+    let crl = pki.write_crl(&[]);
     let server = revoking_server(&pki, &crl)
         .alpn_protocols([b"h2".to_vec(), b"http/1.1".to_vec()])
         .watch()
@@ -213,23 +116,14 @@ async fn revoked_http1_keep_alive_and_grpc_channel_close_others_stay() {
     let mut events = server.subscribe();
 
     // axum, HTTP/1.1 keep-alive.
-    let listener = meshtls::axum::MtlsListener::bind("127.0.0.1:0", &server)
-        .await
-        .unwrap();
-    let http_addr = axum::serve::Listener::local_addr(&listener).unwrap();
     let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
-    tokio::spawn(async move { meshtls::axum::serve(listener, app).await.unwrap() });
+    let http_addr = serve_axum(&server, app).await;
     // tonic, HTTP/2.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc_addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(greeter::server())
-            .serve_with_incoming(server.acceptor().incoming(listener)),
-    );
+    let (grpc_addr, _serving) =
+        serve_grpc(&server, tonic::service::Routes::new(greeter::server())).await;
 
-    let http_cert = pki.client_cert(&id("http-victim"));
-    let grpc_cert = pki.client_cert(&id("grpc-victim"));
+    let http_cert = pki.client_cert(&shop("http-victim"));
+    let grpc_cert = pki.client_cert(&shop("grpc-victim"));
     let http_victim = pki
         .client_with(&http_cert)
         .alpn_protocols([b"http/1.1".to_vec()])
@@ -237,14 +131,10 @@ async fn revoked_http1_keep_alive_and_grpc_channel_close_others_stay() {
         .unwrap();
     let grpc_victim = pki
         .client_with(&grpc_cert)
-        .alpn_protocols([b"h2".to_vec()])
+        .alpn_protocols(h2())
         .build()
         .unwrap();
-    let bystander = pki
-        .client(&id("bystander"))
-        .alpn_protocols([b"h2".to_vec()])
-        .build()
-        .unwrap();
+    let bystander = pki.grpc_client(&shop("bystander")).build().unwrap();
 
     let tcp = TcpStream::connect(http_addr).await.unwrap();
     let (tls, _) = http_victim
@@ -268,7 +158,7 @@ async fn revoked_http1_keep_alive_and_grpc_channel_close_others_stay() {
         "ok"
     );
 
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}")).unwrap();
+    let endpoint = endpoint(grpc_addr);
     let grpc = meshtls::tonic::channel(&grpc_victim, endpoint.clone(), "localhost")
         .await
         .unwrap();
@@ -291,8 +181,8 @@ async fn revoked_http1_keep_alive_and_grpc_channel_close_others_stay() {
     ];
     closed.sort_by(|a, b| a.1.cmp(&b.1));
     assert!(closed.iter().all(|(r, _)| *r == RejectReason::Revoked));
-    assert!(closed[0].1.contains(&id("grpc-victim")), "{closed:?}");
-    assert!(closed[1].1.contains(&id("http-victim")), "{closed:?}");
+    assert!(closed[0].1.contains(&shop("grpc-victim")), "{closed:?}");
+    assert!(closed[1].1.contains(&shop("http-victim")), "{closed:?}");
 
     // The HTTP/1.1 connection has ended; a request on it fails.
     let ended = tokio::time::timeout(Duration::from_secs(10), http_conn)
@@ -312,23 +202,23 @@ async fn revoked_http1_keep_alive_and_grpc_channel_close_others_stay() {
 async fn removal_from_the_allow_list_closes_the_connection() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&id("a")))
-        .allow(Allow::spiffe_id(&id("b")))
+        .server_allow(Allow::spiffe_id(&shop("a")))
+        .allow(Allow::spiffe_id(&shop("b")))
         .live_connection_grace(GRACE)
         .build()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _ended) = echo_server(&server).await;
-    let mut a = Line::open(&pki.client(&id("a")).build().unwrap(), addr).await;
-    let mut b = Line::open(&pki.client(&id("b")).build().unwrap(), addr).await;
+    let (mut events, addr) = events_and_echo(&server).await;
+    let mut a = Open::meshtls(&pki.client(&shop("a")).build().unwrap(), addr).await;
+    let mut b = Open::meshtls(&pki.client(&shop("b")).build().unwrap(), addr).await;
     a.ping().await.unwrap();
     b.ping().await.unwrap();
 
-    server.set_allow_list([Allow::spiffe_id(&id("b"))]).unwrap();
+    server
+        .set_allow_list([Allow::spiffe_id(&shop("b"))])
+        .unwrap();
     let (reason, detail) = next_closed(&mut events).await;
     assert_eq!(reason, RejectReason::NotAllowed);
-    assert!(detail.contains(&id("a")), "{detail}");
+    assert!(detail.contains(&shop("a")), "{detail}");
     assert!(a.ping().await.is_err());
     b.ping().await.unwrap();
     assert_eq!(server.stats().closed_for(RejectReason::NotAllowed), 1);
@@ -351,19 +241,13 @@ async fn a_ca_dropped_from_the_bundle_closes_its_clients_connections() {
         .live_connection_grace(GRACE)
         .watch()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _ended) = echo_server(&server).await;
+    let (mut events, addr) = events_and_echo(&server).await;
 
-    let from_old = pki.client(&id("old-ca")).build().unwrap();
-    let new_cert = other_ca
-        .leaf()
-        .spiffe(&id("new-ca"))
-        .client()
-        .issue()
-        .unwrap();
+    let from_old = pki.client(&shop("old-ca")).build().unwrap();
+    let new_cert = client_of(&other_ca, &shop("new-ca"));
     let from_new = pki.client_with(&new_cert).build().unwrap();
-    let mut old_line = Line::open(&from_old, addr).await;
-    let mut new_line = Line::open(&from_new, addr).await;
+    let mut old_line = Open::meshtls(&from_old, addr).await;
+    let mut new_line = Open::meshtls(&from_new, addr).await;
     old_line.ping().await.unwrap();
     new_line.ping().await.unwrap();
 
@@ -371,7 +255,7 @@ async fn a_ca_dropped_from_the_bundle_closes_its_clients_connections() {
     replace(&roots, other_ca.cert_pem());
     let (reason, detail) = next_closed(&mut events).await;
     assert_eq!(reason, RejectReason::UnknownIssuer);
-    assert!(detail.contains(&id("old-ca")), "{detail}");
+    assert!(detail.contains(&shop("old-ca")), "{detail}");
     assert!(old_line.ping().await.is_err());
     new_line.ping().await.unwrap();
 }
@@ -379,19 +263,15 @@ async fn a_ca_dropped_from_the_bundle_closes_its_clients_connections() {
 #[tokio::test]
 async fn with_keep_live_connections_nothing_closes() {
     let pki = Pki::new();
-    let crl = pki.write(
-        "ca.crl",
-        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
-    );
+    let crl = pki.write_crl(&[]);
     let server = revoking_server(&pki, &crl)
         .keep_live_connections()
         .watch()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _ended) = echo_server(&server).await;
-    let cert = pki.client_cert(&id("victim"));
+    let (mut events, addr) = events_and_echo(&server).await;
+    let cert = pki.client_cert(&shop("victim"));
     let client = pki.client_with(&cert).build().unwrap();
-    let mut line = Line::open(&client, addr).await;
+    let mut line = Open::meshtls(&client, addr).await;
     line.ping().await.unwrap();
 
     replace(
@@ -425,20 +305,17 @@ async fn a_client_closes_its_connection_to_a_revoked_server_with_the_reason() {
         .allow(Allow::spiffe_trust_domain(TD))
         .build()
         .unwrap();
-    let (addr, _ended) = echo_server(&server).await;
-    let crl = pki.write(
-        "ca.crl",
-        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
-    );
+    let (addr, _ended) = echo_reporting(&server).await;
+    let crl = pki.write_crl(&[]);
     let client = pki
-        .client(&id("caller"))
+        .client(&shop("caller"))
         .crl_file(&crl)
         .debounce(DEBOUNCE)
         .live_connection_grace(Duration::ZERO)
         .watch()
         .unwrap();
     let mut events = client.subscribe();
-    let mut line = Line::open(&client, addr).await;
+    let mut line = Open::meshtls(&client, addr).await;
     line.ping().await.unwrap();
 
     replace(
@@ -454,42 +331,37 @@ async fn a_client_closes_its_connection_to_a_revoked_server_with_the_reason() {
         error.contains("closed by meshtls: certificate revoked"),
         "{error}"
     );
-    assert!(line.0.get_ref().closed_by_policy().is_some());
+    assert!(line.get_ref().closed_by_policy().is_some());
 }
 
 #[tokio::test]
 async fn closing_at_the_peers_expiry_is_opt_in() {
     let pki = Pki::new();
     let now = std::time::SystemTime::now();
-    let short = pki
-        .ca
-        .leaf()
-        .spiffe(&id("short"))
-        .client()
-        .valid_between(now - Duration::from_secs(60), now + Duration::from_secs(2))
-        .issue()
-        .unwrap();
+    let short = pki.client_cert_between(
+        &shop("short"),
+        now - Duration::from_secs(60),
+        now + Duration::from_secs(2),
+    );
     let client = pki.client_with(&short).build().unwrap();
 
     let closing = pki
-        .server()
-        .allow(Allow::spiffe_trust_domain(TD))
+        .server_td()
         .live_connection_grace(Duration::ZERO)
         .close_at_peer_expiry()
         .build()
         .unwrap();
     let keeping = pki
-        .server()
-        .allow(Allow::spiffe_trust_domain(TD))
+        .server_td()
         .live_connection_grace(Duration::ZERO)
         .build()
         .unwrap();
     let mut closing_events = closing.subscribe();
     let mut keeping_events = keeping.subscribe();
-    let (closing_addr, _a) = echo_server(&closing).await;
-    let (keeping_addr, _b) = echo_server(&keeping).await;
-    let mut closed_line = Line::open(&client, closing_addr).await;
-    let mut kept_line = Line::open(&client, keeping_addr).await;
+    let (closing_addr, _a) = echo_reporting(&closing).await;
+    let (keeping_addr, _b) = echo_reporting(&keeping).await;
+    let mut closed_line = Open::meshtls(&client, closing_addr).await;
+    let mut kept_line = Open::meshtls(&client, keeping_addr).await;
     closed_line.ping().await.unwrap();
     kept_line.ping().await.unwrap();
 
@@ -506,32 +378,22 @@ async fn closing_at_the_peers_expiry_is_opt_in() {
 #[tokio::test]
 async fn expired_peers_on_live_connections_do_not_stop_the_sweeper() {
     let pki = Pki::new();
-    let crl = pki.write(
-        "ca.crl",
-        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
-    );
+    let crl = pki.write_crl(&[]);
     let server = revoking_server(&pki, &crl).watch().unwrap();
-    let mut events = server.subscribe();
-    let (addr, _ended) = echo_server(&server).await;
+    let (mut events, addr) = events_and_echo(&server).await;
     let now = std::time::SystemTime::now();
     let short = |name: &str, secs: u64| {
-        let cert = pki
-            .ca
-            .leaf()
-            .spiffe(&id(name))
-            .client()
-            .valid_between(
-                now - Duration::from_secs(60),
-                now + Duration::from_secs(secs),
-            )
-            .issue()
-            .unwrap();
+        let cert = pki.client_cert_between(
+            &shop(name),
+            now - Duration::from_secs(60),
+            now + Duration::from_secs(secs),
+        );
         pki.client_with(&cert).build().unwrap()
     };
-    let mut first = Line::open(&short("first", 2), addr).await;
-    let mut second = Line::open(&short("second", 3), addr).await;
-    let victim_cert = pki.client_cert(&id("victim"));
-    let mut victim = Line::open(&pki.client_with(&victim_cert).build().unwrap(), addr).await;
+    let mut first = Open::meshtls(&short("first", 2), addr).await;
+    let mut second = Open::meshtls(&short("second", 3), addr).await;
+    let victim_cert = pki.client_cert(&shop("victim"));
+    let mut victim = Open::meshtls(&pki.client_with(&victim_cert).build().unwrap(), addr).await;
     first.ping().await.unwrap();
     second.ping().await.unwrap();
     victim.ping().await.unwrap();
@@ -549,7 +411,7 @@ async fn expired_peers_on_live_connections_do_not_stop_the_sweeper() {
     );
     let (reason, detail) = next_closed(&mut events).await;
     assert_eq!(reason, RejectReason::Revoked, "{detail}");
-    assert!(detail.contains(&id("victim")), "{detail}");
+    assert!(detail.contains(&shop("victim")), "{detail}");
     assert!(
         victim.ping().await.is_err(),
         "the revoked peer is still connected"
@@ -562,25 +424,22 @@ async fn expired_peers_on_live_connections_do_not_stop_the_sweeper() {
 #[tokio::test]
 async fn the_sweeper_outlives_the_runtime_of_the_first_connection() {
     let pki = Pki::new();
-    let crl = pki.write(
-        "ca.crl",
-        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
-    );
+    let crl = pki.write_crl(&[]);
     let server = revoking_server(&pki, &crl).watch().unwrap();
     let mut events = server.subscribe();
 
     // A start-up self-check on a runtime of its own, which then ends.
     {
         let server = server.clone();
-        let check = pki.client(&id("self-check")).build().unwrap();
+        let check = pki.client(&shop("self-check")).build().unwrap();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             runtime.block_on(async {
-                let (addr, _ended) = echo_server(&server).await;
-                let mut line = Line::open(&check, addr).await;
+                let (addr, _ended) = echo_reporting(&server).await;
+                let mut line = Open::meshtls(&check, addr).await;
                 line.ping().await.unwrap();
             });
         })
@@ -588,9 +447,9 @@ async fn the_sweeper_outlives_the_runtime_of_the_first_connection() {
         .unwrap();
     }
 
-    let (addr, _ended) = echo_server(&server).await;
-    let victim_cert = pki.client_cert(&id("victim"));
-    let mut victim = Line::open(&pki.client_with(&victim_cert).build().unwrap(), addr).await;
+    let (addr, _ended) = echo_reporting(&server).await;
+    let victim_cert = pki.client_cert(&shop("victim"));
+    let mut victim = Open::meshtls(&pki.client_with(&victim_cert).build().unwrap(), addr).await;
     victim.ping().await.unwrap();
     replace(
         &crl,
@@ -629,9 +488,8 @@ async fn dropping_a_ca_after_a_same_name_rotation_closes_its_clients() {
         .live_connection_grace(GRACE)
         .watch()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _ended) = echo_server(&server).await;
-    let client_of = |cert: &meshtls::dev::DevCert| {
+    let (mut events, addr) = events_and_echo(&server).await;
+    let client_for = |cert: &meshtls::dev::DevCert| {
         let (c, k) = old.write_cert(&cert.serial().replace(':', ""), cert);
         ClientTls::builder()
             .identity_files(c, k)
@@ -639,15 +497,15 @@ async fn dropping_a_ca_after_a_same_name_rotation_closes_its_clients() {
             .build()
             .unwrap()
     };
-    let mut of_old = Line::open(&client_of(&old.client_cert(&id("old-key"))), addr).await;
-    let new_cert = new.leaf().spiffe(&id("new-key")).client().issue().unwrap();
-    let mut of_new = Line::open(&client_of(&new_cert), addr).await;
+    let mut of_old = Open::meshtls(&client_for(&old.client_cert(&shop("old-key"))), addr).await;
+    let new_cert = client_of(&new, &shop("new-key"));
+    let mut of_new = Open::meshtls(&client_for(&new_cert), addr).await;
     of_old.ping().await.unwrap();
     of_new.ping().await.unwrap();
 
     replace(&roots, new.cert_pem());
     let (reason, detail) = next_closed(&mut events).await;
-    assert!(detail.contains(&id("old-key")), "{reason}: {detail}");
+    assert!(detail.contains(&shop("old-key")), "{reason}: {detail}");
     assert!(
         of_old.ping().await.is_err(),
         "the old CA's client is still connected"
@@ -657,12 +515,10 @@ async fn dropping_a_ca_after_a_same_name_rotation_closes_its_clients() {
 
 /// A server that closes at the peer's expiry, on a clock the test moves.
 fn expiring_server(pki: &Pki, time: &meshtls::ManualClock) -> ServerTls {
-    pki.server()
-        .allow(Allow::spiffe_trust_domain(TD))
+    pki.server_td()
         .live_connection_grace(Duration::ZERO)
         .close_at_peer_expiry()
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(time)
         .build()
         .unwrap()
 }
@@ -674,14 +530,7 @@ fn client_valid_for(
     start: std::time::SystemTime,
     life: Duration,
 ) -> ClientTls {
-    let cert = pki
-        .ca
-        .leaf()
-        .spiffe(&id(name))
-        .client()
-        .valid_between(start - Duration::from_secs(60), start + life)
-        .issue()
-        .unwrap();
+    let cert = pki.client_cert_between(&shop(name), start - Duration::from_secs(60), start + life);
     pki.client_with(&cert).build().unwrap()
 }
 
@@ -693,19 +542,18 @@ async fn a_connection_opened_while_the_sweeper_waits_is_closed_at_its_peers_expi
     let start = std::time::SystemTime::now();
     let time = meshtls::ManualClock::new(start);
     let server = expiring_server(&pki, &time);
-    let mut events = server.subscribe();
-    let (addr, _ended) = echo_server(&server).await;
+    let (mut events, addr) = events_and_echo(&server).await;
 
     // The first connection's peer is valid for a day: the sweeper sleeps
     // toward that.
-    let mut long = Line::open(
+    let mut long = Open::meshtls(
         &client_valid_for(&pki, "long", start, Duration::from_secs(86_400)),
         addr,
     )
     .await;
     long.ping().await.unwrap();
     // Then a peer valid for an hour connects.
-    let mut short = Line::open(
+    let mut short = Open::meshtls(
         &client_valid_for(&pki, "short", start, Duration::from_secs(3600)),
         addr,
     )
@@ -715,7 +563,7 @@ async fn a_connection_opened_while_the_sweeper_waits_is_closed_at_its_peers_expi
     time.advance(Duration::from_secs(2 * 3600));
     let (reason, detail) = next_closed(&mut events).await;
     assert_eq!(reason, RejectReason::Expired, "{detail}");
-    assert!(detail.contains(&id("short")), "{detail}");
+    assert!(detail.contains(&shop("short")), "{detail}");
     assert!(
         short.ping().await.is_err(),
         "the expired peer is still connected"
@@ -735,24 +583,16 @@ async fn a_connection_kept_past_its_peers_expiry_closes_when_the_peer_is_revoked
     let crl = pki.write("ca.crl", pki.ca.crl(&[], day).unwrap());
     let server = revoking_server(&pki, &crl)
         .live_connection_grace(Duration::ZERO)
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _ended) = echo_server(&server).await;
-    let cert = pki
-        .ca
-        .leaf()
-        .spiffe(&id("expiring"))
-        .client()
-        .valid_between(
-            start - Duration::from_secs(60),
-            start + Duration::from_secs(3600),
-        )
-        .issue()
-        .unwrap();
-    let mut line = Line::open(&pki.client_with(&cert).build().unwrap(), addr).await;
+    let (mut events, addr) = events_and_echo(&server).await;
+    let cert = pki.client_cert_between(
+        &shop("expiring"),
+        start - Duration::from_secs(60),
+        start + Duration::from_secs(3600),
+    );
+    let mut line = Open::meshtls(&pki.client_with(&cert).build().unwrap(), addr).await;
     line.ping().await.unwrap();
 
     // Expired, and kept (the default).
@@ -778,23 +618,18 @@ async fn a_connection_kept_under_a_stale_crl_closes_when_the_peer_leaves_the_all
     let pki = Pki::new();
     let start = std::time::SystemTime::now();
     let time = meshtls::ManualClock::new(start);
-    let crl = pki.write(
-        "ca.crl",
-        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
-    );
+    let crl = pki.write_crl(&[]);
     let server = pki
         .server()
         .crl_file(&crl)
-        .allow(Allow::spiffe_id(&id("a")))
-        .allow(Allow::spiffe_id(&id("b")))
+        .allow(Allow::spiffe_id(&shop("a")))
+        .allow(Allow::spiffe_id(&shop("b")))
         .live_connection_grace(Duration::ZERO)
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _ended) = echo_server(&server).await;
-    let mut a = Line::open(&pki.client(&id("a")).build().unwrap(), addr).await;
+    let (mut events, addr) = events_and_echo(&server).await;
+    let mut a = Open::meshtls(&pki.client(&shop("a")).build().unwrap(), addr).await;
     a.ping().await.unwrap();
 
     // The CRL goes stale: kept (a CRL publisher's outage closes nothing).
@@ -802,7 +637,9 @@ async fn a_connection_kept_under_a_stale_crl_closes_when_the_peer_leaves_the_all
     assert_nothing_closed(&mut events, Duration::from_millis(300)).await;
     a.ping().await.unwrap();
 
-    server.set_allow_list([Allow::spiffe_id(&id("b"))]).unwrap();
+    server
+        .set_allow_list([Allow::spiffe_id(&shop("b"))])
+        .unwrap();
     let (reason, detail) = next_closed(&mut events).await;
     assert_eq!(reason, RejectReason::NotAllowed, "{detail}");
     assert!(

@@ -9,8 +9,8 @@ mod common;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{
-    Open, Pki, TD, bare_presenting, chain_of, closed_within, der_of, echo_incoming,
-    expired_unrelated_ca,
+    BuilderExt, Open, Pki, TD, bare_presenting, client_between, closed_within, der_of,
+    events_and_echo, expired_unrelated_ca, shop,
 };
 use meshtls::dev::DevCa;
 use meshtls::rustls;
@@ -18,10 +18,6 @@ use meshtls::rustls::pki_types::{CertificateDer, ServerName};
 use meshtls::{Allow, Event, ManualClock, RejectReason, ServerTls};
 use std::sync::Arc;
 use tokio::sync::broadcast;
-
-fn id(name: &str) -> String {
-    format!("spiffe://{TD}/ns/shop/sa/{name}")
-}
 
 /// Bytes in the chain that are no certificate at all (an empty SEQUENCE):
 /// a peer may send anything after its leaf.
@@ -50,35 +46,19 @@ async fn expired_then_revoked(
     let day = Duration::from_secs(86_400);
     let crl = pki.write("ca.crl", pki.ca.crl(&[], day).unwrap());
     let server = pki
-        .server()
-        .allow(Allow::spiffe_trust_domain(TD))
+        .server_td()
         .crl_file(&crl)
         .live_connection_grace(Duration::ZERO)
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _echo) = echo_incoming(&server).await;
-    let cert = pki
-        .ca
-        .leaf()
-        .spiffe(&id("expiring"))
-        .client()
-        .valid_between(
-            start - Duration::from_secs(60),
-            start + Duration::from_secs(3600),
-        )
-        .issue()
-        .unwrap();
-    let mut chain = vec![CertificateDer::from(cert.der().to_vec())];
-    chain.extend(extra);
-    let mut line = Open::connect(
-        bare_presenting(pki.ca.cert_pem(), chain, cert.key_pem()),
-        addr,
-    )
-    .await
-    .unwrap();
+    let (mut events, addr) = events_and_echo(&server).await;
+    let cert = pki.client_cert_between(
+        &shop("expiring"),
+        start - Duration::from_secs(60),
+        start + Duration::from_secs(3600),
+    );
+    let mut line = pki.open_presenting(&cert, extra, addr).await;
     line.ping().await.unwrap();
 
     // Expired, and kept (the default).
@@ -125,31 +105,19 @@ async fn stale_crl_then_removed(
     let pki = Pki::new();
     let start = SystemTime::now();
     let time = ManualClock::new(start);
-    let crl = pki.write(
-        "ca.crl",
-        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
-    );
+    let crl = pki.write_crl(&[]);
     let server = pki
         .server()
         .crl_file(&crl)
-        .allow(Allow::spiffe_id(&id("a")))
-        .allow(Allow::spiffe_id(&id("b")))
+        .allow(Allow::spiffe_id(&shop("a")))
+        .allow(Allow::spiffe_id(&shop("b")))
         .live_connection_grace(Duration::ZERO)
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _echo) = echo_incoming(&server).await;
-    let cert = pki.client_cert(&id("a"));
-    let mut chain = vec![CertificateDer::from(cert.der().to_vec())];
-    chain.extend(extra);
-    let mut a = Open::connect(
-        bare_presenting(pki.ca.cert_pem(), chain, cert.key_pem()),
-        addr,
-    )
-    .await
-    .unwrap();
+    let (mut events, addr) = events_and_echo(&server).await;
+    let cert = pki.client_cert(&shop("a"));
+    let mut a = pki.open_presenting(&cert, extra, addr).await;
     a.ping().await.unwrap();
 
     // The CRL goes stale: kept.
@@ -159,7 +127,9 @@ async fn stale_crl_then_removed(
     }
     a.ping().await.unwrap();
 
-    server.set_allow_list([Allow::spiffe_id(&id("b"))]).unwrap();
+    server
+        .set_allow_list([Allow::spiffe_id(&shop("b"))])
+        .unwrap();
     let closed = closed_within(&mut events, Duration::from_secs(5)).await;
     let still_talks = a.ping().await.is_ok();
     (closed, still_talks)
@@ -199,41 +169,28 @@ async fn removed_after(step_back: Option<Duration>) -> (Option<(RejectReason, St
     let start = SystemTime::now();
     let time = ManualClock::new(start);
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&id("a")))
-        .allow(Allow::spiffe_id(&id("b")))
+        .server_allow(Allow::spiffe_id(&shop("a")))
+        .allow(Allow::spiffe_id(&shop("b")))
         .live_connection_grace(Duration::ZERO)
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _echo) = echo_incoming(&server).await;
-    let cert = pki
-        .ca
-        .leaf()
-        .spiffe(&id("a"))
-        .client()
-        .valid_between(
-            start - Duration::from_secs(60),
-            start + Duration::from_secs(86_400),
-        )
-        .issue()
-        .unwrap();
-    let chain = vec![CertificateDer::from(cert.der().to_vec())];
-    let mut a = Open::connect(
-        bare_presenting(pki.ca.cert_pem(), chain, cert.key_pem()),
-        addr,
-    )
-    .await
-    .unwrap();
+    let (mut events, addr) = events_and_echo(&server).await;
+    let cert = pki.client_cert_between(
+        &shop("a"),
+        start - Duration::from_secs(60),
+        start + Duration::from_secs(86_400),
+    );
+    let mut a = pki.open_presenting(&cert, None, addr).await;
     a.ping().await.unwrap();
     if let Some(back) = step_back {
         // NTP steps the clock back (a VM restored from a snapshot, ...).
         time.set(start - back);
         a.ping().await.unwrap();
     }
-    server.set_allow_list([Allow::spiffe_id(&id("b"))]).unwrap();
+    server
+        .set_allow_list([Allow::spiffe_id(&shop("b"))])
+        .unwrap();
     let mut closed = closed_within(&mut events, Duration::from_secs(3)).await;
     if closed.is_none() && step_back.is_some() {
         // The clock comes back to the right time: a fresh handshake is
@@ -311,24 +268,21 @@ async fn short_peer_after_policy_change(
     let start = SystemTime::now();
     let time = ManualClock::new(start);
     let server = pki
-        .server()
-        .allow(Allow::spiffe_trust_domain(TD))
+        .server_td()
         .close_at_peer_expiry()
         .live_connection_grace(Duration::ZERO)
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
     let mut events = server.subscribe();
     let acceptor = server.acceptor();
     let peer = |name: String, life: Duration| {
-        let cert = inter
-            .leaf()
-            .spiffe(&id(&name))
-            .client()
-            .valid_between(start - Duration::from_secs(60), start + life)
-            .issue()
-            .unwrap();
+        let cert = client_between(
+            &inter,
+            &shop(&name),
+            start - Duration::from_secs(60),
+            start + life,
+        );
         bare_presenting(
             pki.ca.cert_pem(),
             vec![CertificateDer::from(cert.der().to_vec()), inter_der.clone()],
@@ -375,7 +329,7 @@ async fn control_a_peer_connected_after_the_sweep_is_closed_at_its_expiry() {
     let (reason, detail) =
         closed.expect("no ConnectionClosed within 5 s of the short peer's expiry");
     assert_eq!(reason, RejectReason::Expired, "{detail}");
-    assert!(detail.contains(&id("short")), "{detail}");
+    assert!(detail.contains(&shop("short")), "{detail}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,7 +338,7 @@ async fn a_peer_connected_while_a_sweep_runs_is_closed_at_its_expiry() {
     assert!(
         closed
             .as_ref()
-            .is_some_and(|(r, d)| *r == RejectReason::Expired && d.contains(&id("short"))),
+            .is_some_and(|(r, d)| *r == RejectReason::Expired && d.contains(&shop("short"))),
         "a peer valid 1 h, connected while the sweeper re-judged {LONG} connections after a \
          policy change, is still connected 1 h past its expiry with close_at_peer_expiry (the \
          sweeper sleeps toward the others' expiry a day away; closing seen: {closed:?})"
@@ -406,26 +360,19 @@ async fn removed_then_clock_steps_back(
     let time = ManualClock::new(start);
     let grace = Duration::from_secs(1);
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&id("a")))
-        .allow(Allow::spiffe_id(&id("b")))
+        .server_allow(Allow::spiffe_id(&shop("a")))
+        .allow(Allow::spiffe_id(&shop("b")))
         .live_connection_grace(grace)
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _echo) = echo_incoming(&server).await;
-    let cert = pki.client_cert(&id("a"));
-    let chain = vec![CertificateDer::from(cert.der().to_vec())];
-    let mut a = Open::connect(
-        bare_presenting(pki.ca.cert_pem(), chain, cert.key_pem()),
-        addr,
-    )
-    .await
-    .unwrap();
+    let (mut events, addr) = events_and_echo(&server).await;
+    let cert = pki.client_cert(&shop("a"));
+    let mut a = pki.open_presenting(&cert, None, addr).await;
     a.ping().await.unwrap();
-    server.set_allow_list([Allow::spiffe_id(&id("b"))]).unwrap();
+    server
+        .set_allow_list([Allow::spiffe_id(&shop("b"))])
+        .unwrap();
     // The sweeper schedules the closing at the end of the grace; meanwhile
     // the wall clock may step back an hour.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -537,19 +484,13 @@ async fn revoke_intermediate(with_expired_sibling: bool) -> Outcome {
     );
     let inter = DevCa::from_pem(&i1, &inter_key.serialize_pem()).unwrap();
     // The peer's leaf: issued a month ago, while I2 was still valid.
-    let leaf = inter
-        .leaf()
-        .spiffe(&id("peer"))
-        .client()
-        .valid_between(now - 30 * DAY, now + 30 * DAY)
-        .issue()
-        .unwrap();
+    let leaf = client_between(&inter, &shop("peer"), now - 30 * DAY, now + 30 * DAY);
 
     // The server: its own certificate from the root; its chain file also
     // carries I1, so that the intermediate's CRL is matched to its key.
     let own = root
         .leaf()
-        .spiffe(&id("server"))
+        .spiffe(&shop("server"))
         .dns("localhost")
         .server()
         .issue()
@@ -573,8 +514,7 @@ async fn revoke_intermediate(with_expired_sibling: bool) -> Outcome {
         .live_connection_grace(Duration::ZERO)
         .build()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _echo) = echo_incoming(&server).await;
+    let (mut events, addr) = events_and_echo(&server).await;
 
     let mut chain = vec![der_of(leaf.cert_pem()), der_of(&i1)];
     if with_expired_sibling {
@@ -676,16 +616,10 @@ async fn expired_leaf_with_renewed_intermediate(new_first: bool) -> Option<(Reje
         t0 + 365 * DAY,
     );
     let inter = DevCa::from_pem(&i_old, &inter_key.serialize_pem()).unwrap();
-    let leaf = inter
-        .leaf()
-        .spiffe(&id("peer"))
-        .client()
-        .valid_between(t0 - 5 * DAY, t0 + 10 * DAY)
-        .issue()
-        .unwrap();
+    let leaf = client_between(&inter, &shop("peer"), t0 - 5 * DAY, t0 + 10 * DAY);
     let own = root
         .leaf()
-        .spiffe(&id("server"))
+        .spiffe(&shop("server"))
         .dns("localhost")
         .server()
         .valid_between(t0 - DAY, t0 + 60 * DAY)
@@ -700,12 +634,10 @@ async fn expired_leaf_with_renewed_intermediate(new_first: bool) -> Option<(Reje
         .client_roots_file(write("ca.crt", root.cert_pem()))
         .allow(Allow::spiffe_trust_domain(TD))
         .live_connection_grace(Duration::ZERO)
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _echo) = echo_incoming(&server).await;
+    let (mut events, addr) = events_and_echo(&server).await;
     let chain = if new_first {
         vec![der_of(leaf.cert_pem()), der_of(&i_new), der_of(&i_old)]
     } else {
@@ -781,54 +713,37 @@ async fn expiry_of_a_peer_tracked(during: bool) -> Option<Duration> {
     let start = SystemTime::now();
     let time = ManualClock::new(start);
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&id("a")))
-        .allow(Allow::spiffe_id(&id("b")))
+        .server_allow(Allow::spiffe_id(&shop("a")))
+        .allow(Allow::spiffe_id(&shop("b")))
         .close_at_peer_expiry()
         .live_connection_grace(GRACE)
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _echo) = echo_incoming(&server).await;
-    let a_cert = pki.client_cert(&id("a"));
-    let _a = Open::connect(
-        bare_presenting(pki.ca.cert_pem(), chain_of(&a_cert), a_cert.key_pem()),
-        addr,
-    )
-    .await
-    .unwrap();
+    let (mut events, addr) = events_and_echo(&server).await;
+    let a_cert = pki.client_cert(&shop("a"));
+    let _a = pki.open_presenting(&a_cert, None, addr).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     // a is refused: closing after the grace.
-    server.set_allow_list([Allow::spiffe_id(&id("b"))]).unwrap();
+    server
+        .set_allow_list([Allow::spiffe_id(&shop("b"))])
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     if !during {
-        closed_naming(&mut events, &id("a"), 2 * GRACE)
+        closed_naming(&mut events, &shop("a"), 2 * GRACE)
             .await
             .expect("a closed after its grace");
     }
-    let b_cert = pki
-        .ca
-        .leaf()
-        .spiffe(&id("b"))
-        .client()
-        .valid_between(
-            start - Duration::from_secs(60),
-            start + Duration::from_secs(3600),
-        )
-        .issue()
-        .unwrap();
-    let _b = Open::connect(
-        bare_presenting(pki.ca.cert_pem(), chain_of(&b_cert), b_cert.key_pem()),
-        addr,
-    )
-    .await
-    .unwrap();
+    let b_cert = pki.client_cert_between(
+        &shop("b"),
+        start - Duration::from_secs(60),
+        start + Duration::from_secs(3600),
+    );
+    let _b = pki.open_presenting(&b_cert, None, addr).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     time.advance(Duration::from_secs(2 * 3600));
     let advanced = Instant::now();
-    let closed = closed_naming(&mut events, &id("b"), 2 * GRACE).await;
+    let closed = closed_naming(&mut events, &shop("b"), 2 * GRACE).await;
     closed.map(|(reason, detail)| {
         assert_eq!(reason, RejectReason::Expired, "{detail}");
         advanced.elapsed()

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use common::{INSTALL_OPENSSL, Pki, openssl, require_peer, require_peer_for};
+use common::{INSTALL_OPENSSL, Pki, ServerBuilderExt, openssl, require_peer, require_peer_for};
 use meshtls::error::{MaterialError, Usage};
 use meshtls::{ClientTls, Error, ServerTls};
 
@@ -65,8 +65,7 @@ impl Setup {
         let mut b = ServerTls::builder()
             .identity_files(&self.cert, &self.key)
             .client_roots_file(&self.roots)
-            .dangerous()
-            .allow_any_authenticated();
+            .any_authenticated();
         if let Some(crl) = &self.crl {
             b = b.crl_file(crl);
         }
@@ -199,14 +198,7 @@ fn cases() -> Vec<Case> {
             needs: None,
             make: |pki| {
                 let now = SystemTime::now();
-                let expired = pki
-                    .ca
-                    .leaf()
-                    .dns("localhost")
-                    .server()
-                    .valid_between(now - 2 * HOUR, now - HOUR)
-                    .issue()
-                    .unwrap();
+                let expired = pki.localhost_cert_between(now - 2 * HOUR, now - HOUR);
                 let (cert, key) = pki.write_cert("expired", &expired);
                 Setup {
                     cert: cert.clone(),
@@ -223,14 +215,7 @@ fn cases() -> Vec<Case> {
             needs: None,
             make: |pki| {
                 let now = SystemTime::now();
-                let future = pki
-                    .ca
-                    .leaf()
-                    .dns("localhost")
-                    .server()
-                    .valid_between(now + HOUR, now + 2 * HOUR)
-                    .issue()
-                    .unwrap();
+                let future = pki.localhost_cert_between(now + HOUR, now + 2 * HOUR);
                 let (cert, key) = pki.write_cert("future", &future);
                 Setup {
                     cert: cert.clone(),
@@ -561,8 +546,7 @@ fn classic_openssl_cn_only_server_certificate() {
     let err = ServerTls::builder()
         .identity_files(pki.path("tut.crt"), pki.path("tut.key"))
         .client_roots_file(pki.path("tut-ca.crt"))
-        .dangerous()
-        .allow_any_authenticated()
+        .any_authenticated()
         .build()
         .unwrap_err();
     assert!(
@@ -627,8 +611,7 @@ fn classic_openssl_cn_only_server_certificate() {
     let fixed = ServerTls::builder()
         .identity_files(pki.path("tut-san.crt"), pki.path("tut.key"))
         .client_roots_file(pki.path("tut-ca.crt"))
-        .dangerous()
-        .allow_any_authenticated()
+        .any_authenticated()
         .build();
     assert!(fixed.is_ok(), "{:?}", fixed.err());
 }
@@ -707,8 +690,7 @@ fn pkcs1_and_sec1_keys_from_openssl_load() {
         let server = ServerTls::builder()
             .identity_files(pki.path(&format!("{name}.crt")), pki.path(&key))
             .client_roots_file(ca.clone())
-            .dangerous()
-            .allow_any_authenticated()
+            .any_authenticated()
             .build();
         assert!(server.is_ok(), "{name}: {:?}", server.err());
     }

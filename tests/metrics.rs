@@ -32,13 +32,9 @@ fn value(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 async fn handshakes_reloads_expiry_and_closed_connections_are_exported() {
     let recorder = PrometheusBuilder::new().install_recorder().unwrap();
     let pki = Pki::new();
-    let crl = pki.write(
-        "ca.crl",
-        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
-    );
+    let crl = pki.write_crl(&[]);
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&format!("spiffe://{TD}/ns/shop/sa/web")))
+        .server_allow(Allow::spiffe_id(&format!("spiffe://{TD}/ns/shop/sa/web")))
         .crl_file(&crl)
         .live_connection_grace(Duration::ZERO)
         .build()

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{
-    INSTALL_JDK, INSTALL_OPENSSL, Pki, TD, call, find_program, missing_peer, openssl, require_peer,
-    serve,
+    INSTALL_JDK, INSTALL_OPENSSL, Pki, ServerBuilderExt, find_program, missing_peer, openssl,
+    require_peer, serve, svid,
 };
 use meshtls::error::Pkcs12Error;
 use meshtls::{Allow, Error, ServerTls, Source};
@@ -62,10 +62,6 @@ fn truststore(pki: &Pki) -> PathBuf {
     pki.path("truststore.p12")
 }
 
-fn client_id() -> String {
-    format!("spiffe://{TD}/ns/app/sa/java")
-}
-
 #[tokio::test]
 async fn openssl_keystore_and_truststore_serve_mtls() {
     if !require_peer("openssl", INSTALL_OPENSSL) {
@@ -76,27 +72,16 @@ async fn openssl_keystore_and_truststore_serve_mtls() {
     let server = ServerTls::builder()
         .identity_pkcs12(&keystore, PASS)
         .client_roots(Source::pkcs12_file(truststore(&pki), PASS))
-        .allow(Allow::spiffe_id(&client_id()))
+        .allow(Allow::spiffe_id(&svid("app", "java")))
         .build()
         .unwrap();
     assert_eq!(server.certificate().serial, serial);
     let mut running = serve(&server).await;
-    let seen = call(
-        &pki.client(&client_id()).build().unwrap(),
-        running.addr,
-        "localhost",
-    )
-    .await;
+    let seen = running
+        .call(&pki.client(&svid("app", "java")).build().unwrap())
+        .await;
     assert!(seen.reply().starts_with("hello"), "{seen:?}");
-    assert_eq!(
-        running
-            .expect_admitted()
-            .await
-            .spiffe_id()
-            .unwrap()
-            .as_str(),
-        client_id()
-    );
+    running.expect_admitted_as(&svid("app", "java")).await;
 }
 
 #[test]
@@ -109,8 +94,7 @@ fn wrong_password() {
     let err = ServerTls::builder()
         .identity_pkcs12(&keystore, "not-the-password")
         .client_roots_file(pki.ca_file())
-        .dangerous()
-        .allow_any_authenticated()
+        .any_authenticated()
         .build()
         .unwrap_err();
     assert!(
@@ -129,8 +113,7 @@ fn truststore_as_identity_has_no_key_entry() {
     let err = ServerTls::builder()
         .identity_pkcs12(truststore(&pki), PASS)
         .client_roots_file(pki.ca_file())
-        .dangerous()
-        .allow_any_authenticated()
+        .any_authenticated()
         .build()
         .unwrap_err();
     assert!(
@@ -171,8 +154,7 @@ fn several_key_entries_need_an_alias() {
         ServerTls::builder()
             .identity_keystore(source)
             .client_roots_file(pki.ca_file())
-            .dangerous()
-            .allow_any_authenticated()
+            .any_authenticated()
             .build()
     };
     let err = build(Source::pkcs12_file(&path, PASS)).unwrap_err();
@@ -201,8 +183,7 @@ fn pem_handed_as_pkcs12_says_so() {
     let err = ServerTls::builder()
         .identity_pkcs12(pki.ca_file(), PASS)
         .client_roots_file(pki.ca_file())
-        .dangerous()
-        .allow_any_authenticated()
+        .any_authenticated()
         .build()
         .unwrap_err();
     assert!(
@@ -224,8 +205,7 @@ async fn rotated_keystore_is_reloaded() {
     let server = ServerTls::builder()
         .identity_pkcs12(&live, PASS)
         .client_roots(Source::pkcs12_file(truststore(&pki), PASS))
-        .dangerous()
-        .allow_any_authenticated()
+        .any_authenticated()
         .debounce(Duration::from_millis(20))
         .watch()
         .unwrap();
@@ -320,25 +300,21 @@ async fn keytool_keystore_and_truststore_serve_mtls() {
     let server = ServerTls::builder()
         .identity_pkcs12(pki.path("java-keystore.p12"), PASS)
         .client_roots(Source::pkcs12_file(pki.path("java-truststore.p12"), PASS))
-        .allow(Allow::spiffe_id(&client_id()))
+        .allow(Allow::spiffe_id(&svid("app", "java")))
         .build()
         .unwrap();
     assert_eq!(server.certificate().serial, serial);
     let mut running = serve(&server).await;
-    let seen = call(
-        &pki.client(&client_id()).build().unwrap(),
-        running.addr,
-        "localhost",
-    )
-    .await;
+    let seen = running
+        .call(&pki.client(&svid("app", "java")).build().unwrap())
+        .await;
     assert!(seen.reply().starts_with("hello"), "{seen:?}");
     running.expect_admitted().await;
 
     let err = ServerTls::builder()
         .identity_pkcs12(pki.path("java-keystore.p12"), "wrong")
         .client_roots_file(pki.ca_file())
-        .dangerous()
-        .allow_any_authenticated()
+        .any_authenticated()
         .build()
         .unwrap_err();
     assert!(

@@ -7,16 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use common::{Pki, TD, call, replace, serve};
+use common::{Pki, ServerBuilderExt, TD, billing_web, call, client_of, replace, serve, start};
 use meshtls::dev::DevCert;
 use meshtls::{Allow, ClientTls, Event, RejectReason, ReloadOutcome, Resumption, ServerTls};
 use tokio::sync::broadcast::Receiver;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn caller() -> String {
-    format!("spiffe://{TD}/ns/billing/sa/web")
-}
 
 /// Files a server watches, in `<dir>/live/`.
 struct Files {
@@ -41,14 +37,14 @@ fn watched(f: &Files) -> meshtls::ServerTlsBuilder<meshtls::Ready> {
     ServerTls::builder()
         .identity_files(&f.cert, &f.key)
         .client_roots_file(&f.ca)
-        .allow(Allow::spiffe_id(&caller()))
+        .allow(Allow::spiffe_id(&billing_web()))
         .debounce(Duration::from_millis(50))
         .poll_interval(None)
 }
 
 /// A client that never resumes, so every call shows the served certificate.
 fn fresh_client(pki: &Pki) -> ClientTls {
-    pki.client(&caller())
+    pki.client(&billing_web())
         .resumption(Resumption::Disabled)
         .build()
         .unwrap()
@@ -130,7 +126,7 @@ async fn kubernetes_secret_volume_swap_is_served_next() {
     let server = ServerTls::builder()
         .identity_files(vol.join("tls.crt"), vol.join("tls.key"))
         .client_roots_file(vol.join("ca.crt"))
-        .allow(Allow::spiffe_id(&caller()))
+        .allow(Allow::spiffe_id(&billing_web()))
         .debounce(Duration::from_millis(50))
         .poll_interval(None)
         .watch()
@@ -183,7 +179,7 @@ async fn key_written_after_cert_is_not_an_error() {
     let server = ServerTls::builder()
         .identity_files(&f.cert, &f.key)
         .client_roots_file(&f.ca)
-        .allow(Allow::spiffe_id(&caller()))
+        .allow(Allow::spiffe_id(&billing_web()))
         .poll_interval(None) // default debounce: 100 ms
         .watch()
         .unwrap();
@@ -222,17 +218,10 @@ async fn bad_writes_keep_the_last_good_generation() {
     let client = fresh_client(&pki);
 
     let now = SystemTime::now();
-    let expired = pki
-        .ca
-        .leaf()
-        .dns("localhost")
-        .server()
-        .valid_between(
-            now - Duration::from_secs(7200),
-            now - Duration::from_secs(60),
-        )
-        .issue()
-        .unwrap();
+    let expired = pki.localhost_cert_between(
+        now - Duration::from_secs(7200),
+        now - Duration::from_secs(60),
+    );
     let stranger = pki.server_cert();
     let pem = good.chain_pem();
     let cases: Vec<(&str, &Path, String, &str)> = vec![
@@ -305,8 +294,7 @@ async fn ca_bundle_rotation_with_overlap() {
     let server = ServerTls::builder()
         .identity_files(&f.cert, &f.key)
         .client_roots_file(&f.ca)
-        .dangerous()
-        .allow_any_authenticated()
+        .any_authenticated()
         .debounce(Duration::from_millis(50))
         .poll_interval(None)
         .watch()
@@ -315,8 +303,8 @@ async fn ca_bundle_rotation_with_overlap() {
     let mut running = serve(&server).await;
 
     let new_ca = meshtls::dev::DevCa::new("meshtls next root").unwrap();
-    let old_client = pki.client(&caller()).build().unwrap();
-    let new_cert = new_ca.leaf().spiffe(&caller()).client().issue().unwrap();
+    let old_client = pki.client(&billing_web()).build().unwrap();
+    let new_cert = client_of(&new_ca, &billing_web());
     let new_client = pki.client_with(&new_cert).build().unwrap();
 
     running.assert_admitted(&old_client).await;
@@ -353,7 +341,7 @@ async fn crl_update_refuses_new_connections_but_not_the_open_one() {
     let mut events = server.subscribe();
     let mut running = serve(&server).await;
 
-    let cert = pki.client_cert(&caller());
+    let cert = pki.client_cert(&billing_web());
     let client = pki.client_with(&cert).build().unwrap();
     // A first connection gives the client a ticket; a second one resumes.
     running.assert_admitted(&client).await;
@@ -382,7 +370,8 @@ async fn crl_update_refuses_new_connections_but_not_the_open_one() {
         .build()
         .unwrap();
     assert!(
-        call(&fresh, running.addr, "localhost")
+        running
+            .call(&fresh)
             .await
             .refused()
             .contains("CertificateRevoked")
@@ -402,7 +391,7 @@ async fn own_certificate_rotation_keeps_resumption() {
     let server = watched(&f).watch().unwrap();
     let mut events = server.subscribe();
     let mut running = serve(&server).await;
-    let client = pki.client(&caller()).build().unwrap();
+    let client = pki.client(&billing_web()).build().unwrap();
     running.assert_admitted(&client).await;
 
     let next = pki.server_cert();
@@ -511,8 +500,7 @@ async fn waits_for_files_written_after_start() {
         ServerTls::builder()
             .identity_files(&c, &k)
             .client_roots_file(&ca)
-            .dangerous()
-            .allow_any_authenticated()
+            .any_authenticated()
     };
     // Without waiting: fail fast, naming the file.
     let err = builder().watch().unwrap_err();
@@ -529,8 +517,7 @@ async fn waits_for_files_written_after_start() {
     let err = ServerTls::builder()
         .identity_files(dir.join("never.crt"), &k)
         .client_roots_file(&ca)
-        .dangerous()
-        .allow_any_authenticated()
+        .any_authenticated()
         .wait_for_files(Duration::from_millis(300))
         .watch()
         .unwrap_err();
@@ -542,12 +529,11 @@ async fn waits_for_files_written_after_start() {
 async fn client_certificate_rotates_too() {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_pattern(&format!("spiffe://{TD}/**")))
+        .server_allow(Allow::spiffe_pattern(&format!("spiffe://{TD}/**")))
         .build()
         .unwrap();
     let mut running = serve(&server).await;
-    let first = pki.client_cert(&caller());
+    let first = pki.client_cert(&billing_web());
     let c = pki.write("client/tls.crt", first.chain_pem());
     let k = pki.write("client/tls.key", first.key_pem());
     let client = ClientTls::builder()
@@ -558,24 +544,14 @@ async fn client_certificate_rotates_too() {
         .watch()
         .unwrap();
     let mut events = client.subscribe();
-    assert!(
-        call(&client, running.addr, "localhost")
-            .await
-            .reply()
-            .starts_with("hello")
-    );
+    assert!(running.call(&client).await.reply().starts_with("hello"));
     assert_eq!(running.expect_admitted().await.serial(), first.serial());
 
-    let next = pki.client_cert(&caller());
+    let next = pki.client_cert(&billing_web());
     replace(&c, next.chain_pem());
     replace(&k, next.key_pem());
     expect_reloaded(&mut events).await;
-    assert!(
-        call(&client, running.addr, "localhost")
-            .await
-            .reply()
-            .starts_with("hello")
-    );
+    assert!(running.call(&client).await.reply().starts_with("hello"));
     assert_eq!(running.expect_admitted().await.serial(), next.serial());
 }
 
@@ -589,8 +565,7 @@ async fn rotations_under_load_fail_no_handshake() {
     let pki = Pki::new();
     let first = pki.server_cert();
     let f = files(&pki, &first);
-    let server = watched(&f).build().unwrap();
-    let running = serve(&server).await;
+    let (server, running) = start(watched(&f)).await;
 
     let done = Arc::new(AtomicBool::new(false));
     let handshakes = Arc::new(AtomicUsize::new(0));
@@ -660,17 +635,10 @@ async fn expiring_and_expired_events() {
     let pki = Pki::new();
     let now = SystemTime::now();
     // 1.5 s of a 4 s life left: under the default third.
-    let short = pki
-        .ca
-        .leaf()
-        .dns("localhost")
-        .server()
-        .valid_between(
-            now - Duration::from_millis(2500),
-            now + Duration::from_millis(1500),
-        )
-        .issue()
-        .unwrap();
+    let short = pki.localhost_cert_between(
+        now - Duration::from_millis(2500),
+        now + Duration::from_millis(1500),
+    );
     let f = files(&pki, &short);
     let server = watched(&f)
         .poll_interval(Some(Duration::from_millis(100)))
@@ -712,15 +680,13 @@ async fn resumed(client: &ClientTls, addr: std::net::SocketAddr) -> bool {
 #[tokio::test]
 async fn a_policy_change_ends_old_sessions_and_new_ones_resume_at_once() {
     let pki = Pki::new();
-    let a = caller();
+    let a = billing_web();
     let b = format!("spiffe://{TD}/ns/billing/sa/batch");
-    let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&a))
-        .allow(Allow::spiffe_id(&b))
-        .build()
-        .unwrap();
-    let running = serve(&server).await;
+    let (server, running) = start(
+        pki.server_allow(Allow::spiffe_id(&a))
+            .allow(Allow::spiffe_id(&b)),
+    )
+    .await;
     let client = pki.client(&a).build().unwrap();
     assert!(!resumed(&client, running.addr).await);
     assert!(
@@ -753,8 +719,7 @@ async fn symlinked_file_changed_in_place_is_seen() {
     let server = ServerTls::builder()
         .identity_files(pki.path("conf/tls.crt"), pki.path("conf/tls.key"))
         .client_roots_file(pki.path("conf/ca.crt"))
-        .dangerous()
-        .allow_any_authenticated()
+        .any_authenticated()
         .debounce(Duration::from_millis(50))
         .poll_interval(None)
         .watch()
@@ -784,8 +749,7 @@ fn a_service_of_the_old_ca_reloads_a_bundle_of_its_same_name_successor() {
     let server = ServerTls::builder()
         .identity_files(cert, key)
         .client_roots_file(&roots)
-        .dangerous()
-        .allow_any_authenticated()
+        .any_authenticated()
         .build()
         .unwrap();
     std::fs::write(&roots, new.cert_pem()).unwrap();

@@ -5,18 +5,14 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{Pki, TD, Wire, bare_client, call, serve};
+use common::{BuilderExt, Pki, Wire, bare_client, shop, start};
 use meshtls::dev::DevCa;
 use meshtls::error::MaterialError;
 use meshtls::rustls;
-use meshtls::{Allow, Error, ManualClock, RejectReason};
+use meshtls::{Allow, Error, ManualClock};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
-
-fn caller() -> String {
-    format!("spiffe://{TD}/ns/shop/sa/web")
-}
 
 /// Issue 19, defect 8: two CRLs of one CA with the same CRL number and
 /// thisUpdate but different contents. Which is "newest" cannot be told, and
@@ -24,7 +20,7 @@ fn caller() -> String {
 #[test]
 fn two_crls_of_one_ca_that_tie_but_differ_are_refused() {
     let pki = Pki::new();
-    let revoked = pki.client_cert(&caller());
+    let revoked = pki.client_cert(&shop("web"));
     let this_update = SystemTime::now() - Duration::from_secs(60);
     // Two handles on one CA key that each count their own CRL numbers: a
     // CA that reissued without moving its number on.
@@ -38,9 +34,8 @@ fn two_crls_of_one_ca_that_tie_but_differ_are_refused() {
         .unwrap();
     let crl = pki.write("ca.crl", format!("{clean}{revoking}"));
     let err = pki
-        .server()
+        .server_td()
         .crl_file(&crl)
-        .allow(Allow::spiffe_trust_domain(TD))
         .build()
         .map(|_| ())
         .expect_err("a set of CRLs that contradict each other was accepted");
@@ -53,11 +48,7 @@ fn two_crls_of_one_ca_that_tie_but_differ_are_refused() {
 
     // The same CRL twice is no conflict.
     let twice = pki.write("twice.crl", format!("{revoking}{revoking}"));
-    pki.server()
-        .crl_file(&twice)
-        .allow(Allow::spiffe_trust_domain(TD))
-        .build()
-        .unwrap();
+    pki.server_td().crl_file(&twice).build().unwrap();
 }
 
 /// `DevCa::crl` issued twice in a row (the same millisecond, the same
@@ -65,28 +56,17 @@ fn two_crls_of_one_ca_that_tie_but_differ_are_refused() {
 #[tokio::test]
 async fn dev_ca_crls_issued_back_to_back_are_ordered() {
     let pki = Pki::new();
-    let revoked = pki.client_cert(&caller());
+    let revoked = pki.client_cert(&shop("web"));
     let mut pem = String::new();
     for _ in 0..5 {
         pem.push_str(&pki.ca.crl(&[], HOUR).unwrap());
     }
     pem.push_str(&pki.ca.crl(&[&revoked], HOUR).unwrap());
     let crl = pki.write("ca.crl", pem);
-    let server = pki
-        .server()
-        .crl_file(&crl)
-        .allow(Allow::spiffe_trust_domain(TD))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
-    let seen = call(
-        &pki.client_with(&revoked).build().unwrap(),
-        running.addr,
-        "localhost",
-    )
-    .await;
-    assert!(seen.refused().contains("CertificateRevoked"), "{seen:?}");
-    running.expect_refused(RejectReason::Revoked).await;
+    let (_server, mut running) = start(pki.server_td().crl_file(&crl)).await;
+    running
+        .assert_revoked(&pki.client_with(&revoked).build().unwrap())
+        .await;
 }
 
 // Found by the red team of issue 19: a CA that signs one CRL twice (ECDSA
@@ -112,8 +92,7 @@ fn control_the_same_crl_bytes_twice_load() {
     let (a, _) = same_crl_signed_twice(&pki);
     let first = pki.write("first.crl", &a);
     let second = pki.write("second.crl", &a);
-    pki.server()
-        .allow(Allow::spiffe_trust_domain(TD))
+    pki.server_td()
         .crl_file(first)
         .crl_file(second)
         .build()
@@ -126,12 +105,7 @@ fn the_same_crl_signed_twice_loads() {
     let (a, b) = same_crl_signed_twice(&pki);
     let first = pki.write("first.crl", &a);
     let second = pki.write("second.crl", &b);
-    let built = pki
-        .server()
-        .allow(Allow::spiffe_trust_domain(TD))
-        .crl_file(first)
-        .crl_file(second)
-        .build();
+    let built = pki.server_td().crl_file(first).crl_file(second).build();
     if let Err(e) = built {
         panic!(
             "two CRLs with the same issuer key, number, dates and (no) entries, differing only in \
@@ -168,17 +142,15 @@ fn handshake_two_hours_after(short_first: bool) -> Result<(), String> {
     let crl = pki.write("ca.crl", crls);
     let time = ManualClock::new(now);
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&caller()))
+        .server_allow(Allow::spiffe_id(&shop("web")))
         .crl_file(&crl)
-        .dangerous()
-        .clock(time.clock())
+        .on_clock(&time)
         .build()
         .unwrap();
     let cert = pki
         .ca
         .leaf()
-        .spiffe(&caller())
+        .spiffe(&shop("web"))
         .client()
         .valid_for(2 * DAY)
         .issue()

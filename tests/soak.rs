@@ -14,15 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Pki, TD, replace};
+use common::{Pki, TD, echo_incoming, ping_over, replace, svid};
 use meshtls::dev::{DevCa, DevCert};
 use meshtls::{Allow, ClientTls, ServerTls};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-
-fn id(name: &str) -> String {
-    format!("spiffe://{TD}/ns/{name}/sa/client")
-}
 
 fn fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
@@ -51,22 +45,10 @@ fn watcher_threads() -> usize {
 
 /// Connects, sends a line, reads the echo: admitted end to end or not.
 async fn attempt(client: &ClientTls, addr: std::net::SocketAddr) -> Result<(), String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let (tls, _) = client
-        .connector()
-        .connect("localhost", tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut tls = BufReader::new(tls);
-    tls.get_mut()
-        .write_all(b"ping\n")
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut line = String::new();
-    match tls.read_line(&mut line).await {
-        Ok(n) if n > 0 => Ok(()),
+    match ping_over(client, addr).await {
+        Ok(line) if !line.is_empty() => Ok(()),
         Ok(_) => Err("closed".into()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e),
     }
 }
 
@@ -95,10 +77,7 @@ async fn rotations_under_traffic_lose_nothing_and_admit_no_one_refused() {
         "roots.crt",
         format!("{}{}", pki.ca.cert_pem(), second.cert_pem()),
     );
-    let crl = pki.write(
-        "ca.crl",
-        pki.ca.crl(&[], Duration::from_secs(3600)).unwrap(),
-    );
+    let crl = pki.write_crl(&[]);
     let everyone = vec![Allow::spiffe_trust_domain(TD)];
     let without_marked = vec![
         Allow::spiffe_pattern(&format!("spiffe://{TD}/ns/valid/**")),
@@ -115,20 +94,7 @@ async fn rotations_under_traffic_lose_nothing_and_admit_no_one_refused() {
         .watch()
         .unwrap();
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut incoming = server.acceptor().incoming(listener);
-    let serving = tokio::spawn(async move {
-        while let Some(conn) = incoming.next().await {
-            tokio::spawn(async move {
-                let mut conn = BufReader::new(conn);
-                let mut line = String::new();
-                if conn.read_line(&mut line).await.is_ok() {
-                    let _ = conn.get_mut().write_all(line.as_bytes()).await;
-                }
-            });
-        }
-    });
+    let (addr, serving) = echo_incoming(&server).await;
 
     // Valid clients: from the CA that stays in the bundle, on the list.
     let valid: Vec<ClientTls> = (0..3)
@@ -140,7 +106,7 @@ async fn rotations_under_traffic_lose_nothing_and_admit_no_one_refused() {
         .collect();
     // The marked client (revoked and un-revoked, removed and restored), with
     // resumption on: resumed handshakes must be refused too.
-    let marked_cert: DevCert = pki.client_cert(&id("marked"));
+    let marked_cert: DevCert = pki.client_cert(&svid("marked", "client"));
     let marked = pki.client_with(&marked_cert).build().unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -8,15 +8,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Open, Pki, TD, bare_presenting, chain_of, echo_incoming, expired_unrelated_ca};
-use meshtls::Allow;
+use common::{Pki, echo_incoming, expired_unrelated_ca, shop};
 use meshtls::rustls::pki_types::CertificateDer;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn id(name: &str) -> String {
-    format!("spiffe://{TD}/ns/shop/sa/{name}")
-}
 
 /// The ids of this process's threads named `name`.
 fn threads(name: &str) -> BTreeSet<u32> {
@@ -47,22 +42,11 @@ fn cpu_ticks(tid: u32) -> u64 {
 /// that presents `extra` after its leaf stays connected.
 async fn sweeper_cpu_with(extra: Option<CertificateDer<'static>>) -> u64 {
     let pki = Pki::new();
-    let server = pki
-        .server()
-        .allow(Allow::spiffe_trust_domain(TD))
-        .build()
-        .unwrap();
+    let server = pki.server_td().build().unwrap();
     let (addr, task) = echo_incoming(&server).await;
     let before = threads("meshtls-sweep");
-    let cert = pki.client_cert(&id("a"));
-    let mut chain = vec![CertificateDer::from(cert.der().to_vec())];
-    chain.extend(extra);
-    let line = Open::connect(
-        bare_presenting(pki.ca.cert_pem(), chain, cert.key_pem()),
-        addr,
-    )
-    .await
-    .unwrap();
+    let cert = pki.client_cert(&shop("a"));
+    let line = pki.open_presenting(&cert, extra, addr).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ours: Vec<u32> = threads("meshtls-sweep")
         .difference(&before)
@@ -109,19 +93,13 @@ async fn sweeper_and_watcher_threads_end_with_their_servers() {
     for i in 0..20 {
         let pki = Pki::new();
         let server = pki
-            .server()
-            .allow(Allow::spiffe_trust_domain(TD))
+            .server_td()
             .debounce(Duration::from_millis(20))
             .watch()
             .unwrap();
         let (addr, task) = echo_incoming(&server).await;
-        let cert = pki.client_cert(&id(&format!("c{i}")));
-        let line = Open::connect(
-            bare_presenting(pki.ca.cert_pem(), chain_of(&cert), cert.key_pem()),
-            addr,
-        )
-        .await
-        .unwrap();
+        let cert = pki.client_cert(&shop(&format!("c{i}")));
+        let line = pki.open_presenting(&cert, None, addr).await;
         drop(server);
         task.abort();
         let _ = task.await;

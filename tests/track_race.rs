@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use common::{Open, Pki, TD, bare_presenting, chain_of, closed_within, echo_incoming};
+use common::{Open, Pki, closed_within, events_and_echo, shop};
 use meshtls::{Allow, RejectReason};
 use metrics::{Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
 
@@ -91,10 +91,6 @@ async fn install() -> tokio::sync::MutexGuard<'static, ()> {
     guard
 }
 
-fn id(name: &str) -> String {
-    format!("spiffe://{TD}/ns/shop/sa/{name}")
-}
-
 /// Peer `a` (valid an hour) is connected and tracked, so the sweeper runs
 /// and sleeps toward a's expiry. Peer `x` (valid two days) connects; its
 /// admission is held after the acceptor read the epoch and before it
@@ -103,42 +99,35 @@ fn id(name: &str) -> String {
 async fn removed_while_being_tracked(during_hold: bool) -> (Option<(RejectReason, String)>, bool) {
     let pki = Pki::new();
     let server = pki
-        .server()
-        .allow(Allow::spiffe_id(&id("a")))
-        .allow(Allow::spiffe_id(&id("x")))
+        .server_allow(Allow::spiffe_id(&shop("a")))
+        .allow(Allow::spiffe_id(&shop("x")))
         .live_connection_grace(Duration::ZERO)
         .build()
         .unwrap();
-    let mut events = server.subscribe();
-    let (addr, _echo) = echo_incoming(&server).await;
+    let (mut events, addr) = events_and_echo(&server).await;
 
     let a_cert = pki
         .ca
         .leaf()
-        .spiffe(&id("a"))
+        .spiffe(&shop("a"))
         .client()
         .valid_for(Duration::from_secs(3600))
         .issue()
         .unwrap();
-    let mut a = Open::connect(
-        bare_presenting(pki.ca.cert_pem(), chain_of(&a_cert), a_cert.key_pem()),
-        addr,
-    )
-    .await
-    .unwrap();
+    let mut a = pki.open_presenting(&a_cert, None, addr).await;
     // The sweeper started with a's connection and sleeps toward its expiry.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let x_cert = pki
         .ca
         .leaf()
-        .spiffe(&id("x"))
+        .spiffe(&shop("x"))
         .client()
         .valid_for(Duration::from_secs(2 * 86_400))
         .issue()
         .unwrap();
     HOLD.store(true, Ordering::SeqCst);
-    let x_config = bare_presenting(pki.ca.cert_pem(), chain_of(&x_cert), x_cert.key_pem());
+    let x_config = pki.presenting(&x_cert, None);
     let x = tokio::spawn(async move { Open::connect(x_config, addr).await });
     for _ in 0..1000 {
         if ENTERED.load(Ordering::SeqCst) {
@@ -150,7 +139,11 @@ async fn removed_while_being_tracked(during_hold: bool) -> (Option<(RejectReason
         ENTERED.load(Ordering::SeqCst),
         "x's admission never reached the hook"
     );
-    let remove = || server.set_allow_list([Allow::spiffe_id(&id("a"))]).unwrap();
+    let remove = || {
+        server
+            .set_allow_list([Allow::spiffe_id(&shop("a"))])
+            .unwrap()
+    };
     if during_hold {
         remove();
         // The sweep for the new policy runs (it sees only a) and ends.

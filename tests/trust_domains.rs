@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Pki, Seen, call, replace, serve};
+use common::{Pki, Seen, ServerBuilderExt, client_of, replace, serve, start};
 use meshtls::dev::DevCa;
 use meshtls::error::ConfigError;
 use meshtls::{Allow, ClientTls, Error, RejectReason, ServerTls, VouchedBy};
@@ -29,7 +29,7 @@ impl Federation {
     }
 
     fn client(&self, ca: &DevCa, id: &str) -> ClientTls {
-        let cert = ca.leaf().spiffe(id).client().issue().unwrap();
+        let cert = client_of(ca, id);
         self.pki.client_with(&cert).build().unwrap()
     }
 
@@ -50,8 +50,7 @@ impl Federation {
 #[tokio::test]
 async fn a_ca_of_one_trust_domain_cannot_mint_for_another() {
     let f = Federation::new();
-    let server = f.server().build().unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(f.server()).await;
 
     let alice = f.client(&f.pki.ca, &format!("spiffe://{A}/ns/app/sa/alice"));
     let bob = f.client(&f.b, &format!("spiffe://{B}/ns/app/sa/bob"));
@@ -90,13 +89,13 @@ async fn with_one_flat_bundle_the_forgery_goes_through() {
         "both.pem",
         format!("{}{}", f.pki.ca.cert_pem(), f.b.cert_pem()),
     );
-    let server = ServerTls::builder()
-        .identity_files(cert, key)
-        .client_roots_file(both)
-        .allow(Allow::spiffe_trust_domain(B))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(
+        ServerTls::builder()
+            .identity_files(cert, key)
+            .client_roots_file(both)
+            .allow(Allow::spiffe_trust_domain(B)),
+    )
+    .await;
     let forged = f.client(&f.pki.ca, &format!("spiffe://{B}/ns/app/sa/bob"));
     running.assert_admitted(&forged).await;
 }
@@ -176,22 +175,15 @@ async fn a_client_checks_servers_against_their_trust_domains_roots() {
         .issue()
         .unwrap();
     let (cert, key) = f.pki.write_cert("forged-server", &forged_server);
-    let server = ServerTls::builder()
-        .identity_files(cert, key)
-        .client_roots_file(f.pki.ca_file())
-        .allow(Allow::spiffe_trust_domain(A))
-        .build()
-        .unwrap();
-    let running = serve(&server).await;
+    let (_server, running) = start(
+        ServerTls::builder()
+            .identity_files(cert, key)
+            .client_roots_file(f.pki.ca_file())
+            .allow(Allow::spiffe_trust_domain(A)),
+    )
+    .await;
 
-    let client_cert = f
-        .pki
-        .ca
-        .leaf()
-        .spiffe(&format!("spiffe://{A}/ns/app/sa/alice"))
-        .client()
-        .issue()
-        .unwrap();
+    let client_cert = f.pki.client_cert(&format!("spiffe://{A}/ns/app/sa/alice"));
     let (c, k) = f.pki.write_cert("alice", &client_cert);
     let a = f.pki.write("a.pem", f.pki.ca.cert_pem());
     let b = f.pki.write("b.pem", f.b.cert_pem());
@@ -202,7 +194,7 @@ async fn a_client_checks_servers_against_their_trust_domains_roots() {
         .expect_server(Allow::spiffe_trust_domain(B))
         .build()
         .unwrap();
-    let seen = common::call(&client, running.addr, "localhost").await;
+    let seen = running.call(&client).await;
     assert_eq!(
         seen.handshake().reason(),
         RejectReason::UnknownIssuer,
@@ -219,14 +211,14 @@ async fn a_trust_domain_bundle_does_not_vouch_for_dns_names() {
     let f = Federation::new();
     let (cert, key) = f.pki.write_cert("server", &f.pki.server_cert());
     let b = f.pki.write("b.pem", f.b.cert_pem());
-    let server = ServerTls::builder()
-        .identity_files(cert, key)
-        .client_roots_file(f.pki.ca_file())
-        .client_roots_for(B, b)
-        .allow(Allow::dns("billing.internal"))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(
+        ServerTls::builder()
+            .identity_files(cert, key)
+            .client_roots_file(f.pki.ca_file())
+            .client_roots_for(B, b)
+            .allow(Allow::dns("billing.internal")),
+    )
+    .await;
 
     let impostor =
         f.b.leaf()
@@ -270,14 +262,13 @@ async fn a_trust_domain_bundle_does_not_vouch_for_a_dialled_name() {
             .issue()
             .unwrap();
     let (cert, key) = f.pki.write_cert("impostor", &impostor);
-    let server = ServerTls::builder()
-        .identity_files(cert, key)
-        .client_roots_file(f.pki.ca_file())
-        .dangerous()
-        .allow_any_authenticated()
-        .build()
-        .unwrap();
-    let running = serve(&server).await;
+    let (_server, running) = start(
+        ServerTls::builder()
+            .identity_files(cert, key)
+            .client_roots_file(f.pki.ca_file())
+            .any_authenticated(),
+    )
+    .await;
 
     let b = f.pki.write("b.pem", f.b.cert_pem());
     let client_cert = f
@@ -310,14 +301,13 @@ async fn a_trust_domain_bundle_does_not_vouch_for_a_dialled_name() {
         .issue()
         .unwrap();
     let (cert, key) = f.pki.write_cert("honest", &honest);
-    let honest_server = ServerTls::builder()
-        .identity_files(cert, key)
-        .client_roots_file(f.pki.ca_file())
-        .dangerous()
-        .allow_any_authenticated()
-        .build()
-        .unwrap();
-    let running = serve(&honest_server).await;
+    let (_honest_server, running) = start(
+        ServerTls::builder()
+            .identity_files(cert, key)
+            .client_roots_file(f.pki.ca_file())
+            .any_authenticated(),
+    )
+    .await;
     let seen = common::call(&client, running.addr, "billing.internal").await;
     assert!(seen.reply().starts_with("hello"), "{seen:?}");
 }
@@ -327,8 +317,7 @@ async fn a_trust_domain_bundle_does_not_vouch_for_a_dialled_name() {
 #[tokio::test]
 async fn a_peer_identity_says_which_bundle_vouched_for_it() {
     let f = Federation::new();
-    let server = f.server().build().unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(f.server()).await;
     let cert =
         f.b.leaf()
             .spiffe(&format!("spiffe://{B}/ns/app/sa/bob"))
@@ -364,13 +353,12 @@ async fn partner_calls_with(
     let pki = Pki::new();
     let partner = DevCa::new("partner root").unwrap();
     let partner_roots = pki.write("partner.crt", partner.cert_pem());
-    let server = pki
-        .server()
-        .client_roots_for(PARTNER, partner_roots)
-        .allow(rule)
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(
+        pki.server()
+            .client_roots_for(PARTNER, partner_roots)
+            .allow(rule),
+    )
+    .await;
     let cert = partner
         .leaf()
         .spiffe(&format!("spiffe://{PARTNER}/ns/anything/sa/anything"))
@@ -379,7 +367,7 @@ async fn partner_calls_with(
         .issue()
         .unwrap();
     let client = pki.client_with(&cert).build().unwrap();
-    let seen = call(&client, running.addr, "localhost").await;
+    let seen = running.call(&client).await;
     let server_side = running.next().await;
     (seen, server_side)
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Pki, replace};
+use common::{Pki, ServerBuilderExt, replace};
 use meshtls::ServerTls;
 
 /// Threads of this process named `meshtls-reload`.
@@ -42,8 +42,7 @@ fn watcher_lives_as_long_as_the_config_and_works_on_current_thread() {
         let server = ServerTls::builder()
             .identity_files(&cert, &key)
             .client_roots_file(pki.ca_file())
-            .dangerous()
-            .allow_any_authenticated()
+            .any_authenticated()
             .debounce(Duration::from_millis(20))
             .watch()
             .unwrap();

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{Pki, serve};
+use common::{Pki, serve, spiffe_in, start};
 use meshtls::{Allow, ClientTls, RejectReason, ServerTls, Source};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -114,15 +114,10 @@ fn under_intermediate(pki: &Pki, ca_shape: &Shape, leaf_shape: &Shape) -> Client
 }
 
 fn server(pki: &Pki) -> ServerTls {
-    pki.server()
-        .allow(Allow::spiffe_trust_domain(TD))
+    pki.server_allow(Allow::spiffe_trust_domain(TD))
         .allow(Allow::dns("plain.internal"))
         .build()
         .unwrap()
-}
-
-fn id(name: &str) -> String {
-    format!("spiffe://{TD}/ns/a/sa/{name}")
 }
 
 fn signing_ca() -> Shape {
@@ -138,13 +133,13 @@ fn signing_ca() -> Shape {
 async fn an_svid_leaf_needs_digital_signature() {
     let pki = Pki::new();
     let mut running = serve(&server(&pki)).await;
-    let good = leaf(&pki, &Shape::leaf().spiffe(&id("good")));
+    let good = leaf(&pki, &Shape::leaf().spiffe(&spiffe_in(TD, "a", "good")));
     running.assert_admitted(&good).await;
 
     let no_ds = leaf(
         &pki,
         &Shape::leaf()
-            .spiffe(&id("no-ds"))
+            .spiffe(&spiffe_in(TD, "a", "no-ds"))
             .key_usages(vec![KeyUsagePurpose::KeyEncipherment]),
     );
     let err = running
@@ -152,7 +147,12 @@ async fn an_svid_leaf_needs_digital_signature() {
         .await;
     assert!(err.to_string().contains("digitalSignature"), "{err}");
 
-    let no_ku = leaf(&pki, &Shape::leaf().spiffe(&id("no-ku")).key_usages(vec![]));
+    let no_ku = leaf(
+        &pki,
+        &Shape::leaf()
+            .spiffe(&spiffe_in(TD, "a", "no-ku"))
+            .key_usages(vec![]),
+    );
     let err = running
         .assert_refused(&no_ku, "", RejectReason::NotAWorkloadCertificate)
         .await;
@@ -183,7 +183,7 @@ async fn a_signing_certificate_with_key_usage_needs_key_cert_sign() {
     ]);
     for leaf_shape in [
         Shape::leaf().dns("plain.internal"),
-        Shape::leaf().spiffe(&id("under-bad-ca")),
+        Shape::leaf().spiffe(&spiffe_in(TD, "a", "under-bad-ca")),
     ] {
         let client = under_intermediate(&pki, &no_cert_sign, &leaf_shape);
         let err = running
@@ -199,11 +199,19 @@ async fn a_signing_certificate_has_no_spiffe_path() {
     let mut running = serve(&server(&pki)).await;
     // A signing certificate may name its trust domain ...
     let named = signing_ca().spiffe(&format!("spiffe://{TD}"));
-    let good = under_intermediate(&pki, &named, &Shape::leaf().spiffe(&id("ok")));
+    let good = under_intermediate(
+        &pki,
+        &named,
+        &Shape::leaf().spiffe(&spiffe_in(TD, "a", "ok")),
+    );
     running.assert_admitted(&good).await;
     // ... but not a workload.
     let with_path = signing_ca().spiffe(&format!("spiffe://{TD}/ns/a"));
-    let client = under_intermediate(&pki, &with_path, &Shape::leaf().spiffe(&id("x")));
+    let client = under_intermediate(
+        &pki,
+        &with_path,
+        &Shape::leaf().spiffe(&spiffe_in(TD, "a", "x")),
+    );
     let err = running
         .assert_refused(&client, "", RejectReason::BadCertificate)
         .await;
@@ -216,13 +224,13 @@ async fn a_signing_certificate_has_no_spiffe_path() {
 async fn a_malformed_spiffe_id_is_named_with_roots_per_trust_domain() {
     let pki = Pki::new();
     let (cert, key) = pki.write_cert("server", &pki.server_cert());
-    let server = ServerTls::builder()
-        .identity_files(cert, key)
-        .client_roots_for(TD, pki.ca_file())
-        .allow(Allow::spiffe_trust_domain(TD))
-        .build()
-        .unwrap();
-    let mut running = serve(&server).await;
+    let (_server, mut running) = start(
+        ServerTls::builder()
+            .identity_files(cert, key)
+            .client_roots_for(TD, pki.ca_file())
+            .allow(Allow::spiffe_trust_domain(TD)),
+    )
+    .await;
     let bad = leaf(&pki, &Shape::leaf().spiffe(&format!("spiffe://{TD}/a//b")));
     let err = running
         .assert_refused(&bad, "", RejectReason::NotAWorkloadCertificate)
@@ -241,7 +249,7 @@ async fn a_refused_readable_leaf_is_named() {
     let ca_key = KeyPair::from_pem(other.ca.key_pem()).unwrap();
     let issuer = Issuer::from_ca_cert_pem(other.ca.cert_pem(), ca_key).unwrap();
     let key = KeyPair::generate().unwrap();
-    let mut shape = Shape::leaf().spiffe(&id("two"));
+    let mut shape = Shape::leaf().spiffe(&spiffe_in(TD, "a", "two"));
     shape.uris.push("https://two.example/".into());
     let cert = shape.params("leaf").signed_by(&key, &issuer).unwrap();
     let client = client(&pki, cert.pem(), key.serialize_pem());
@@ -250,5 +258,5 @@ async fn a_refused_readable_leaf_is_named() {
         .await;
     let text = err.to_string();
     assert!(!text.contains("unreadable"), "{text}");
-    assert!(text.contains(&id("two")), "{text}");
+    assert!(text.contains(&spiffe_in(TD, "a", "two")), "{text}");
 }

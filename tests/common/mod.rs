@@ -1,6 +1,8 @@
 //! A small PKI and loopback harness shared by the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod web;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,12 +10,84 @@ use std::time::Duration;
 
 use meshtls::dev::{DevCa, DevCert};
 use meshtls::rustls;
-use meshtls::{ClientTls, HandshakeError, PeerIdentity, RejectReason, ServerTls};
+use meshtls::{Allow, ClientTls, HandshakeError, PeerIdentity, RejectReason, ServerTls};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 pub const TD: &str = "prod.example";
+
+/// The SPIFFE ID `spiffe://<td>/ns/<ns>/sa/<sa>`.
+pub fn spiffe_in(td: &str, ns: &str, sa: &str) -> String {
+    format!("spiffe://{td}/ns/{ns}/sa/{sa}")
+}
+
+/// The SPIFFE ID of service account `sa` in namespace `ns` of [`TD`].
+pub fn svid(ns: &str, sa: &str) -> String {
+    spiffe_in(TD, ns, sa)
+}
+
+/// A workload of the `shop` namespace: `spiffe://<TD>/ns/shop/sa/<name>`.
+pub fn shop(name: &str) -> String {
+    svid("shop", name)
+}
+
+/// The caller the handshake and reload tests admit:
+/// `spiffe://<TD>/ns/billing/sa/web`.
+pub fn billing_web() -> String {
+    svid("billing", "web")
+}
+
+/// The SPIFFE ID of [`Pki::server_cert`]: `spiffe://<TD>/ns/billing/sa/api`.
+pub fn server_id() -> String {
+    svid("billing", "api")
+}
+
+/// A client certificate for `spiffe`, issued by `ca`.
+pub fn client_of(ca: &DevCa, spiffe: &str) -> DevCert {
+    ca.leaf().spiffe(spiffe).client().issue().unwrap()
+}
+
+/// A client certificate for `spiffe`, issued by `ca`, valid from
+/// `not_before` to `not_after`.
+pub fn client_between(
+    ca: &DevCa,
+    spiffe: &str,
+    not_before: std::time::SystemTime,
+    not_after: std::time::SystemTime,
+) -> DevCert {
+    ca.leaf()
+        .spiffe(spiffe)
+        .client()
+        .valid_between(not_before, not_after)
+        .issue()
+        .unwrap()
+}
+
+/// Shortcuts on any server builder.
+pub trait ServerBuilderExt {
+    /// `.dangerous().allow_any_authenticated()`: admits every peer whose
+    /// chain reaches the client roots, with no identity check.
+    fn any_authenticated(self) -> Self;
+}
+
+impl<State> ServerBuilderExt for meshtls::ServerTlsBuilder<State> {
+    fn any_authenticated(self) -> Self {
+        self.dangerous().allow_any_authenticated()
+    }
+}
+
+/// Shortcuts on any builder, server's or client's.
+pub trait BuilderExt {
+    /// `.dangerous().clock(time.clock())`: the side reads time from `time`.
+    fn on_clock(self, time: &meshtls::ManualClock) -> Self;
+}
+
+impl<Side, State> BuilderExt for meshtls::Builder<Side, State> {
+    fn on_clock(self, time: &meshtls::ManualClock) -> Self {
+        self.dangerous().clock(time.clock())
+    }
+}
 
 /// A CA, a temp directory, and shortcuts for the certificates tests need.
 pub struct Pki {
@@ -56,16 +130,51 @@ impl Pki {
     pub fn server_cert(&self) -> DevCert {
         self.ca
             .leaf()
-            .spiffe(&format!("spiffe://{TD}/ns/billing/sa/api"))
+            .spiffe(&server_id())
             .dns("localhost")
             .server()
             .issue()
             .unwrap()
     }
 
+    /// A server certificate for `localhost` (no SPIFFE ID), valid from
+    /// `not_before` to `not_after`.
+    pub fn localhost_cert_between(
+        &self,
+        not_before: std::time::SystemTime,
+        not_after: std::time::SystemTime,
+    ) -> DevCert {
+        self.ca
+            .leaf()
+            .dns("localhost")
+            .server()
+            .valid_between(not_before, not_after)
+            .issue()
+            .unwrap()
+    }
+
     /// A client certificate with the given SPIFFE ID.
     pub fn client_cert(&self, spiffe: &str) -> DevCert {
-        self.ca.leaf().spiffe(spiffe).client().issue().unwrap()
+        client_of(&self.ca, spiffe)
+    }
+
+    /// A client certificate with the given SPIFFE ID, valid from
+    /// `not_before` to `not_after`.
+    pub fn client_cert_between(
+        &self,
+        spiffe: &str,
+        not_before: std::time::SystemTime,
+        not_after: std::time::SystemTime,
+    ) -> DevCert {
+        client_between(&self.ca, spiffe, not_before, not_after)
+    }
+
+    /// Writes `ca.crl`, this CA's CRL listing `revoked`, valid for an hour.
+    pub fn write_crl(&self, revoked: &[&DevCert]) -> PathBuf {
+        self.write(
+            "ca.crl",
+            self.ca.crl(revoked, Duration::from_secs(3600)).unwrap(),
+        )
     }
 
     /// Writes `cert` as `<name>.crt` / `<name>.key`.
@@ -84,6 +193,21 @@ impl Pki {
             .client_roots_file(self.ca_file())
     }
 
+    /// [`Pki::server`] admitting any authenticated peer (`dangerous()`).
+    pub fn server_any(&self) -> meshtls::ServerTlsBuilder<meshtls::Ready> {
+        self.server().any_authenticated()
+    }
+
+    /// [`Pki::server`] admitting the peers `rule` allows.
+    pub fn server_allow(&self, rule: Allow) -> meshtls::ServerTlsBuilder<meshtls::Ready> {
+        self.server().allow(rule)
+    }
+
+    /// [`Pki::server`] admitting every workload of the trust domain [`TD`].
+    pub fn server_td(&self) -> meshtls::ServerTlsBuilder<meshtls::Ready> {
+        self.server_allow(Allow::spiffe_trust_domain(TD))
+    }
+
     /// A client builder presenting `cert` and trusting this CA.
     pub fn client_with(&self, cert: &DevCert) -> meshtls::ClientTlsBuilder<meshtls::Ready> {
         let name = format!("client-{}", cert.serial().replace(':', ""));
@@ -91,6 +215,41 @@ impl Pki {
         ClientTls::builder()
             .identity_files(c, k)
             .server_roots_file(self.ca_file())
+    }
+
+    /// A bare rustls client trusting this CA and presenting `cert` alone,
+    /// or followed by `extra` (what a peer may append to its chain).
+    pub fn presenting(
+        &self,
+        cert: &DevCert,
+        extra: Option<rustls::pki_types::CertificateDer<'static>>,
+    ) -> Arc<rustls::ClientConfig> {
+        let mut chain = chain_of(cert);
+        chain.extend(extra);
+        bare_presenting(self.ca.cert_pem(), chain, cert.key_pem())
+    }
+
+    /// A connection held open by [`Pki::presenting`]`(cert, extra)`: it must
+    /// be admitted (see [`Open::connect`]).
+    pub async fn open_presenting(
+        &self,
+        cert: &DevCert,
+        extra: Option<rustls::pki_types::CertificateDer<'static>>,
+        addr: SocketAddr,
+    ) -> Open {
+        Open::connect(self.presenting(cert, extra), addr)
+            .await
+            .unwrap()
+    }
+
+    /// [`Pki::server_allow`] speaking gRPC (ALPN `h2` only).
+    pub fn grpc_server(&self, rule: Allow) -> meshtls::ServerTlsBuilder<meshtls::Ready> {
+        self.server_allow(rule).alpn_protocols(web::h2())
+    }
+
+    /// [`Pki::client`] speaking gRPC (ALPN `h2` only).
+    pub fn grpc_client(&self, spiffe: &str) -> meshtls::ClientTlsBuilder<meshtls::Ready> {
+        self.client(spiffe).alpn_protocols(web::h2())
     }
 
     /// A client builder with a fresh certificate for `spiffe`.
@@ -114,6 +273,19 @@ impl Running {
             .expect("server loop ended")
     }
 
+    /// `client` calls this server as `localhost`: what it saw.
+    pub async fn call(&self, client: &ClientTls) -> Seen {
+        call(client, self.addr, "localhost").await
+    }
+
+    /// `client`'s certificate is revoked: its handshake completes, then the
+    /// server's `CertificateRevoked` alert arrives; the server reports
+    /// [`RejectReason::Revoked`].
+    pub async fn assert_revoked(&mut self, client: &ClientTls) -> HandshakeError {
+        self.assert_refused_late(client, "CertificateRevoked", RejectReason::Revoked)
+            .await
+    }
+
     /// The server's side of an admitted handshake: who it admitted.
     pub async fn expect_admitted(&mut self) -> PeerIdentity {
         self.next()
@@ -129,6 +301,13 @@ impl Running {
         };
         assert_eq!(err.reason(), reason, "{err}");
         err
+    }
+
+    /// The server's side of an admitted handshake: it admitted `spiffe`.
+    pub async fn expect_admitted_as(&mut self, spiffe: &str) -> PeerIdentity {
+        let peer = self.expect_admitted().await;
+        assert_eq!(peer.spiffe_id().unwrap().as_str(), spiffe);
+        peer
     }
 
     /// `client` calls (as `localhost`) and both sides say it was admitted:
@@ -157,6 +336,27 @@ impl Running {
         assert!(text.contains(alert), "expected {alert}: {seen:?}");
         self.expect_refused(reason).await
     }
+
+    /// `client` calls (as `localhost`), its handshake completes on its side,
+    /// then the server's alert `alert` arrives (nothing else will do); the
+    /// server reports `reason`.
+    pub async fn assert_refused_late(
+        &mut self,
+        client: &ClientTls,
+        alert: &str,
+        reason: RejectReason,
+    ) -> HandshakeError {
+        let seen = self.call(client).await;
+        assert!(seen.refused().contains(alert), "{seen:?}");
+        self.expect_refused(reason).await
+    }
+}
+
+/// Builds `builder` (it must build) and [`serve`]s the server.
+pub async fn start(builder: meshtls::ServerTlsBuilder<meshtls::Ready>) -> (ServerTls, Running) {
+    let server = builder.build().unwrap();
+    let running = serve(&server).await;
+    (server, running)
 }
 
 /// Serves `server` on 127.0.0.1:0 with its acceptor. Each admitted
@@ -244,6 +444,26 @@ pub async fn call(client: &ClientTls, addr: SocketAddr, name: &str) -> Seen {
             Err(e) => Seen::Refused(e),
         },
     }
+}
+
+/// Connects with the meshtls connector (as `localhost`), sends `ping`, reads
+/// one line (no time limit): the line as read (empty at the end of the
+/// stream), or the first error's text.
+pub async fn ping_over(client: &ClientTls, addr: SocketAddr) -> Result<String, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (tls, _) = client
+        .connector()
+        .connect("localhost", tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut tls = BufReader::new(tls);
+    tls.get_mut()
+        .write_all(b"ping\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    tls.read_line(&mut line).await.map_err(|e| e.to_string())?;
+    Ok(line)
 }
 
 /// Sends `ping`, reads one line; an error or EOF is the refusal text.
@@ -457,6 +677,50 @@ pub const INSTALL_CURL: &str = "apt-get install curl";
 /// instead of skipping it, so CI runs every peer.
 pub const REQUIRE_PEERS: &str = "MESHTLS_REQUIRE_PEERS";
 
+/// Runs a peer program with `args` (off the runtime's threads), `input` on
+/// its stdin (or none): whether it succeeded, and its stdout then stderr.
+pub async fn run_peer(
+    program: impl AsRef<std::ffi::OsStr>,
+    args: Vec<String>,
+    input: Option<&'static str>,
+) -> (bool, String) {
+    use std::process::{Command, Stdio};
+    let program = program.as_ref().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(&program)
+            .args(&args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+        if let Some(input) = input {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    })
+    .await
+    .unwrap()
+}
+
 /// Where `program` is on `PATH` (an executable file), if it is.
 pub fn find_program(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -559,32 +823,67 @@ pub fn chain_of(cert: &DevCert) -> Vec<rustls::pki_types::CertificateDer<'static
 /// comes back, until the connection ends. The task is returned to be
 /// aborted.
 pub async fn echo_incoming(server: &ServerTls) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut incoming = server.acceptor().incoming(listener);
-    let task = tokio::spawn(async move {
-        while let Some(conn) = incoming.next().await {
-            tokio::spawn(async move {
-                let mut conn = BufReader::new(conn);
-                loop {
-                    let mut line = String::new();
-                    match conn.read_line(&mut line).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            if conn.get_mut().write_all(line.as_bytes()).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
+    let (addr, task, _ended) = spawn_echo(server).await;
     (addr, task)
 }
 
-/// A connection held open by a bare client, answering pings.
-pub struct Open(BufReader<meshtls::tokio_rustls::client::TlsStream<TcpStream>>);
+/// Subscribes to `server`'s events, then serves [`echo_incoming`] (the
+/// task runs on when dropped): the events and the address.
+pub async fn events_and_echo(
+    server: &ServerTls,
+) -> (tokio::sync::broadcast::Receiver<meshtls::Event>, SocketAddr) {
+    let events = server.subscribe();
+    let (addr, _task) = echo_incoming(server).await;
+    (events, addr)
+}
+
+/// [`echo_incoming`] that also says how each connection ended on the
+/// server's side (`eof`, or the error) on the returned channel.
+pub async fn echo_reporting(server: &ServerTls) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
+    let (addr, _task, ended) = spawn_echo(server).await;
+    (addr, ended)
+}
+
+async fn spawn_echo(
+    server: &ServerTls,
+) -> (
+    SocketAddr,
+    tokio::task::JoinHandle<()>,
+    mpsc::UnboundedReceiver<String>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut incoming = server.acceptor().incoming(listener);
+    let (tx, ended) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        while let Some(conn) = incoming.next().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut conn = BufReader::new(conn);
+                let how = loop {
+                    let mut line = String::new();
+                    match conn.read_line(&mut line).await {
+                        Ok(0) => break "eof".to_owned(),
+                        Ok(_) => {
+                            if let Err(e) = conn.get_mut().write_all(line.as_bytes()).await {
+                                break e.to_string();
+                            }
+                        }
+                        Err(e) => break e.to_string(),
+                    }
+                };
+                let _ = tx.send(how);
+            });
+        }
+    });
+    (addr, task, ended)
+}
+
+/// A connection held open, answering pings: by default a bare client's.
+pub struct Open<S = meshtls::tokio_rustls::client::TlsStream<TcpStream>>(BufReader<S>);
+
+/// A meshtls client's connection, tracked by its client.
+pub type TrackedStream = meshtls::Tracked<meshtls::tokio_rustls::client::TlsStream<TcpStream>>;
 
 impl Open {
     /// Connects with `config` (as `localhost`) and pings once: in TLS 1.3
@@ -603,7 +902,19 @@ impl Open {
         open.ping().await?;
         Ok(open)
     }
+}
 
+impl Open<TrackedStream> {
+    /// Connects with the meshtls `client` (as `localhost`); the handshake
+    /// must succeed on the client's side. No ping yet.
+    pub async fn meshtls(client: &ClientTls, addr: SocketAddr) -> Self {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (tls, _) = client.connector().connect("localhost", tcp).await.unwrap();
+        Self(BufReader::new(tls))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Open<S> {
     /// Sends a line and reads the echo; an error or the end of the stream
     /// is the error text.
     pub async fn ping(&mut self) -> Result<(), String> {
@@ -619,6 +930,11 @@ impl Open {
             Ok(Ok(0)) => Err("end of stream".into()),
             Ok(Ok(_)) => Ok(()),
         }
+    }
+
+    /// The stream under the line reader.
+    pub fn get_ref(&self) -> &S {
+        self.0.get_ref()
     }
 }
 
@@ -639,6 +955,25 @@ pub async fn closed_within(
     })
     .await
     .ok()
+}
+
+/// The next `ConnectionClosed` (at most 10 s), skipping other events.
+pub async fn next_closed(
+    events: &mut tokio::sync::broadcast::Receiver<meshtls::Event>,
+) -> (RejectReason, String) {
+    closed_within(events, Duration::from_secs(10))
+        .await
+        .expect("no ConnectionClosed event within 10 s")
+}
+
+/// Waits `quiet`, failing if a connection is closed meanwhile.
+pub async fn assert_nothing_closed(
+    events: &mut tokio::sync::broadcast::Receiver<meshtls::Event>,
+    quiet: Duration,
+) {
+    if let Some((reason, detail)) = closed_within(events, quiet).await {
+        panic!("a connection was closed: {reason}: {detail}");
+    }
 }
 
 /// A CA certificate unrelated to anyone's chain, expired in 2001.
