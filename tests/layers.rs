@@ -1,13 +1,33 @@
-//! Imports run one way (DESIGN.md): `error/` is the ground floor and
-//! imports no other module, and no module reaches, through any chain of
-//! imports, back to itself. Read from the sources, library code only (doc
-//! comments and the `#[cfg(test)]` module at the end of a file left out).
+//! What ARCHITECTURE.md says of the source, checked from the sources: its
+//! table lists every file of `src/`; imports run one way, down that table
+//! (each module imports only modules above it, `error/` none, and no chain
+//! of imports leads back to where it started); every call to the policy's
+//! matcher and every meaning given to a TLS alert is under `judge/`. Read
+//! from the library code only (comments, and the test module at the end of
+//! each file, left out).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Each module of `src/` (a file, or a directory with `mod.rs` read as one)
-/// and the modules it names as `crate::<module>`.
-fn imports() -> BTreeMap<String, BTreeSet<String>> {
+/// A file's library code: without its test module (`#[cfg(...test...)]`
+/// then `mod tests {`, at the end of the file) and without comment lines.
+fn library_code(text: &str) -> String {
+    let mut code = text;
+    if let Some(at) = text.find("\nmod tests {") {
+        let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let attribute = &text[line_start..at];
+        if attribute.starts_with("#[cfg(") && attribute.contains("test") {
+            code = &text[..line_start];
+        }
+    }
+    code.lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Each module of `src/` (a file, or a directory read as one, each of its
+/// files stripped of its own tests) and its library code.
+fn sources() -> BTreeMap<String, String> {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut texts: BTreeMap<String, String> = BTreeMap::new();
     for entry in std::fs::read_dir(&src).unwrap() {
@@ -18,23 +38,26 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
         if path.is_dir() {
             let mut text = String::new();
             for file in std::fs::read_dir(&path).unwrap() {
-                text += &std::fs::read_to_string(file.unwrap().path()).unwrap();
+                let file = file.unwrap().path();
+                text += &library_code(&std::fs::read_to_string(file).unwrap());
+                text.push('\n');
             }
             texts.insert(name, text);
         } else if path.extension().is_some_and(|e| e == "rs") && name != "lib" {
-            texts.insert(name, std::fs::read_to_string(&path).unwrap());
+            texts.insert(name, library_code(&std::fs::read_to_string(&path).unwrap()));
         }
     }
+    texts
+}
+
+/// Each module of `src/` and the modules it names as `crate::<module>`.
+fn imports() -> BTreeMap<String, BTreeSet<String>> {
+    let texts = sources();
     let modules: BTreeSet<String> = texts.keys().cloned().collect();
     let mut graph = BTreeMap::new();
-    for (module, text) in &texts {
-        let code: String = text
-            .split("#[cfg(test)]\nmod tests")
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+    for (module, code) in &texts {
         let mut uses = BTreeSet::new();
-        for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+        for line in code.lines() {
             for (at, _) in line.match_indices("crate::") {
                 let name: String = line[at + 7..]
                     .chars()
@@ -56,6 +79,23 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
         graph.insert(module.clone(), uses);
     }
     graph
+}
+
+/// The modules ARCHITECTURE.md's table lists, in its order.
+fn table() -> Vec<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    doc.lines()
+        .skip_while(|line| !line.starts_with("| file | holds |"))
+        .take_while(|line| line.starts_with('|'))
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split_once("` |").map(|(name, _)| name))
+        .filter_map(|name| {
+            name.strip_suffix(".rs")
+                .or_else(|| name.strip_suffix('/'))
+                .map(str::to_owned)
+        })
+        .collect()
 }
 
 #[test]
@@ -104,13 +144,55 @@ fn no_module_imports_itself_through_others() {
 
 #[test]
 fn architecture_md_lists_every_file() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let doc = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let table = table();
     for module in imports().keys().map(String::as_str).chain(["lib"]) {
         assert!(
-            doc.contains(&format!("| `{module}.rs` |"))
-                || doc.contains(&format!("| `{module}/` |")),
-            "ARCHITECTURE.md does not list src/{module}.rs"
+            table.iter().any(|m| m == module),
+            "ARCHITECTURE.md's table does not list src/{module}"
         );
     }
+    for listed in &table {
+        assert!(
+            listed == "lib" || imports().contains_key(listed),
+            "ARCHITECTURE.md lists src/{listed}, which does not exist"
+        );
+    }
+}
+
+#[test]
+fn imports_run_down_the_table() {
+    let table = table();
+    let graph = imports();
+    for (module, uses) in &graph {
+        let at = table.iter().position(|m| m == module).unwrap_or(usize::MAX);
+        for used in uses {
+            let used_at = table.iter().position(|m| m == used).unwrap_or(usize::MAX);
+            assert!(
+                used_at < at,
+                "src/{module} imports {used}, which ARCHITECTURE.md's table lists below it"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_decision_is_under_judge() {
+    // The policy's matcher is called by the judgment only; an alert or a
+    // certificate error gets its meaning in the table of reasons only.
+    for (module, code) in sources() {
+        if module == "judge" {
+            continue;
+        }
+        let calls_matcher =
+            code.contains("policy.check(") || code.contains(".admits(") && module != "policy";
+        assert!(!calls_matcher, "src/{module} calls the policy's matcher");
+        for meaning in ["AlertDescription::", "CertificateError::"] {
+            assert!(
+                !code.contains(meaning),
+                "src/{module} gives {meaning}* a meaning outside judge/reasons.rs"
+            );
+        }
+    }
+    // And the judgment does call it (the check above is not vacuous).
+    assert!(sources()["judge"].contains("policy.check("));
 }
