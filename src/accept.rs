@@ -127,17 +127,51 @@ impl Acceptor {
             format!("no completed handshake within {rest:?} after its ClientHello")
         })
         .await?;
-        // Only now a second descriptor (to close it if the policy changes):
-        // a flood of handshakes that never finish costs one each.
-        let socket = self.live.socket_of(stream.get_ref().0);
-        let conn = stream.get_ref().1;
-        let (peer, guard) = admit(&self.live, conn, None, Some(socket))?;
-        self.live.observer().handshake_time(
-            conn.handshake_kind() == Some(HandshakeKind::Resumed),
-            started.elapsed(),
-        );
-        Ok((Tracked::new(stream, guard), peer))
+        established(&self.live, stream, None, started)
     }
+}
+
+/// A tokio-rustls stream of either side: its socket and its connection.
+pub(crate) trait TlsParts {
+    /// The socket under the TLS stream.
+    type Io: 'static;
+    /// The socket, and the connection's state.
+    fn parts(&self) -> (&Self::Io, &CommonState);
+}
+
+impl<IO: 'static> TlsParts for TlsStream<IO> {
+    type Io = IO;
+    fn parts(&self) -> (&IO, &CommonState) {
+        let (io, conn) = self.get_ref();
+        (io, conn)
+    }
+}
+
+impl<IO: 'static> TlsParts for tokio_rustls::client::TlsStream<IO> {
+    type Io = IO;
+    fn parts(&self) -> (&IO, &CommonState) {
+        let (io, conn) = self.get_ref();
+        (io, conn)
+    }
+}
+
+/// After a completed tokio-rustls handshake, on either side: the peer
+/// admitted by the current epoch, the connection tracked, the handshake
+/// timed.
+pub(crate) fn established<S: Side, T: TlsParts>(
+    live: &Arc<Live<S>>,
+    stream: T,
+    server_name: Option<&ServerName<'_>>,
+    started: Instant,
+) -> Result<(Tracked<T>, PeerIdentity), HandshakeError> {
+    let (io, conn) = stream.parts();
+    // Only now a second descriptor (to close it if the policy changes): a
+    // flood of handshakes that never finish costs one each.
+    let socket = live.socket_of(io);
+    let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
+    let (peer, guard) = admit(live, conn, server_name, Some(socket))?;
+    live.observer().handshake_time(resumed, started.elapsed());
+    Ok((Tracked::new(stream, guard), peer))
 }
 
 impl Acceptor {

@@ -18,7 +18,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::client::TlsStream;
 
-use crate::accept::{admit, deadline_after, handshake};
+use crate::accept::{admit, deadline_after, established, handshake};
 use crate::allow::Allow;
 use crate::builder::{Builder, NeedsIdentity, NeedsRoots, Ready, Settings};
 use crate::error::{ConfigError, Error, HandshakeError, RejectReason};
@@ -263,14 +263,7 @@ impl Connector {
             self.inner.connect(name.clone(), io),
         )
         .await?;
-        let socket = self.live.socket_of(stream.get_ref().0);
-        let conn = stream.get_ref().1;
-        let (peer, guard) = admit(&self.live, conn, Some(&name), Some(socket))?;
-        self.live.observer().handshake_time(
-            conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
-            started.elapsed(),
-        );
-        Ok((Tracked::new(stream, guard), peer))
+        established(&self.live, stream, Some(&name), started)
     }
 }
 

@@ -248,6 +248,32 @@ impl ResolvesClientCert for Fixed {
     }
 }
 
+/// The signature methods both verifier traits have: every TLS 1.3
+/// signature accepted (TLS 1.2 is never negotiated), the provider's schemes.
+macro_rules! accepts_every_signature {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, TlsError> {
+            Err(crate::hardening::refuse_tls12())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, TlsError> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.clone()
+        }
+    };
+}
+
 /// Accepts every certificate and signature: the probe authenticates
 /// nothing (its configs never leave this module).
 #[derive(Debug)]
@@ -265,25 +291,7 @@ impl ClientCertVerifier for AcceptAll {
     ) -> Result<ClientCertVerified, TlsError> {
         Ok(ClientCertVerified::assertion())
     }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        Err(crate::hardening::refuse_tls12())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.clone()
-    }
+    accepts_every_signature!();
 }
 
 impl ServerCertVerifier for AcceptAll {
@@ -297,25 +305,7 @@ impl ServerCertVerifier for AcceptAll {
     ) -> Result<ServerCertVerified, TlsError> {
         Ok(ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        Err(crate::hardening::refuse_tls12())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.clone()
-    }
+    accepts_every_signature!();
 }
 
 #[cfg(test)]
