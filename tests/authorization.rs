@@ -2,6 +2,8 @@
 //! the listener admits, two routes or services, each outcome.
 
 mod common;
+#[path = "common/greet.rs"]
+mod greet;
 #[path = "../examples/greeter/mod.rs"]
 mod greeter;
 
@@ -141,17 +143,14 @@ async fn tonic_services_admit_only_their_rules() {
     let endpoint = endpoint(addr);
 
     let web = pki.client(&shop("web")).build().unwrap();
-    let channel = meshtls::tonic::channel(&web, endpoint.clone(), "localhost")
-        .await
-        .unwrap();
-    let reply = greeter::say_hello(channel, "hi").await.unwrap();
+    let reply = greet::hello(&web, endpoint.clone()).await.unwrap();
     assert!(reply.contains(&shop("web")), "{reply}");
 
     let other = pki.client(&shop("other")).build().unwrap();
-    let channel = meshtls::tonic::channel(&other, endpoint, "localhost")
-        .await
-        .unwrap();
-    let status = greeter::say_hello(channel, "hi").await.unwrap_err();
+    let failed = greet::hello(&other, endpoint).await.unwrap_err();
+    let status = failed
+        .status
+        .unwrap_or_else(|| panic!("the connection itself failed: {}", failed.said));
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains(&shop("other")), "{status:?}");
     let (reason, detail) = next_rejection(&mut events).await;

@@ -2,6 +2,8 @@
 //! actually gets from reqwest, hyper and tonic, whichever side refused.
 
 mod common;
+#[path = "common/greet.rs"]
+mod greet;
 #[path = "../examples/greeter/mod.rs"]
 mod greeter;
 
@@ -169,18 +171,12 @@ async fn tonic_refused_with_the_reason() {
         .grpc_server(Allow::spiffe_id(&shop("web")))
         .build()
         .unwrap();
-    let (addr, _serving) =
-        serve_grpc(&server, tonic::service::Routes::new(greeter::server())).await;
+    let (endpoint, _serving) = greet::serve_greeter(&server).await;
     let other = pki.grpc_client(&shop("other")).build().unwrap();
-    let endpoint = endpoint(addr);
-    let (found, said) = match meshtls::tonic::channel(&other, endpoint, "localhost").await {
-        Err(e) => (refused(&e), format!("{e:?}")),
-        Ok(channel) => {
-            let status = greeter::say_hello(channel, "hi").await.unwrap_err();
-            (refused(&status), format!("{status:?}"))
-        }
-    };
-    let found = found.unwrap_or_else(|| panic!("no refusal found in tonic's error: {said}"));
+    let failed = greet::hello(&other, endpoint).await.unwrap_err();
+    let found = failed
+        .refused
+        .unwrap_or_else(|| panic!("no refusal found in tonic's error: {}", failed.said));
     assert_eq!(found.reason, RejectReason::NotAllowed, "{found}");
     assert_eq!(found.by, RefusedBy::Peer);
     assert_eq!(found.alert, Some(AlertDescription::AccessDenied));
@@ -311,14 +307,8 @@ async fn alert_words_outside_a_tls_failure_are_not_a_refusal() {
     );
 
     // tonic over the same.
-    let endpoint = endpoint(addr);
-    match meshtls::tonic::channel(&web, endpoint, "localhost").await {
-        Err(e) => assert_eq!(refused(&e), None, "{e:?}"),
-        Ok(channel) => {
-            let status = greeter::say_hello(channel, "hi").await.unwrap_err();
-            assert_eq!(refused(&status), None, "{status:?}");
-        }
-    }
+    let failed = greet::hello(&web, endpoint(addr)).await.unwrap_err();
+    assert_eq!(failed.refused, None, "{}", failed.said);
 
     // I/O errors an application made, with rustls's words or close to them.
     for error in [

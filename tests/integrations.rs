@@ -1,6 +1,8 @@
 //! axum, tonic, reqwest and hyper over meshtls, on loopback.
 
 mod common;
+#[path = "common/greet.rs"]
+mod greet;
 #[path = "../examples/greeter/mod.rs"]
 mod greeter;
 
@@ -10,7 +12,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
-use common::web::{endpoint, h2, reqwest_builder, serve_axum, serve_grpc, url};
+use common::web::{h2, reqwest_builder, serve_axum, url};
 use common::{Pki, TD, replace, shop};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -205,21 +207,16 @@ async fn tonic_handler_reads_the_caller_identity() {
         .grpc_server(Allow::spiffe_id(&shop("web")))
         .build()
         .unwrap();
-    let (addr, _serving) =
-        serve_grpc(&server, tonic::service::Routes::new(greeter::server())).await;
+    let (endpoint, _serving) = greet::serve_greeter(&server).await;
 
     let api = format!("spiffe://{TD}/ns/billing/sa/api");
-    let endpoint = endpoint(addr);
     let web = pki
         .client(&shop("web"))
         .expect_server(Allow::spiffe_id(&api))
         .alpn_protocols(h2())
         .build()
         .unwrap();
-    let channel = meshtls::tonic::channel(&web, endpoint.clone(), "localhost")
-        .await
-        .unwrap();
-    let reply = greeter::say_hello(channel, "hi").await.unwrap();
+    let reply = greet::hello(&web, endpoint.clone()).await.unwrap();
     assert_eq!(reply, format!("hello {}, you said \"hi\"", shop("web")));
 
     // Another identity never reaches the handler.
@@ -229,9 +226,6 @@ async fn tonic_handler_reads_the_caller_identity() {
         .alpn_protocols(h2())
         .build()
         .unwrap();
-    let refused = match meshtls::tonic::channel(&other, endpoint, "localhost").await {
-        Err(e) => format!("{e:?}"),
-        Ok(channel) => format!("{:?}", greeter::say_hello(channel, "hi").await.unwrap_err()),
-    };
+    let refused = greet::hello(&other, endpoint).await.unwrap_err().said;
     assert!(refused.contains("AccessDenied"), "{refused}");
 }
