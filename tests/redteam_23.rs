@@ -43,7 +43,9 @@ async fn stepped_back_before_not_before(
     let hour = Duration::from_secs(3600);
     let crl = pki.write(
         "ca.crl",
-        pki.ca.crl_between(&[], start - 2 * hour, start + hour).unwrap(),
+        pki.ca
+            .crl_between(&[], start - 2 * hour, start + hour)
+            .unwrap(),
     );
     let server = pki
         .server()
@@ -116,8 +118,7 @@ async fn control_an_admitted_peer_is_closed_when_the_clock_steps_back_before_its
 }
 
 #[tokio::test]
-async fn a_peer_kept_under_a_stale_crl_is_closed_when_the_clock_steps_back_before_its_not_before()
-{
+async fn a_peer_kept_under_a_stale_crl_is_closed_when_the_clock_steps_back_before_its_not_before() {
     let (closed, still_talks) = stepped_back_before_not_before(true).await;
     assert!(
         closed
@@ -167,8 +168,7 @@ async fn refused_route(path: &str) -> (String, String) {
     let web = pki.client(&id("web")).build().unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut tls, _) = web.connector().connect("localhost", tcp).await.unwrap();
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     tls.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut response)).await;
