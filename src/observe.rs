@@ -95,6 +95,15 @@ pub enum Event {
         /// The specifics: the peer, the certificate, the rule.
         detail: String,
     },
+    /// A request on an admitted connection was refused by route or service
+    /// rules ([`ServerTls::require_peer`](crate::ServerTls::require_peer)):
+    /// the caller is not among those the route admits.
+    RequestRefused {
+        /// The class of refusal (`NotAllowed`).
+        reason: RejectReason,
+        /// The route or service (escaped, bounded) and the caller.
+        detail: String,
+    },
     /// A live connection was closed because the policy no longer admits its
     /// peer (revoked, removed from the allow-list, its CA no longer
     /// trusted, ...; expired, with `close_at_peer_expiry`), after the grace
@@ -155,6 +164,9 @@ impl fmt::Display for Event {
                 fmt_time(leaf.not_after)
             ),
             Self::Rejected { reason, detail } => write!(f, "handshake refused: {reason}: {detail}"),
+            Self::RequestRefused { reason, detail } => {
+                write!(f, "request refused: {reason}: {detail}")
+            }
             Self::ConnectionClosed { reason, detail } => {
                 write!(f, "live connection closed: {reason}: {detail}")
             }
@@ -171,9 +183,7 @@ impl fmt::Display for Event {
 pub struct Stats {
     /// Handshakes completed and admitted (through the acceptor/connector).
     pub handshakes_ok: u64,
-    /// Handshakes refused, and requests refused by route or service rules
-    /// (`ServerTls::require_peer`), by reason (only reasons seen, in a
-    /// fixed order).
+    /// Handshakes refused, by reason (only reasons seen, in a fixed order).
     pub rejected: Vec<(RejectReason, u64)>,
     /// Reloads that produced a new generation.
     pub reloads_ok: u64,
@@ -199,6 +209,10 @@ pub struct Stats {
     /// session-format tripwire; also logged at ERROR and the gauge
     /// `meshtls_resumption_off`). Every handshake is then a full one.
     pub resumption_off: bool,
+    /// Requests on admitted connections refused by route or service rules
+    /// ([`ServerTls::require_peer`](crate::ServerTls::require_peer); each
+    /// also an [`Event::RequestRefused`]).
+    pub requests_refused: u64,
 }
 
 impl Stats {
@@ -235,6 +249,7 @@ pub(crate) struct Observer {
     not_after: AtomicU64,
     task_restarts: AtomicU64,
     resumption_off: AtomicBool,
+    requests_refused: AtomicU64,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -258,6 +273,7 @@ impl Observer {
             not_after: AtomicU64::new(0),
             task_restarts: AtomicU64::new(0),
             resumption_off: AtomicBool::new(false),
+            requests_refused: AtomicU64::new(0),
         }
     }
 
@@ -300,14 +316,14 @@ impl Observer {
     }
 
     /// A request refused after the handshake by route or service rules
-    /// (`RequirePeer`): the same event and refusal counter as a handshake.
+    /// (`RequirePeer`): its own event and counter, beside the handshakes'.
     #[cfg_attr(not(any(feature = "axum", feature = "tonic")), allow(dead_code))]
     pub(crate) fn refused_request(&self, reason: RejectReason, detail: String) {
-        self.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
+        self.requests_refused.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         metrics::counter!("meshtls_requests_refused_total", "side" => self.side, "reason" => reason.as_str()).increment(1);
         tracing::warn!(side = self.side, reason = reason.as_str(), %detail, "request refused: {reason}");
-        self.send(Event::Rejected { reason, detail });
+        self.send(Event::RequestRefused { reason, detail });
     }
 
     /// The server's resumption is off because this build's rustls stores
@@ -438,6 +454,7 @@ impl Observer {
             certificate_not_after: at(self.not_after.load(Ordering::Relaxed)),
             task_restarts: self.task_restarts.load(Ordering::Relaxed),
             resumption_off: self.resumption_off.load(Ordering::Relaxed),
+            requests_refused: self.requests_refused.load(Ordering::Relaxed),
         }
     }
 }

@@ -65,15 +65,17 @@ async fn axum_routes_admit_only_their_rules() {
     );
     // The rules are not told to the caller.
     assert!(!body.contains("sa/admin"), "{body}");
-    // The server reports it as it reports any refusal: the event names the
-    // route and the caller, the counter counts it.
+    // The server reports it: the event names the route and the caller, the
+    // counter counts it.
     let (reason, detail) = next_rejection(&mut events).await;
     assert_eq!(reason, RejectReason::NotAllowed);
     assert!(
         detail.contains("route /admin") && detail.contains(&shop("web")),
         "{detail}"
     );
-    assert_eq!(server.stats().rejected_for(RejectReason::NotAllowed), 1);
+    // Counted apart from refused handshakes (there were none).
+    assert_eq!(server.stats().requests_refused, 1);
+    assert_eq!(server.stats().rejected_for(RejectReason::NotAllowed), 0);
 }
 
 /// The next refusal among a server's events.
@@ -85,7 +87,7 @@ async fn next_rejection(
             .await
             .expect("no refusal reported")
             .unwrap();
-        if let meshtls::Event::Rejected { reason, detail } = event {
+        if let meshtls::Event::RequestRefused { reason, detail } = event {
             return (reason, detail);
         }
     }
@@ -156,5 +158,7 @@ async fn tonic_services_admit_only_their_rules() {
     let (reason, detail) = next_rejection(&mut events).await;
     assert_eq!(reason, RejectReason::NotAllowed);
     assert!(detail.contains(&shop("other")), "{detail}");
-    assert_eq!(server.stats().rejected_for(RejectReason::NotAllowed), 1);
+    // Counted apart from refused handshakes (there were none).
+    assert_eq!(server.stats().requests_refused, 1);
+    assert_eq!(server.stats().rejected_for(RejectReason::NotAllowed), 0);
 }

@@ -131,7 +131,12 @@ pub(crate) fn untrusted(text: &str) -> String {
             out.push_str(&format!("...({} bytes)", text.len()));
             break;
         }
-        if ch.is_control() {
+        // Control characters, and the invisible ones that reorder or hide
+        // text (bidi overrides and isolates, zero-width marks, BOM): a
+        // name or path a peer chose must read as what it is.
+        if ch.is_control()
+            || matches!(ch, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+        {
             out.extend(ch.escape_default());
         } else {
             out.push(ch);

@@ -59,11 +59,12 @@ impl Allow {
 ///
 /// Made by [`ServerTls::require_peer`](crate::ServerTls::require_peer), it
 /// compiles its rules with the server's settings (legacy CN rules only if
-/// the server allows them) and reports each refusal as the server reports
-/// a refused handshake: an [`Event::Rejected`](crate::Event::Rejected) with
-/// reason `NotAllowed`, the server's refusal counter
-/// ([`Stats::rejected`](crate::Stats::rejected)), and the metric
-/// `meshtls_requests_refused_total`.
+/// the server allows them) and reports each refusal through the server's
+/// events and counters, apart from refused handshakes (a peer the listener
+/// admitted cannot pass its requests off as refused handshakes): an
+/// [`Event::RequestRefused`](crate::Event::RequestRefused) with reason
+/// `NotAllowed`, [`Stats::requests_refused`](crate::Stats::requests_refused),
+/// and the metric `meshtls_requests_refused_total`.
 #[cfg(any(feature = "axum", feature = "tonic"))]
 #[derive(Clone)]
 pub struct RequirePeer {
@@ -113,10 +114,11 @@ impl RequirePeer {
     }
 
     /// Judges a request's caller; `what` names the route or service for
-    /// the report. A refusal is reported, and named by the caller only.
+    /// the report (peer-chosen text: bounded and escaped here). A refusal
+    /// is reported, and named by the caller only.
     pub(crate) fn judge(&self, peer: &PeerIdentity, what: &str) -> Result<(), NotAllowed> {
         allowed(&self.policy, peer).inspect_err(|refusal| {
-            let detail = format!("{what}: {refusal}");
+            let detail = format!("{}: {refusal}", crate::error::untrusted(what));
             match &self.observer {
                 Some(observer) => observer.refused_request(RejectReason::NotAllowed, detail),
                 None => tracing::warn!(%detail, "request refused"),

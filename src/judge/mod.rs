@@ -370,10 +370,14 @@ impl Epoch {
         } else {
             (now.as_secs().min(valid_to), Holds::NEVER)
         };
+        // With expiry closing, a clock stepped back before the path's
+        // notBefore must find the kept verdict no longer holding (and the
+        // peer judged again, not yet valid); else "not yet valid" is itself
+        // kept, and the verdict holds from any moment.
         let kept = |until| {
             LiveVerdict::Kept(Holds {
                 epoch: self.number,
-                from: 0,
+                from: if close_at_expiry { valid_from } else { 0 },
                 until,
             })
         };
