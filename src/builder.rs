@@ -24,7 +24,7 @@ use crate::clock::Clock;
 use crate::error::Error;
 use crate::handle::Mtls;
 use crate::hardening::Hardening;
-use crate::judge::{NameCheck, RevocationScope};
+use crate::judge::RevocationScope;
 use crate::live::{Fixed, Live};
 use crate::material::Sources;
 use crate::observe::Observer;
@@ -175,7 +175,7 @@ impl<S: Side> Builder<S, Ready> {
     /// this side's rustls config with `config`.
     pub(crate) fn finish(
         &self,
-        name_check: NameCheck,
+        only: S::Only,
         policy: Policy,
         config: impl FnOnce(&Arc<Live<S>>, Arc<CryptoProvider>, &Settings) -> Result<S::Config, Error>,
     ) -> Result<Mtls<S>, Error> {
@@ -188,9 +188,9 @@ impl<S: Side> Builder<S, Ready> {
                 .into());
             }
         }
-        let fixed = self.fixed(name_check);
+        let fixed = self.fixed();
         let provider = fixed.provider.clone();
-        let live = Live::new(fixed, policy, Observer::new(S::ROLE.name()))?;
+        let live = Live::new(fixed, only, policy, Observer::new(S::ROLE.name()))?;
         let config = Arc::new(config(&live, provider, &self.settings)?);
         Ok(Mtls {
             config,
@@ -336,18 +336,15 @@ impl<Side> Builder<Side, Ready> {
     }
 
     /// What a live state keeps of this builder for its whole life.
-    pub(crate) fn fixed(&self, name_check: NameCheck) -> Fixed {
+    pub(crate) fn fixed(&self) -> Fixed {
         Fixed {
             sources: self.sources(),
             provider: self.settings.hardening.provider(),
             scope: self.settings.scope,
             resumption: self.settings.resumption,
-            name_check,
             legacy_cn: self.settings.legacy_cn,
             expiry_warning: self.settings.expiry_warning,
             closing: self.settings.closing,
-            hello_timeout: self.settings.hello_timeout,
-            max_pending_handshakes: self.settings.max_pending_handshakes,
             clock: self.settings.clock.clone(),
         }
     }

@@ -187,7 +187,11 @@ impl Builder<Client, Ready> {
             Some(policy) => (policy, NameCheck::AllowList),
             None => (Policy::any_authenticated(), NameCheck::ServerName),
         };
-        self.finish(name_check, policy, client_config)
+        self.finish(
+            crate::side::ClientOnly { name_check },
+            policy,
+            client_config,
+        )
     }
 }
 

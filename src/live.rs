@@ -23,7 +23,7 @@ use crate::material::{Material, Role, Sources, peer_key_usage};
 use crate::observe::Observer;
 use crate::policy::Policy;
 use crate::session::Resumption;
-use crate::side::Side;
+use crate::side::{Client, Server, Side};
 use crate::track::{Closing, Guard, Tracker};
 
 /// One immutable generation of one side.
@@ -62,17 +62,11 @@ pub(crate) struct Fixed {
     pub(crate) provider: Arc<CryptoProvider>,
     pub(crate) scope: RevocationScope,
     pub(crate) resumption: Resumption,
-    pub(crate) name_check: NameCheck,
     pub(crate) legacy_cn: bool,
     /// Warn when less than this share of the lifetime is left.
     pub(crate) expiry_warning: f64,
     /// What happens to live connections the policy stops admitting.
     pub(crate) closing: Closing,
-    /// Servers: how long a peer may take to send its whole ClientHello.
-    pub(crate) hello_timeout: Duration,
-    /// Servers: handshakes an `Incoming` keeps in flight before it sheds the
-    /// oldest.
-    pub(crate) max_pending_handshakes: usize,
     /// What every verdict reads the time from.
     pub(crate) clock: Clock,
 }
@@ -97,6 +91,8 @@ impl Fixed {
 pub(crate) struct Live<S: Side> {
     current: ArcSwap<Generation<S>>,
     fixed: Fixed,
+    /// What only this side keeps.
+    only: S::Only,
     options: Options,
     observer: Arc<Observer>,
     /// The connections made with this state, judged again when the policy
@@ -125,6 +121,7 @@ impl<S: Side> Live<S> {
     /// Builds the first generation; fails if the material is not valid.
     pub(crate) fn new(
         fixed: Fixed,
+        only: S::Only,
         policy: Policy,
         observer: Observer,
     ) -> Result<Arc<Self>, Error> {
@@ -146,12 +143,17 @@ impl<S: Side> Live<S> {
         let options = Options {
             usage: peer_key_usage(S::ROLE),
             algs: fixed.provider.signature_verification_algorithms.all,
-            name_check: fixed.name_check,
+            name_check: if S::judges_dialled_name(&only) {
+                NameCheck::ServerName
+            } else {
+                NameCheck::AllowList
+            },
         };
         let live = Arc::new(Self {
             current: ArcSwap::from_pointee(first),
             tracker: Tracker::new(fixed.closing, observer.side()),
             fixed,
+            only,
             options,
             observer: Arc::new(observer),
             rebuild: Mutex::new(()),
@@ -200,12 +202,6 @@ impl<S: Side> Live<S> {
         self.fixed.clock.unix().as_secs()
     }
 
-    /// Whether peers are judged by the name dialled (a client built
-    /// without expected identities) rather than an allow-list.
-    pub(crate) fn judges_dialled_name(&self) -> bool {
-        self.fixed.name_check == NameCheck::ServerName
-    }
-
     /// Compiles rules with this config's settings (CN rules only if the
     /// builder allowed them).
     pub(crate) fn compile(&self, rules: Vec<Allow>) -> Result<Policy, crate::error::RuleError> {
@@ -216,16 +212,6 @@ impl<S: Side> Live<S> {
     /// connections are kept).
     pub(crate) fn socket_of<IO: 'static>(&self, io: &IO) -> crate::track::Socket {
         crate::track::Socket::of(io, &self.fixed.closing)
-    }
-
-    /// Servers: how long a peer may take to send its whole ClientHello.
-    pub(crate) fn hello_timeout(&self) -> Duration {
-        self.fixed.hello_timeout
-    }
-
-    /// Servers: handshakes in flight before the oldest is shed.
-    pub(crate) fn max_pending_handshakes(&self) -> usize {
-        self.fixed.max_pending_handshakes
     }
 
     /// The files the sources read (what a watcher watches).
@@ -427,6 +413,26 @@ impl<S: Side> Live<S> {
             let remaining = leaf.not_after.duration_since(now).unwrap_or_default();
             self.observer.expiring(leaf, remaining);
         }
+    }
+}
+
+impl Live<Server> {
+    /// How long a peer may take to send its whole ClientHello.
+    pub(crate) fn hello_timeout(&self) -> Duration {
+        self.only.hello_timeout
+    }
+
+    /// Handshakes in flight before the oldest is shed.
+    pub(crate) fn max_pending_handshakes(&self) -> usize {
+        self.only.max_pending_handshakes
+    }
+}
+
+impl Live<Client> {
+    /// Whether servers are judged by the name dialled (a client built
+    /// without expected identities) rather than by expected identities.
+    pub(crate) fn judges_dialled_name(&self) -> bool {
+        self.options.name_check == NameCheck::ServerName
     }
 }
 

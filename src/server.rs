@@ -20,7 +20,7 @@ use crate::builder::{Builder, Dangerous, NeedsIdentity, NeedsRoots, Ready, Setti
 use crate::error::{ConfigError, Error};
 use crate::handle::Mtls;
 use crate::hardening::VERSIONS;
-use crate::judge::{NameCheck, Presented};
+use crate::judge::Presented;
 use crate::live::{Generation, Live, ReloadOutcome};
 use crate::session::{Resumption, ServerSessions, client_chain};
 use crate::side::Server;
@@ -277,7 +277,11 @@ impl Builder<Server, Ready> {
 
     fn make(&self) -> Result<ServerTls, Error> {
         let policy = self.settings.policy()?.ok_or(ConfigError::NoAllowList)?;
-        self.finish(NameCheck::AllowList, policy, server_config)
+        let only = crate::side::ServerOnly {
+            hello_timeout: self.settings.hello_timeout,
+            max_pending_handshakes: self.settings.max_pending_handshakes,
+        };
+        self.finish(only, policy, server_config)
     }
 }
 
