@@ -338,7 +338,7 @@ impl<Side> Builder<Side, Ready> {
     /// What a live state keeps of this builder for its whole life.
     pub(crate) fn fixed(&self) -> Fixed {
         Fixed {
-            sources: self.sources(),
+            sources: arc_swap::ArcSwap::from_pointee(self.sources()),
             provider: self.settings.hardening.provider(),
             scope: self.settings.scope,
             resumption: self.settings.resumption,

@@ -100,6 +100,20 @@ impl<S: Side> Mtls<S> {
         self.live.reload()
     }
 
+    /// Hands over new material (from Vault, a secret manager, an agent, the
+    /// application's own code): validated with the rest of the serving
+    /// material, all or nothing, and served, as a reload from disk is (see
+    /// [`Update`](crate::Update)).
+    ///
+    /// # Errors
+    ///
+    /// Why the new material was refused (each names the pushed part and
+    /// the fix, as for files), or a malformed trust domain; the previous
+    /// generation keeps serving and nothing of the update is kept.
+    pub fn update(&self, update: crate::Update) -> Result<ReloadOutcome, Error> {
+        self.live.update(&update)
+    }
+
     /// The serving generation's number (1 for the first).
     #[must_use]
     pub fn generation(&self) -> u64 {

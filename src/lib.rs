@@ -127,6 +127,7 @@ pub use handle::Mtls;
 pub use identity::{IdentityError, PeerIdentity, VouchedBy};
 pub use judge::RevocationScope;
 pub use live::ReloadOutcome;
+pub use material::Update;
 pub use observe::{CertFacts, Event, Stats};
 pub use policy::{NotAllowed, Policy};
 pub use refusal::{Refused, RefusedBy, refused};

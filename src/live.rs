@@ -58,7 +58,8 @@ pub enum ReloadOutcome {
 
 /// Settings fixed for the life of a config.
 pub(crate) struct Fixed {
-    pub(crate) sources: Sources,
+    /// Where each part is read from; an update replaces parts.
+    pub(crate) sources: ArcSwap<Sources>,
     pub(crate) provider: Arc<CryptoProvider>,
     pub(crate) scope: RevocationScope,
     pub(crate) resumption: Resumption,
@@ -72,11 +73,16 @@ pub(crate) struct Fixed {
 }
 
 impl Fixed {
-    /// Validates a set of inputs read from the sources, as of now, for a
+    /// Validates a set of inputs read from `sources`, as of now, for a
     /// service on the `role` side.
-    fn validate(&self, role: Role, inputs: crate::material::Inputs) -> Result<Material, Error> {
+    fn validate(
+        &self,
+        role: Role,
+        sources: &Sources,
+        inputs: crate::material::Inputs,
+    ) -> Result<Material, Error> {
         Material::validate(
-            &self.sources,
+            sources,
             inputs,
             role,
             &self.provider,
@@ -171,7 +177,8 @@ impl<S: Side> Live<S> {
     }
 
     fn load(fixed: &Fixed) -> Result<Material, Error> {
-        fixed.validate(S::ROLE, fixed.sources.read()?)
+        let sources = fixed.sources.load();
+        fixed.validate(S::ROLE, &sources, sources.read()?)
     }
 
     /// Keeps `value` alive as long as this state (and drops it with it).
@@ -216,7 +223,12 @@ impl<S: Side> Live<S> {
 
     /// The files the sources read (what a watcher watches).
     pub(crate) fn files(&self) -> Vec<std::path::PathBuf> {
-        self.fixed.sources.files().map(ToOwned::to_owned).collect()
+        self.fixed
+            .sources
+            .load()
+            .files()
+            .map(ToOwned::to_owned)
+            .collect()
     }
 
     /// The full judgment of `peer` under `generation`'s epoch at `now`.
@@ -312,15 +324,43 @@ impl<S: Side> Live<S> {
     /// watcher's first attempt inside a debounce window.
     pub(crate) fn try_reload(&self) -> Result<ReloadOutcome, Error> {
         let _guard = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        let sources = self.fixed.sources.load_full();
+        self.rebuild_from(&sources)
+    }
+
+    /// Applies an update of material handed over by the application: the
+    /// sources it names replaced, then validated and swapped in as a
+    /// reload is; the sources change only if the new material serves. A
+    /// failure is reported and leaves everything as it was.
+    pub(crate) fn update(&self, update: &crate::material::Update) -> Result<ReloadOutcome, Error> {
+        let result = {
+            let _guard = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+            let current = self.fixed.sources.load_full();
+            update.apply(&current).and_then(|next| {
+                let outcome = self.rebuild_from(&next)?;
+                self.fixed.sources.store(Arc::new(next));
+                Ok(outcome)
+            })
+        };
+        if let Err(e) = &result {
+            self.observer.reload_failed(e.clone());
+        }
+        self.check_expiry();
+        result
+    }
+
+    /// Reads `sources` and swaps in a new generation if what they hold
+    /// changed and is valid. Called under the rebuild lock.
+    fn rebuild_from(&self, sources: &Sources) -> Result<ReloadOutcome, Error> {
         let old = self.current.load_full();
-        let inputs = self.fixed.sources.read()?;
+        let inputs = sources.read()?;
         if inputs == old.material.inputs {
             self.observer.unchanged();
             return Ok(ReloadOutcome::Unchanged {
                 generation: old.number,
             });
         }
-        let material = Arc::new(self.fixed.validate(S::ROLE, inputs)?);
+        let material = Arc::new(self.fixed.validate(S::ROLE, sources, inputs)?);
         let epoch = if material.inputs.same_trust(&old.material.inputs) {
             None
         } else {

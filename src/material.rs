@@ -96,6 +96,127 @@ impl Sources {
     }
 }
 
+/// New material for a running server or client, handed over by the
+/// application: from Vault, a cloud secret manager, a SPIFFE agent, or its
+/// own code. Applied with [`Mtls::update`](crate::Mtls::update), it is
+/// validated with the rest of the serving material, all or nothing,
+/// exactly as a reload from disk: the same checks, the same events
+/// (`Reloaded`, `ReloadFailed`) and metrics, and live connections judged
+/// again when the trust material changed. What it names replaces that
+/// part's source from then on (a later reload of the other files keeps
+/// it); what it does not name stays as it is.
+///
+/// ```no_run
+/// # fn f(server: &meshtls::ServerTls, chain: Vec<u8>, key: Vec<u8>, ca: Vec<u8>) -> Result<(), meshtls::Error> {
+/// use meshtls::Update;
+/// // e.g. a renewal read from Vault's PKI engine: certificate, key, issuing CA.
+/// let outcome = server.update(Update::new().identity(chain, key).roots(ca))?;
+/// println!("{outcome:?}"); // Swapped { generation: 2, policy_changed: true }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Default)]
+#[must_use]
+pub struct Update {
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+    roots: Option<Vec<u8>>,
+    domain_roots: Vec<(String, Option<Vec<u8>>)>,
+    crls: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Update {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Update")
+            .field("identity", &self.identity.is_some())
+            .field("roots", &self.roots.is_some())
+            .field(
+                "domain_roots",
+                &self
+                    .domain_roots
+                    .iter()
+                    .map(|(td, _)| td)
+                    .collect::<Vec<_>>(),
+            )
+            .field("crls", &self.crls.is_some())
+            .finish()
+    }
+}
+
+impl Update {
+    /// An update that changes nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A new certificate chain (PEM, leaf first) and its private key (PEM).
+    pub fn identity(mut self, chain_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        self.identity = Some((chain_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// New flat trust roots (PEM bundle): who may sign peers.
+    pub fn roots(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.roots = Some(pem.into());
+        self
+    }
+
+    /// New roots (PEM bundle) for the peers of one SPIFFE trust domain
+    /// (`td` or `spiffe://td`), added or replacing that trust domain's, as
+    /// with `client_roots_for` / `server_roots_for`.
+    pub fn roots_for(mut self, trust_domain: &str, pem: impl Into<Vec<u8>>) -> Self {
+        self.domain_roots
+            .push((trust_domain.to_owned(), Some(pem.into())));
+        self
+    }
+
+    /// Removes a trust domain's roots: its peers are refused from then on
+    /// (a federation that ended).
+    pub fn remove_roots_for(mut self, trust_domain: &str) -> Self {
+        self.domain_roots.push((trust_domain.to_owned(), None));
+        self
+    }
+
+    /// New CRLs (PEM, one or more), replacing every CRL source. CRLs can be
+    /// replaced but not removed by an update: turning revocation off is a
+    /// decision for the builder.
+    pub fn crls(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.crls = Some(pem.into());
+        self
+    }
+
+    /// The sources after this update: each part it names becomes an
+    /// in-memory source of the bytes given.
+    pub(crate) fn apply(&self, current: &Sources) -> Result<Sources, Error> {
+        let mut next = current.clone();
+        if let Some((chain, key)) = &self.identity {
+            next.cert = Source::pem("the pushed certificate chain", chain.clone());
+            next.key = Source::pem("the pushed private key", key.clone());
+        }
+        if let Some(roots) = &self.roots {
+            next.roots = Source::pem("the pushed trust roots", roots.clone());
+        }
+        for (given, pem) in &self.domain_roots {
+            let td = given.parse::<TrustDomain>().map_err(|source| {
+                crate::error::ConfigError::TrustDomain {
+                    given: given.clone(),
+                    source,
+                }
+            })?;
+            let name = td.to_string();
+            next.domain_roots.retain(|(n, _)| *n != name);
+            if let Some(pem) = pem {
+                let label = format!("the pushed roots of trust domain {name}");
+                next.domain_roots
+                    .push((name, Source::pem(label, pem.clone())));
+            }
+        }
+        if let Some(crls) = &self.crls {
+            next.crls = vec![Source::pem("the pushed CRLs", crls.clone())];
+        }
+        Ok(next)
+    }
+}
+
 /// The bytes a generation was built from, to tell whether anything changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Inputs {

@@ -20,7 +20,8 @@ pub(crate) const MAX_FILE_SIZE: u64 = 1024 * 1024;
 /// Where one piece of material (a chain, a key, a CA bundle, a CRL) comes
 /// from, and in what format.
 ///
-/// Files are read again on every reload; in-memory PEM never changes.
+/// Files are read again on every reload; in-memory PEM changes when the
+/// application hands over new material with [`Mtls::update`](crate::Mtls::update).
 ///
 /// ```
 /// use meshtls::Source;
