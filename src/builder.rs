@@ -78,6 +78,9 @@ pub(crate) struct Settings {
     pub(crate) max_pending_handshakes: usize,
     /// The clock verdicts are reached by (the system clock by default).
     pub(crate) clock: Clock,
+    /// Identity and roots from the SPIFFE Workload API.
+    #[cfg(feature = "workload-api")]
+    pub(crate) workload: Option<crate::workload::WorkloadApi>,
 }
 
 impl Default for Settings {
@@ -99,6 +102,8 @@ impl Default for Settings {
             hello_timeout: Duration::from_secs(3),
             max_pending_handshakes: 8192,
             clock: Clock::system(),
+            #[cfg(feature = "workload-api")]
+            workload: None,
         }
     }
 }
@@ -189,8 +194,26 @@ impl<S: Side> Builder<S, Ready> {
             }
         }
         let fixed = self.fixed();
+        // With the Workload API, its first response is the material; the
+        // stream's thread feeds the live state from then on.
+        #[cfg(feature = "workload-api")]
+        let started = match &self.settings.workload {
+            Some(api) => {
+                let started = crate::workload::start(api)?;
+                let sources = started.first.apply(&fixed.sources.load())?;
+                fixed.sources.store(Arc::new(sources));
+                Some(started)
+            }
+            None => None,
+        };
         let provider = fixed.provider.clone();
         let live = Live::new(fixed, only, policy, Observer::new(S::ROLE.name()))?;
+        #[cfg(feature = "workload-api")]
+        if let Some(started) = started {
+            live.observer().workload_api_up(false);
+            let guard = started.attach(Box::new(crate::live::Following(Arc::downgrade(&live))));
+            live.hold(guard);
+        }
         let config = Arc::new(config(&live, provider, &self.settings)?);
         Ok(Mtls {
             config,
@@ -222,6 +245,24 @@ pub struct Builder<Side, State> {
     pub(crate) settings: Settings,
     pub(crate) state: State,
     side: PhantomData<fn() -> Side>,
+}
+
+#[cfg(feature = "workload-api")]
+impl<Side> Builder<Side, NeedsIdentity> {
+    /// Identity and trust roots from the SPIFFE Workload API (a SPIRE
+    /// agent): the SVID is this side's certificate, each trust domain's
+    /// bundle (its own and federated ones) that trust domain's roots, all
+    /// followed as the agent streams them (see the
+    /// [`workload`](crate::workload) module). Building waits for the first
+    /// SVID (30 s by default; [`WorkloadApi::wait_for_agent`](crate::WorkloadApi::wait_for_agent)).
+    pub fn workload_api(mut self, api: crate::workload::WorkloadApi) -> Builder<Side, Ready> {
+        self.settings.workload = Some(api);
+        self.identity(
+            Source::pem("the SPIFFE Workload API's SVID", Vec::new()),
+            Source::pem("the SPIFFE Workload API's SVID key", Vec::new()),
+        )
+        .roots(Source::pem(NO_FLAT_ROOTS, Vec::new()))
+    }
 }
 
 impl<Side> Builder<Side, NeedsIdentity> {

@@ -116,6 +116,8 @@ mod spiffe;
 pub mod tonic;
 mod track;
 mod verify;
+#[cfg(feature = "workload-api")]
+pub mod workload;
 
 pub use accept::{Acceptor, Incoming, MtlsStream, PeerInfo};
 pub use allow::Allow;
@@ -136,6 +138,8 @@ pub use session::Resumption;
 pub use source::Source;
 pub use spiffe::{SpiffeId, TrustDomain};
 pub use track::Tracked;
+#[cfg(feature = "workload-api")]
+pub use workload::{SvidChoice, WorkloadApi};
 
 /// The rustls this crate was built with, so you name the same version.
 pub use rustls;

@@ -9,7 +9,7 @@
 
 use std::any::Any;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -108,7 +108,7 @@ pub(crate) struct Live<S: Side> {
     rebuild: Mutex<()>,
     /// Whatever must stop when the last user of this state goes away (the
     /// watcher's guard).
-    held: OnceLock<Box<dyn Any + Send + Sync>>,
+    held: Mutex<Vec<Box<dyn Any + Send + Sync>>>,
     /// Tests: the next sweep panics.
     #[cfg(test)]
     fault: std::sync::atomic::AtomicBool,
@@ -163,7 +163,7 @@ impl<S: Side> Live<S> {
             options,
             observer: Arc::new(observer),
             rebuild: Mutex::new(()),
-            held: OnceLock::new(),
+            held: Mutex::new(Vec::new()),
             #[cfg(test)]
             fault: std::sync::atomic::AtomicBool::new(false),
         });
@@ -183,8 +183,10 @@ impl<S: Side> Live<S> {
 
     /// Keeps `value` alive as long as this state (and drops it with it).
     pub(crate) fn hold(&self, value: impl Any + Send + Sync) {
-        // Called once per live state, right after it is built.
-        let _ = self.held.set(Box::new(value));
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(value));
     }
 
     /// This side's events and counters.
@@ -473,6 +475,48 @@ impl Live<Client> {
     /// without expected identities) rather than by expected identities.
     pub(crate) fn judges_dialled_name(&self) -> bool {
         self.options.name_check == NameCheck::ServerName
+    }
+}
+
+/// The Workload API stream's thread feeds the live state it was attached to,
+/// while it lives.
+#[cfg(feature = "workload-api")]
+pub(crate) struct Following<S: Side>(pub(crate) std::sync::Weak<Live<S>>);
+
+#[cfg(feature = "workload-api")]
+impl<S: Side> crate::workload::Follower for Following<S> {
+    fn update(&mut self, update: crate::material::Update) -> bool {
+        let Some(live) = self.0.upgrade() else {
+            return false;
+        };
+        // A refusal is reported (ReloadFailed) and the last good serves.
+        let _ = live.update(&update);
+        true
+    }
+
+    fn lost(&mut self, detail: String) -> bool {
+        let Some(live) = self.0.upgrade() else {
+            return false;
+        };
+        live.observer.workload_api_lost(detail);
+        live.check_expiry();
+        true
+    }
+
+    fn back(&mut self) -> bool {
+        let Some(live) = self.0.upgrade() else {
+            return false;
+        };
+        live.observer.workload_api_up(true);
+        true
+    }
+
+    fn tick(&mut self) -> bool {
+        let Some(live) = self.0.upgrade() else {
+            return false;
+        };
+        live.check_expiry();
+        true
     }
 }
 

@@ -119,6 +119,8 @@ impl Sources {
 pub struct Update {
     identity: Option<(Vec<u8>, Vec<u8>)>,
     roots: Option<Vec<u8>>,
+    /// The complete set of roots per trust domain, replacing all of them.
+    all_domain_roots: Option<Vec<(String, Vec<u8>)>>,
     domain_roots: Vec<(String, Option<Vec<u8>>)>,
     crls: Option<Vec<u8>>,
 }
@@ -138,6 +140,13 @@ impl std::fmt::Debug for Update {
                     .collect::<Vec<_>>(),
             )
             .field("crls", &self.crls.is_some())
+            .field(
+                "all_domain_roots",
+                &self
+                    .all_domain_roots
+                    .as_ref()
+                    .map(|all| all.iter().map(|(td, _)| td).collect::<Vec<_>>()),
+            )
             .finish()
     }
 }
@@ -169,6 +178,18 @@ impl Update {
         self
     }
 
+    /// The complete set of roots per trust domain (`td` or `spiffe://td`,
+    /// and its PEM bundle), replacing every trust domain's roots: a trust
+    /// domain not in it has no roots from then on. What a SPIFFE Workload
+    /// API response says (its own bundle and the federated ones).
+    pub fn exactly_these_domain_roots(
+        mut self,
+        roots: impl IntoIterator<Item = (String, Vec<u8>)>,
+    ) -> Self {
+        self.all_domain_roots = Some(roots.into_iter().collect());
+        self
+    }
+
     /// Removes a trust domain's roots: its peers are refused from then on
     /// (a federation that ended).
     pub fn remove_roots_for(mut self, trust_domain: &str) -> Self {
@@ -195,14 +216,26 @@ impl Update {
         if let Some(roots) = &self.roots {
             next.roots = Source::pem("the pushed trust roots", roots.clone());
         }
-        for (given, pem) in &self.domain_roots {
-            let td = given.parse::<TrustDomain>().map_err(|source| {
-                crate::error::ConfigError::TrustDomain {
+        let domain = |given: &String| {
+            given
+                .parse::<TrustDomain>()
+                .map(|td| td.to_string())
+                .map_err(|source| crate::error::ConfigError::TrustDomain {
                     given: given.clone(),
                     source,
-                }
-            })?;
-            let name = td.to_string();
+                })
+        };
+        if let Some(all) = &self.all_domain_roots {
+            next.domain_roots.clear();
+            for (given, pem) in all {
+                let name = domain(given)?;
+                let label = format!("the pushed roots of trust domain {name}");
+                next.domain_roots
+                    .push((name, Source::pem(label, pem.clone())));
+            }
+        }
+        for (given, pem) in &self.domain_roots {
+            let name = domain(given)?;
             next.domain_roots.retain(|(n, _)| *n != name);
             if let Some(pem) = pem {
                 let label = format!("the pushed roots of trust domain {name}");

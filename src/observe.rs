@@ -95,6 +95,15 @@ pub enum Event {
         /// The specifics: the peer, the certificate, the rule.
         detail: String,
     },
+    /// The connection to the SPIFFE Workload API (the agent) was lost, or a
+    /// response was not usable: the last good SVID keeps serving, and the
+    /// connection is tried again with backoff.
+    WorkloadApiLost {
+        /// What happened.
+        detail: String,
+    },
+    /// The SPIFFE Workload API answers again.
+    WorkloadApiBack,
     /// A request on an admitted connection was refused by route or service
     /// rules ([`ServerTls::require_peer`](crate::ServerTls::require_peer)):
     /// the caller is not among those the route admits.
@@ -164,6 +173,11 @@ impl fmt::Display for Event {
                 fmt_time(leaf.not_after)
             ),
             Self::Rejected { reason, detail } => write!(f, "handshake refused: {reason}: {detail}"),
+            Self::WorkloadApiLost { detail } => write!(
+                f,
+                "SPIFFE Workload API lost (the last good SVID keeps serving): {detail}"
+            ),
+            Self::WorkloadApiBack => f.write_str("SPIFFE Workload API back"),
             Self::RequestRefused { reason, detail } => {
                 write!(f, "request refused: {reason}: {detail}")
             }
@@ -209,6 +223,9 @@ pub struct Stats {
     /// session-format tripwire; also logged at ERROR and the gauge
     /// `meshtls_resumption_off`). Every handshake is then a full one.
     pub resumption_off: bool,
+    /// Times the connection to the SPIFFE Workload API was lost (each also
+    /// an [`Event::WorkloadApiLost`]).
+    pub workload_api_lost: u64,
     /// Requests on admitted connections refused by route or service rules
     /// ([`ServerTls::require_peer`](crate::ServerTls::require_peer); each
     /// also an [`Event::RequestRefused`]).
@@ -250,6 +267,7 @@ pub(crate) struct Observer {
     task_restarts: AtomicU64,
     resumption_off: AtomicBool,
     requests_refused: AtomicU64,
+    workload_api_lost: AtomicU64,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -274,6 +292,7 @@ impl Observer {
             task_restarts: AtomicU64::new(0),
             resumption_off: AtomicBool::new(false),
             requests_refused: AtomicU64::new(0),
+            workload_api_lost: AtomicU64::new(0),
         }
     }
 
@@ -324,6 +343,27 @@ impl Observer {
         metrics::counter!("meshtls_requests_refused_total", "side" => self.side, "reason" => reason.as_str()).increment(1);
         tracing::warn!(side = self.side, reason = reason.as_str(), %detail, "request refused: {reason}");
         self.send(Event::RequestRefused { reason, detail });
+    }
+
+    /// The Workload API connection was lost (or a response was unusable).
+    #[cfg_attr(not(feature = "workload-api"), allow(dead_code))]
+    pub(crate) fn workload_api_lost(&self, detail: String) {
+        self.workload_api_lost.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("meshtls_workload_api_connected", "side" => self.side).set(0.0);
+        tracing::warn!(side = self.side, %detail, "SPIFFE Workload API lost; the last good SVID keeps serving");
+        self.send(Event::WorkloadApiLost { detail });
+    }
+
+    /// The Workload API answers (again).
+    #[cfg_attr(not(feature = "workload-api"), allow(dead_code))]
+    pub(crate) fn workload_api_up(&self, again: bool) {
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("meshtls_workload_api_connected", "side" => self.side).set(1.0);
+        if again {
+            tracing::info!(side = self.side, "SPIFFE Workload API back");
+            self.send(Event::WorkloadApiBack);
+        }
     }
 
     /// The server's resumption is off because this build's rustls stores
@@ -455,6 +495,7 @@ impl Observer {
             task_restarts: self.task_restarts.load(Ordering::Relaxed),
             resumption_off: self.resumption_off.load(Ordering::Relaxed),
             requests_refused: self.requests_refused.load(Ordering::Relaxed),
+            workload_api_lost: self.workload_api_lost.load(Ordering::Relaxed),
         }
     }
 }

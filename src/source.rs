@@ -12,6 +12,36 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 
 use crate::error::{Error, MaterialError, MaterialKind, Origin};
 
+/// `der` as a PEM block with `label` (`CERTIFICATE`, `PRIVATE KEY`), for
+/// material that arrives as DER and is handed over as PEM.
+#[cfg_attr(not(feature = "workload-api"), allow(dead_code))]
+pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::with_capacity(der.len().div_ceil(3) * 4);
+    for chunk in der.chunks(3) {
+        let bytes = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = u32::from(bytes[0]) << 16 | u32::from(bytes[1]) << 8 | u32::from(bytes[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
 /// Files larger than this are refused before parsing: no certificate chain,
 /// key, bundle or CRL a service uses comes near it, and a mistaken path
 /// (a log, a disk image) should not be read into memory.
@@ -303,6 +333,22 @@ mod tests {
 
     fn origin() -> Origin {
         Origin::Memory("test".into())
+    }
+
+    /// PEM written here reads back as the same DER, for every padding.
+    #[test]
+    fn pem_encoding_round_trips() {
+        for len in [0usize, 1, 2, 3, 47, 48, 49, 100] {
+            let der: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
+            let pem = pem_encode("CERTIFICATE", &der);
+            assert!(pem.lines().all(|l| l.len() <= 64), "{pem}");
+            if len == 0 {
+                continue;
+            }
+            let back =
+                certificates(&origin(), pem.as_bytes(), MaterialKind::CertificateChain).unwrap();
+            assert_eq!(back[0].as_ref(), &der[..], "length {len}");
+        }
     }
 
     #[test]

@@ -99,6 +99,18 @@ pub enum ConfigError {
         "this client verifies the dialled name; build it with `expect_server()` to use identity rules"
     )]
     NotBuiltWithRules,
+    /// No usable X509-SVID came from the SPIFFE Workload API in time.
+    #[error(
+        "no usable X509-SVID from the SPIFFE Workload API at {endpoint} within {waited:?}: {detail} (is the agent running, is SPIFFE_ENDPOINT_SOCKET or the endpoint right, and is this workload registered?)"
+    )]
+    WorkloadApi {
+        /// The endpoint tried.
+        endpoint: String,
+        /// How long it was waited for.
+        waited: Duration,
+        /// What went wrong last.
+        detail: String,
+    },
     /// Roots were given for something that is not a trust domain.
     #[error(
         "roots for {given:?}: not a trust domain ({source}); give it as `prod.example` (or `spiffe://prod.example`, no path)"

@@ -1,0 +1,445 @@
+//! Identity from the SPIFFE Workload API (feature `workload-api`): a SPIRE
+//! agent (or any Workload API server) streams X509-SVIDs and bundles, and
+//! each response becomes an [`Update`] of the serving material, validated
+//! all or nothing as a reload from disk is.
+//!
+//! ```no_run
+//! # fn f() -> Result<(), meshtls::Error> {
+//! use meshtls::{Allow, ServerTls, WorkloadApi};
+//! // SPIFFE_ENDPOINT_SOCKET=unix:///run/spire/agent.sock
+//! let server = ServerTls::builder()
+//!     .workload_api(WorkloadApi::from_env())
+//!     .allow(Allow::spiffe_trust_domain("prod.example"))
+//!     .build()?;
+//! # let _ = server; Ok(()) }
+//! ```
+//!
+//! The SVID is the service's identity; each trust domain's bundle in the
+//! response (its own and the federated ones) becomes that trust domain's
+//! roots, which vouch for its SPIFFE IDs only. There are no flat roots: a
+//! client expects its servers by SPIFFE ID
+//! ([`expect_server`](crate::Builder::expect_server)), as the dialled name is
+//! not something a trust domain's bundle vouches for.
+//!
+//! The client streams (it does not poll). When the agent goes away the last
+//! good SVID keeps serving, the client reconnects with backoff, and the
+//! server or client says so ([`Event::WorkloadApiLost`](crate::Event::WorkloadApiLost),
+//! [`Event::WorkloadApiBack`](crate::Event::WorkloadApiBack), the gauge
+//! `meshtls_workload_api_connected`); an SVID nearing its expiry without an
+//! update is reported as any certificate is (`Expiring`, the expiry gauge).
+//! A response that fails validation is refused as a bad file would be
+//! (`ReloadFailed`), and the last good generation keeps serving.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use futures_core::Stream;
+use spiffe::{WorkloadApiClient, X509Context};
+
+use crate::error::{ConfigError, Error};
+use crate::material::Update;
+use crate::source::pem_encode;
+
+/// What [`WorkloadApi::choose`] is shown of each SVID in a response.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct SvidChoice<'a> {
+    /// The SVID's SPIFFE ID.
+    pub spiffe_id: &'a str,
+    /// The hint the registration gave it, if any.
+    pub hint: Option<&'a str>,
+}
+
+type Chooser = dyn Fn(&[SvidChoice<'_>]) -> Option<usize> + Send + Sync;
+
+#[derive(Clone)]
+enum Pick {
+    First,
+    Hint(String),
+    Choose(Arc<Chooser>),
+}
+
+/// Where and how to reach the SPIFFE Workload API, for
+/// [`Builder::workload_api`](crate::Builder::workload_api).
+#[derive(Clone)]
+#[must_use]
+pub struct WorkloadApi {
+    endpoint: Option<String>,
+    pick: Pick,
+    wait: Duration,
+    backoff: (Duration, Duration),
+}
+
+impl std::fmt::Debug for WorkloadApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkloadApi")
+            .field("endpoint", &self.endpoint_name())
+            .field("wait", &self.wait)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkloadApi {
+    /// The endpoint named by `SPIFFE_ENDPOINT_SOCKET` (`unix:///path` or
+    /// `tcp:IP:port`), read when the server or client is built.
+    pub fn from_env() -> Self {
+        Self {
+            endpoint: None,
+            pick: Pick::First,
+            wait: Duration::from_secs(30),
+            backoff: (Duration::from_millis(200), Duration::from_secs(10)),
+        }
+    }
+
+    /// An endpoint given here: `unix:///run/spire/agent.sock`,
+    /// `unix:/run/spire/agent.sock`, or `tcp:127.0.0.1:8081`.
+    pub fn endpoint(endpoint: impl Into<String>) -> Self {
+        Self {
+            endpoint: Some(endpoint.into()),
+            ..Self::from_env()
+        }
+    }
+
+    /// With several SVIDs in a response, the one whose registration hint is
+    /// `hint` (and none, refused, when no SVID has it). Default: the first.
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.pick = Pick::Hint(hint.into());
+        self
+    }
+
+    /// With several SVIDs in a response, the one `choose` picks by its
+    /// position (`None`: the response is refused).
+    pub fn choose(
+        mut self,
+        choose: impl Fn(&[SvidChoice<'_>]) -> Option<usize> + Send + Sync + 'static,
+    ) -> Self {
+        self.pick = Pick::Choose(Arc::new(choose));
+        self
+    }
+
+    /// How long building waits for the first SVID (the agent starting, the
+    /// workload being attested and registered). Default 30 s.
+    pub fn wait_for_agent(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    fn endpoint_name(&self) -> String {
+        match &self.endpoint {
+            Some(e) => e.clone(),
+            None => std::env::var("SPIFFE_ENDPOINT_SOCKET")
+                .map(|e| format!("{e} (SPIFFE_ENDPOINT_SOCKET)"))
+                .unwrap_or_else(|_| "SPIFFE_ENDPOINT_SOCKET (not set)".to_owned()),
+        }
+    }
+
+    async fn connect(&self) -> Result<WorkloadApiClient, String> {
+        match &self.endpoint {
+            Some(e) => WorkloadApiClient::connect_to(e).await,
+            None => WorkloadApiClient::connect_env().await,
+        }
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// The Update a Workload API response stands for: the chosen SVID as the
+/// identity, each trust domain's bundle as its roots (and only those).
+fn update_of(context: &X509Context, pick: &Pick) -> Result<Update, String> {
+    let svids = context.svids();
+    let ids: Vec<String> = svids.iter().map(|s| s.spiffe_id().to_string()).collect();
+    let choices: Vec<SvidChoice<'_>> = svids
+        .iter()
+        .zip(&ids)
+        .map(|(s, id)| SvidChoice {
+            spiffe_id: id,
+            hint: s.hint(),
+        })
+        .collect();
+    let index = match pick {
+        Pick::First => (!svids.is_empty()).then_some(0),
+        Pick::Hint(hint) => choices.iter().position(|c| c.hint == Some(hint.as_str())),
+        Pick::Choose(choose) => choose(&choices).filter(|i| *i < svids.len()),
+    }
+    .ok_or_else(|| {
+        let offered: Vec<String> = choices
+            .iter()
+            .map(|c| match c.hint {
+                Some(h) => format!("{} (hint {h:?})", c.spiffe_id),
+                None => c.spiffe_id.to_owned(),
+            })
+            .collect();
+        format!(
+            "no SVID in the response was chosen (offered: {})",
+            if offered.is_empty() {
+                "none".to_owned()
+            } else {
+                offered.join(", ")
+            }
+        )
+    })?;
+    let svid = &svids[index];
+    let chain: String = svid
+        .cert_chain()
+        .iter()
+        .map(|c| pem_encode("CERTIFICATE", c.as_bytes()))
+        .collect();
+    let key = pem_encode("PRIVATE KEY", svid.private_key().as_bytes());
+    let domains = context.bundle_set().iter().map(|(td, bundle)| {
+        let pem: String = bundle
+            .authorities()
+            .iter()
+            .map(|c| pem_encode("CERTIFICATE", c.as_bytes()))
+            .collect();
+        (td.to_string(), pem.into_bytes())
+    });
+    Ok(Update::new()
+        .identity(chain, key)
+        .exactly_these_domain_roots(domains))
+}
+
+/// What the stream's thread tells the live state it feeds.
+pub(crate) trait Follower: Send {
+    /// A new response, as an update; `false` when the live state is gone.
+    fn update(&mut self, update: Update) -> bool;
+    /// The connection to the agent was lost (`false`: the live state is gone).
+    fn lost(&mut self, detail: String) -> bool;
+    /// The connection is back.
+    fn back(&mut self) -> bool;
+    /// Time passed (expiry warnings); `false` when the live state is gone.
+    fn tick(&mut self) -> bool;
+}
+
+/// The stream, started: its first response, and where to attach the live
+/// state that follows the rest. Dropping the guard stops the thread.
+pub(crate) struct Started {
+    pub(crate) first: Update,
+    attach: mpsc::Sender<Box<dyn Follower>>,
+    pub(crate) guard: StopGuard,
+}
+
+impl Started {
+    /// Hands the stream's thread the live state to feed from now on.
+    pub(crate) fn attach(self, follower: Box<dyn Follower>) -> StopGuard {
+        let _ = self.attach.send(follower);
+        self.guard
+    }
+}
+
+/// Stops the stream's thread when dropped (held by the live state).
+pub(crate) struct StopGuard(#[allow(dead_code)] tokio::sync::oneshot::Sender<()>);
+
+/// Connects, waits for the first usable response (within `api.wait`), and
+/// leaves a thread with its own runtime following the stream.
+pub(crate) fn start(api: &WorkloadApi) -> Result<Started, Error> {
+    let (first_tx, first_rx) = mpsc::channel::<Result<Update, String>>();
+    let (attach_tx, attach_rx) = mpsc::channel::<Box<dyn Follower>>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let api = api.clone();
+    let wait = api.wait;
+    let endpoint = api.endpoint_name();
+    std::thread::Builder::new()
+        .name("meshtls-workload-api".into())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                let _ = first_tx.send(Err("cannot start a runtime for the Workload API".into()));
+                return;
+            };
+            runtime.block_on(follow(api, first_tx, attach_rx, stop_rx));
+        })
+        .map_err(|e| workload_error(&endpoint, wait, &format!("cannot start a thread: {e}")))?;
+    match first_rx.recv_timeout(wait + Duration::from_secs(1)) {
+        Ok(Ok(first)) => Ok(Started {
+            first,
+            attach: attach_tx,
+            guard: StopGuard(stop_tx),
+        }),
+        Ok(Err(detail)) => Err(workload_error(&endpoint, wait, &detail)),
+        Err(_) => Err(workload_error(&endpoint, wait, "no response")),
+    }
+}
+
+fn workload_error(endpoint: &str, waited: Duration, detail: &str) -> Error {
+    ConfigError::WorkloadApi {
+        endpoint: endpoint.to_owned(),
+        waited,
+        detail: crate::error::untrusted(detail),
+    }
+    .into()
+}
+
+/// The next item of `stream`, or `None` when it ends or `stop` fires.
+async fn next_or_stop<S, T>(
+    stream: &mut std::pin::Pin<Box<S>>,
+    stop: &mut tokio::sync::oneshot::Receiver<()>,
+) -> Option<Option<T>>
+where
+    S: Stream<Item = T> + ?Sized,
+{
+    let next = std::future::poll_fn(|cx| stream.as_mut().poll_next(cx));
+    tokio::select! {
+        item = next => Some(item),
+        _ = stop => None,
+    }
+}
+
+/// Sleeps `d`, or returns `false` at once when `stop` fires.
+async fn sleep_or_stop(d: Duration, stop: &mut tokio::sync::oneshot::Receiver<()>) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(d) => true,
+        _ = stop => false,
+    }
+}
+
+/// Runs `f` until it returns, or returns `None` when `stop` fires first.
+async fn or_stop<T>(
+    f: impl Future<Output = T>,
+    stop: &mut tokio::sync::oneshot::Receiver<()>,
+) -> Option<T> {
+    tokio::select! {
+        out = f => Some(out),
+        _ = stop => None,
+    }
+}
+
+/// The stream's thread: the first response for the builder, then every
+/// response for the live state, reconnecting with backoff.
+async fn follow(
+    api: WorkloadApi,
+    first_tx: mpsc::Sender<Result<Update, String>>,
+    attach_rx: mpsc::Receiver<Box<dyn Follower>>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let pick = &api.pick;
+    let started = tokio::time::Instant::now();
+    let mut backoff = api.backoff.0;
+    let mut follower: Option<Box<dyn Follower>> = None;
+    let mut first_tx = Some(first_tx);
+    let mut last_error = String::from("no connection attempt yet");
+    // The follower was told the connection was lost, and not yet that it
+    // is back.
+    let mut lost = false;
+    loop {
+        // Before the builder has its first SVID, give up after `wait`.
+        if let Some(tx) = &first_tx
+            && started.elapsed() >= api.wait
+        {
+            let _ = tx.send(Err(last_error));
+            return;
+        }
+        let client = match or_stop(api.connect(), &mut stop).await {
+            None => return,
+            Some(Ok(client)) => Some(client),
+            Some(Err(e)) => {
+                last_error = format!("cannot connect: {e}");
+                None
+            }
+        };
+        let stream = match &client {
+            Some(client) => match or_stop(client.stream_x509_contexts(), &mut stop).await {
+                None => return,
+                Some(Ok(stream)) => Some(Box::pin(stream)),
+                Some(Err(e)) => {
+                    last_error = format!("the agent refused the X509-SVID stream: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
+        if let Some(mut stream) = stream {
+            loop {
+                let tick = tokio::time::sleep(Duration::from_secs(30));
+                let item = tokio::select! {
+                    item = next_or_stop(&mut stream, &mut stop) => item,
+                    () = tick => {
+                        if let Some(f) = follower.as_mut() && !f.tick() {
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                let Some(item) = item else {
+                    return;
+                };
+                match item {
+                    Some(Ok(context)) => {
+                        backoff = api.backoff.0;
+                        let update = update_of(&context, pick);
+                        if let Some(tx) = first_tx.take() {
+                            match update {
+                                Ok(update) => {
+                                    if tx.send(Ok(update)).is_err() {
+                                        return;
+                                    }
+                                    // The builder validates it, builds, and
+                                    // attaches the live state (or gives up).
+                                    match attach_rx.recv() {
+                                        Ok(f) => follower = Some(f),
+                                        Err(_) => return,
+                                    }
+                                }
+                                Err(detail) => {
+                                    // Not usable: keep waiting for one that
+                                    // is, while the builder waits.
+                                    if started.elapsed() >= api.wait {
+                                        let _ = tx.send(Err(detail));
+                                        return;
+                                    }
+                                    tracing::debug!(%detail, "Workload API response not usable yet");
+                                    first_tx = Some(tx);
+                                }
+                            }
+                            continue;
+                        }
+                        let Some(f) = follower.as_mut() else {
+                            return;
+                        };
+                        if std::mem::take(&mut lost) && !f.back() {
+                            return;
+                        }
+                        let alive = match update {
+                            Ok(update) => f.update(update),
+                            Err(detail) => f.lost(format!("a response was not usable: {detail}")),
+                        };
+                        if !alive {
+                            return;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        last_error = format!("the stream failed: {e}");
+                        break;
+                    }
+                    None => {
+                        last_error = "the agent closed the stream".to_owned();
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(f) = follower.as_mut() {
+            if !f.lost(last_error.clone()) {
+                return;
+            }
+            lost = true;
+        }
+        if !sleep_or_stop(jitter(backoff), &mut stop).await {
+            return;
+        }
+        backoff = (backoff * 2).min(api.backoff.1);
+    }
+}
+
+/// `d` give or take a quarter, so that many workloads do not reconnect in
+/// step after an agent restart.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    let quarter = d / 4;
+    let offset = Duration::from_nanos(u64::from(nanos) % quarter.as_nanos().max(1) as u64);
+    d - quarter + offset * 2
+}
