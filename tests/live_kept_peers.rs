@@ -9,8 +9,8 @@ mod common;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{
-    BuilderExt, Open, Pki, TD, bare_presenting, client_between, closed_within, der_of,
-    events_and_echo, expired_unrelated_ca, shop,
+    BuilderExt, Kept, Open, Pki, TD, bare_presenting, client_between, closed_within, der_of,
+    events_and_echo, expired_unrelated_ca, serve_judged, shop,
 };
 use meshtls::dev::DevCa;
 use meshtls::rustls;
@@ -40,38 +40,24 @@ fn garbage() -> CertificateDer<'static> {
 async fn expired_then_revoked(
     extra: Option<CertificateDer<'static>>,
 ) -> (Option<(RejectReason, String)>, bool) {
-    let pki = Pki::new();
-    let start = SystemTime::now();
-    let time = ManualClock::new(start);
-    let day = Duration::from_secs(86_400);
-    let crl = pki.write("ca.crl", pki.ca.crl(&[], day).unwrap());
-    let server = pki
-        .server_td()
-        .crl_file(&crl)
-        .live_connection_grace(Duration::ZERO)
-        .on_clock(&time)
-        .build()
-        .unwrap();
-    let (mut events, addr) = events_and_echo(&server).await;
-    let cert = pki.client_cert_between(
-        &shop("expiring"),
-        start - Duration::from_secs(60),
-        start + Duration::from_secs(3600),
-    );
-    let mut line = pki.open_presenting(&cert, extra, addr).await;
+    let mut kept = Kept::new(Duration::from_secs(86_400), |pki, crl| {
+        pki.server_td().crl_file(crl)
+    })
+    .await;
+    let cert = kept.expiring_cert(&shop("expiring"));
+    let mut line = kept.pki.open_presenting(&cert, extra, kept.addr).await;
     line.ping().await.unwrap();
 
     // Expired, and kept (the default).
-    time.advance(Duration::from_secs(2 * 3600));
-    if let Some(closed) = closed_within(&mut events, Duration::from_millis(300)).await {
+    kept.two_hours_later();
+    if let Some(closed) = closed_within(&mut kept.events, Duration::from_millis(300)).await {
         panic!("closed at expiry without close_at_peer_expiry: {closed:?}");
     }
     line.ping().await.unwrap();
 
     // Then revoked.
-    std::fs::write(&crl, pki.ca.crl(&[&cert], day).unwrap()).unwrap();
-    server.reload().unwrap();
-    let closed = closed_within(&mut events, Duration::from_secs(5)).await;
+    kept.revoke(&[&cert]);
+    let closed = closed_within(&mut kept.events, Duration::from_secs(5)).await;
     let still_talks = line.ping().await.is_ok();
     (closed, still_talks)
 }
@@ -102,35 +88,25 @@ async fn expired_then_revoked_peer_with_garbage_after_its_leaf_is_closed() {
 async fn stale_crl_then_removed(
     extra: Option<CertificateDer<'static>>,
 ) -> (Option<(RejectReason, String)>, bool) {
-    let pki = Pki::new();
-    let start = SystemTime::now();
-    let time = ManualClock::new(start);
-    let crl = pki.write_crl(&[]);
-    let server = pki
-        .server()
-        .crl_file(&crl)
-        .allow(Allow::spiffe_id(&shop("a")))
-        .allow(Allow::spiffe_id(&shop("b")))
-        .live_connection_grace(Duration::ZERO)
-        .on_clock(&time)
-        .build()
-        .unwrap();
-    let (mut events, addr) = events_and_echo(&server).await;
-    let cert = pki.client_cert(&shop("a"));
-    let mut a = pki.open_presenting(&cert, extra, addr).await;
+    let mut kept = Kept::new(Duration::from_secs(3600), |pki, crl| {
+        pki.server_admitting_shop(&["a", "b"]).crl_file(crl)
+    })
+    .await;
+    let cert = kept.pki.client_cert(&shop("a"));
+    let mut a = kept.pki.open_presenting(&cert, extra, kept.addr).await;
     a.ping().await.unwrap();
 
     // The CRL goes stale: kept.
-    time.advance(Duration::from_secs(2 * 3600));
-    if let Some(closed) = closed_within(&mut events, Duration::from_millis(300)).await {
+    kept.two_hours_later();
+    if let Some(closed) = closed_within(&mut kept.events, Duration::from_millis(300)).await {
         panic!("closed under a stale CRL: {closed:?}");
     }
     a.ping().await.unwrap();
 
-    server
+    kept.server
         .set_allow_list([Allow::spiffe_id(&shop("b"))])
         .unwrap();
-    let closed = closed_within(&mut events, Duration::from_secs(5)).await;
+    let closed = closed_within(&mut kept.events, Duration::from_secs(5)).await;
     let still_talks = a.ping().await.is_ok();
     (closed, still_talks)
 }
@@ -168,19 +144,9 @@ async fn removed_after(step_back: Option<Duration>) -> (Option<(RejectReason, St
     let pki = Pki::new();
     let start = SystemTime::now();
     let time = ManualClock::new(start);
-    let server = pki
-        .server_allow(Allow::spiffe_id(&shop("a")))
-        .allow(Allow::spiffe_id(&shop("b")))
-        .live_connection_grace(Duration::ZERO)
-        .on_clock(&time)
-        .build()
-        .unwrap();
-    let (mut events, addr) = events_and_echo(&server).await;
-    let cert = pki.client_cert_between(
-        &shop("a"),
-        start - Duration::from_secs(60),
-        start + Duration::from_secs(86_400),
-    );
+    let (server, mut events, addr) =
+        serve_judged(pki.server_admitting_shop(&["a", "b"]), &time).await;
+    let cert = pki.client_cert_from(&shop("a"), start, Duration::from_secs(86_400));
     let mut a = pki.open_presenting(&cert, None, addr).await;
     a.ping().await.unwrap();
     if let Some(back) = step_back {
@@ -360,8 +326,7 @@ async fn removed_then_clock_steps_back(
     let time = ManualClock::new(start);
     let grace = Duration::from_secs(1);
     let server = pki
-        .server_allow(Allow::spiffe_id(&shop("a")))
-        .allow(Allow::spiffe_id(&shop("b")))
+        .server_admitting_shop(&["a", "b"])
         .live_connection_grace(grace)
         .on_clock(&time)
         .build()
@@ -713,8 +678,7 @@ async fn expiry_of_a_peer_tracked(during: bool) -> Option<Duration> {
     let start = SystemTime::now();
     let time = ManualClock::new(start);
     let server = pki
-        .server_allow(Allow::spiffe_id(&shop("a")))
-        .allow(Allow::spiffe_id(&shop("b")))
+        .server_admitting_shop(&["a", "b"])
         .close_at_peer_expiry()
         .live_connection_grace(GRACE)
         .on_clock(&time)
@@ -734,11 +698,7 @@ async fn expiry_of_a_peer_tracked(during: bool) -> Option<Duration> {
             .await
             .expect("a closed after its grace");
     }
-    let b_cert = pki.client_cert_between(
-        &shop("b"),
-        start - Duration::from_secs(60),
-        start + Duration::from_secs(3600),
-    );
+    let b_cert = pki.client_cert_from(&shop("b"), start, Duration::from_secs(3600));
     let _b = pki.open_presenting(&b_cert, None, addr).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     time.advance(Duration::from_secs(2 * 3600));

@@ -227,6 +227,15 @@ impl Pki {
         self.server().allow(rule)
     }
 
+    /// [`Pki::server`] admitting the `shop` workloads `names`.
+    pub fn server_admitting_shop(
+        &self,
+        names: &[&str],
+    ) -> meshtls::ServerTlsBuilder<meshtls::Ready> {
+        self.server()
+            .allow_all_of(names.iter().map(|name| Allow::spiffe_id(&shop(name))))
+    }
+
     /// [`Pki::server`] admitting the one SPIFFE ID `spiffe`.
     pub fn server_admitting(&self, spiffe: &str) -> meshtls::ServerTlsBuilder<meshtls::Ready> {
         self.server_allow(Allow::spiffe_id(spiffe))
@@ -909,6 +918,64 @@ pub async fn serve_judged(
         .unwrap();
     let (events, addr) = events_and_echo(&server).await;
     (server, events, addr)
+}
+
+/// The scene of a peer kept past its expiry or a stale CRL: a server that
+/// checks `ca.crl` and judges live connections at once (no grace) on a
+/// manual clock started at `start`, serving [`events_and_echo`].
+pub struct Kept {
+    pub pki: Pki,
+    pub start: std::time::SystemTime,
+    pub time: meshtls::ManualClock,
+    /// `ca.crl`, this CA's CRL, valid for `crl_life`.
+    pub crl: PathBuf,
+    crl_life: Duration,
+    pub server: ServerTls,
+    pub events: tokio::sync::broadcast::Receiver<meshtls::Event>,
+    pub addr: SocketAddr,
+}
+
+impl Kept {
+    /// The scene, with an empty CRL valid for `crl_life`; `server(pki, crl)`
+    /// is the server's builder.
+    pub async fn new(
+        crl_life: Duration,
+        server: impl FnOnce(&Pki, &Path) -> meshtls::ServerTlsBuilder<meshtls::Ready>,
+    ) -> Self {
+        let pki = Pki::new();
+        let start = std::time::SystemTime::now();
+        let time = meshtls::ManualClock::new(start);
+        let crl = pki.write("ca.crl", pki.ca.crl(&[], crl_life).unwrap());
+        let (server, events, addr) = serve_judged(server(&pki, &crl), &time).await;
+        Self {
+            pki,
+            start,
+            time,
+            crl,
+            crl_life,
+            server,
+            events,
+            addr,
+        }
+    }
+
+    /// A client certificate for `spiffe` that expires an hour after `start`.
+    pub fn expiring_cert(&self, spiffe: &str) -> DevCert {
+        self.pki
+            .client_cert_from(spiffe, self.start, Duration::from_secs(3600))
+    }
+
+    /// Advances the clock two hours: past an hour-long certificate, and
+    /// past the next update of an hour-long CRL.
+    pub fn two_hours_later(&self) {
+        self.time.advance(Duration::from_secs(2 * 3600));
+    }
+
+    /// The CRL (valid `crl_life` again) lists `revoked`; the server reloads.
+    pub fn revoke(&self, revoked: &[&DevCert]) {
+        std::fs::write(&self.crl, self.pki.ca.crl(revoked, self.crl_life).unwrap()).unwrap();
+        self.server.reload().unwrap();
+    }
 }
 
 /// Subscribes to `server`'s events, then serves [`echo_incoming`] (the
