@@ -179,12 +179,9 @@ async fn client_verifies_server_by_spiffe_id() {
         .build()
         .unwrap();
     let mut events = wrong_id.subscribe();
-    let err = running.call(&wrong_id).await;
-    assert_eq!(
-        err.handshake().reason(),
-        RejectReason::NotAllowed,
-        "{err:?}"
-    );
+    running
+        .assert_client_refuses(&wrong_id, RejectReason::NotAllowed)
+        .await;
     let detail = rejected_detail(&mut events).await;
     assert!(detail.contains(&api), "{detail}");
 
@@ -193,12 +190,9 @@ async fn client_verifies_server_by_spiffe_id() {
         .expect_server(Allow::spiffe_trust_domain("staging.example"))
         .build()
         .unwrap();
-    let err = running.call(&wrong_domain).await;
-    assert_eq!(
-        err.handshake().reason(),
-        RejectReason::NotAllowed,
-        "{err:?}"
-    );
+    running
+        .assert_client_refuses(&wrong_domain, RejectReason::NotAllowed)
+        .await;
 }
 
 #[tokio::test]
@@ -209,11 +203,7 @@ async fn client_without_expectations_checks_the_dialled_name() {
 
     assert!(running.call(&client).await.reply().starts_with("hello"));
     let err = call(&client, running.addr, "not-localhost.example").await;
-    assert_eq!(
-        err.handshake().reason(),
-        RejectReason::NotAllowed,
-        "{err:?}"
-    );
+    err.assert_handshake(RejectReason::NotAllowed);
     assert!(
         err.handshake().to_string().contains("NotValidForName"),
         "{err:?}"
@@ -227,12 +217,9 @@ async fn client_refuses_server_from_unknown_ca() {
     let (_server, mut running) = start(other.server_any()).await;
 
     let client = pki.client(&billing_web()).build().unwrap();
-    let seen = running.call(&client).await;
-    assert_eq!(
-        seen.handshake().reason(),
-        RejectReason::UnknownIssuer,
-        "{seen:?}"
-    );
+    running
+        .assert_client_refuses(&client, RejectReason::UnknownIssuer)
+        .await;
     // And the server hears the client's alert.
     let refused = running.expect_refused(RejectReason::RefusedByPeer).await;
     assert!(refused.to_string().contains("UnknownCA"), "{refused}");
@@ -244,12 +231,9 @@ async fn same_named_ca_with_another_key_is_refused() {
     let impostor = Pki::new(); // same CA name, different key
     let (_server, running) = start(impostor.server_any()).await;
     let client = pki.client(&billing_web()).build().unwrap();
-    let seen = running.call(&client).await;
-    assert_eq!(
-        seen.handshake().reason(),
-        RejectReason::BadCertificate,
-        "{seen:?}"
-    );
+    running
+        .assert_client_refuses(&client, RejectReason::BadCertificate)
+        .await;
 }
 
 #[tokio::test]

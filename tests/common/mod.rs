@@ -411,6 +411,14 @@ impl Running {
         self.expect_refused(reason).await
     }
 
+    /// `client` calls (as `localhost`) and refuses the server itself: its
+    /// handshake fails with `reason`.
+    pub async fn assert_client_refuses(&self, client: &ClientTls, reason: RejectReason) -> Seen {
+        let seen = self.call(client).await;
+        seen.assert_handshake(reason);
+        seen
+    }
+
     /// `client` calls (as `localhost`), its handshake completes on its side,
     /// then the server's alert `alert` arrives; the server reports a
     /// refusal, whatever its reason.
