@@ -215,7 +215,7 @@ fn an_expired_client_does_not_resume_on_the_bare_config() {
     );
     let time = ManualClock::new(now);
     let server = pki
-        .server_allow(Allow::spiffe_id(&shop("web")))
+        .server_admitting(&shop("web"))
         .on_clock(&time)
         .build()
         .unwrap();
@@ -236,10 +236,7 @@ fn an_expired_client_does_not_resume_on_the_bare_config() {
 #[test]
 fn a_client_does_not_resume_to_a_server_under_a_stale_crl() {
     let pki = Pki::new();
-    let server = pki
-        .server_allow(Allow::spiffe_id(&shop("web")))
-        .build()
-        .unwrap();
+    let server = pki.server_admitting(&shop("web")).build().unwrap();
     let crl = pki.write(
         "client.crl",
         pki.ca.crl(&[], Duration::from_secs(2)).unwrap(),
@@ -576,7 +573,7 @@ fn after_step_back(resume: bool) -> (Result<(), String>, bool) {
     let now = SystemTime::now();
     let time = ManualClock::new(now);
     let server = pki
-        .server_allow(Allow::spiffe_id(&shop("web")))
+        .server_admitting(&shop("web"))
         .on_clock(&time)
         .build()
         .unwrap();

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use common::{Pki, ServerBuilderExt, TD, billing_web, call, client_of, replace, serve, start};
+use common::{
+    Pki, ServerBuilderExt, billing_web, call, client_of, replace, serve, start, svid, td_pattern,
+};
 use meshtls::dev::DevCert;
 use meshtls::{Allow, ClientTls, Event, RejectReason, ReloadOutcome, Resumption, ServerTls};
 use tokio::sync::broadcast::Receiver;
@@ -528,10 +530,7 @@ async fn waits_for_files_written_after_start() {
 #[tokio::test]
 async fn client_certificate_rotates_too() {
     let pki = Pki::new();
-    let server = pki
-        .server_allow(Allow::spiffe_pattern(&format!("spiffe://{TD}/**")))
-        .build()
-        .unwrap();
+    let server = pki.server_allow(td_pattern("**")).build().unwrap();
     let mut running = serve(&server).await;
     let first = pki.client_cert(&billing_web());
     let c = pki.write("client/tls.crt", first.chain_pem());
@@ -681,7 +680,7 @@ async fn resumed(client: &ClientTls, addr: std::net::SocketAddr) -> bool {
 async fn a_policy_change_ends_old_sessions_and_new_ones_resume_at_once() {
     let pki = Pki::new();
     let a = billing_web();
-    let b = format!("spiffe://{TD}/ns/billing/sa/batch");
+    let b = svid("billing", "batch");
     let (server, running) = start(
         pki.server_allow(Allow::spiffe_id(&a))
             .allow(Allow::spiffe_id(&b)),
