@@ -17,7 +17,7 @@ use common::{Pki, replace, server_id, shop, svid, td_pattern};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use meshtls::{Allow, ClientTls, PeerIdentity, PeerInfo, Resumption, ServerTls};
+use meshtls::{Allow, ClientTls, PeerIdentity, PeerInfo, ServerTls};
 
 async fn whoami(
     peer: PeerIdentity,
@@ -96,15 +96,9 @@ async fn reqwest_presents_the_rotated_client_certificate() {
 
     let first = pki.client_cert(&shop("web"));
     let (cert, key) = pki.write_cert("web", &first);
-    let client = ClientTls::builder()
-        .identity_files(&cert, &key)
-        .server_roots_file(pki.ca_file())
-        // A resumed session carries the identity it was made with; turn it
-        // off to see each handshake's certificate.
-        .resumption(Resumption::Disabled)
-        .debounce(Duration::from_millis(20))
-        .watch()
-        .unwrap();
+    // A resumed session carries the identity it was made with: resumption
+    // is off, to see each handshake's certificate.
+    let client = pki.rotating_client(&cert, &key, Duration::from_millis(20));
     let http = reqwest_client(&client, addr);
     let serial = |body: String| {
         serde_json::from_str::<serde_json::Value>(&body).unwrap()["serial"]

@@ -227,14 +227,9 @@ async fn removal_from_the_allow_list_closes_the_connection() {
 async fn a_ca_dropped_from_the_bundle_closes_its_clients_connections() {
     let pki = Pki::new();
     let other_ca = DevCa::new("meshtls second root").unwrap();
-    let roots = pki.write(
-        "roots.crt",
-        format!("{}{}", pki.ca.cert_pem(), other_ca.cert_pem()),
-    );
-    let (cert, key) = pki.write_cert("server", &pki.server_cert());
-    let server = ServerTls::builder()
-        .identity_files(cert, key)
-        .client_roots_file(&roots)
+    let roots = pki.roots_with(&other_ca);
+    let server = pki
+        .server_with_roots(&roots)
         .allow(Allow::spiffe_trust_domain(TD))
         .debounce(DEBOUNCE)
         .live_connection_grace(GRACE)

@@ -272,6 +272,19 @@ impl Pki {
             .server_roots_file(self.ca_file())
     }
 
+    /// A client presenting the files `cert` and `key` and trusting this CA,
+    /// watching the files (`debounce`), with resumption off: each handshake
+    /// presents the certificate of the moment.
+    pub fn rotating_client(&self, cert: &Path, key: &Path, debounce: Duration) -> ClientTls {
+        ClientTls::builder()
+            .identity_files(cert, key)
+            .server_roots_file(self.ca_file())
+            .resumption(meshtls::Resumption::Disabled)
+            .debounce(debounce)
+            .watch()
+            .unwrap()
+    }
+
     /// A bare rustls client trusting this CA and presenting `cert` alone,
     /// or followed by `extra` (what a peer may append to its chain).
     pub fn presenting(
