@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::{
-    BuilderExt, Pki, TD, Wire, bare_client, records, replace, serve, server_id, shop, start,
+    BuilderExt, Pki, TD, Wire, bare_client, current_thread, records, replace, serve, server_id,
+    shop, start,
 };
 use meshtls::rustls;
 use meshtls::{Allow, Event, ManualClock, RejectReason, ReloadOutcome};
@@ -401,10 +402,7 @@ async fn unverified_names_are_bounded_and_escaped_in_events() {
 /// unrelated failure later on the same thread.
 #[test]
 fn a_refusal_left_behind_is_not_attributed_to_another_handshake() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = current_thread();
     runtime.block_on(async {
         let pki = Pki::new();
         let server = pki.server_td().build().unwrap();

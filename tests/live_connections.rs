@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::web::{endpoint, h2, serve_axum, serve_grpc};
 use common::{
-    BuilderExt, Kept, Open, Pki, TD, assert_nothing_closed, client_of, echo_reporting,
-    events_and_echo, next_closed, replace, shop,
+    BuilderExt, Kept, Open, Pki, TD, assert_nothing_closed, client_of, current_thread,
+    echo_reporting, events_and_echo, next_closed, replace, shop,
 };
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -427,10 +427,7 @@ async fn the_sweeper_outlives_the_runtime_of_the_first_connection() {
         let server = server.clone();
         let check = pki.client(&shop("self-check")).build().unwrap();
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let runtime = current_thread();
             runtime.block_on(async {
                 let (addr, _ended) = echo_reporting(&server).await;
                 let mut line = Open::meshtls(&check, addr).await;
