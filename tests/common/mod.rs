@@ -441,6 +441,15 @@ impl Running {
     }
 }
 
+/// Builds `builder` watching its files, debounced by `debounce` (it must
+/// build and start watching).
+pub fn watched(
+    builder: meshtls::ServerTlsBuilder<meshtls::Ready>,
+    debounce: Duration,
+) -> ServerTls {
+    builder.debounce(debounce).watch().unwrap()
+}
+
 /// Builds `builder` (it must build) and [`serve`]s the server.
 pub async fn start(builder: meshtls::ServerTlsBuilder<meshtls::Ready>) -> (ServerTls, Running) {
     let server = builder.build().unwrap();
