@@ -36,7 +36,7 @@ async fn reqwest_refused_by_the_allow_list_and_by_a_crl() {
     let pki = Pki::new();
     let crl = pki.write_crl(&[]);
     let server = pki
-        .server_allow(Allow::spiffe_id(&shop("web")))
+        .server_admitting(&shop("web"))
         .crl_file(&crl)
         .build()
         .unwrap();
@@ -70,10 +70,7 @@ async fn reqwest_refused_by_the_allow_list_and_by_a_crl() {
 #[tokio::test]
 async fn reqwest_over_http2_refused_by_the_allow_list() {
     let pki = Pki::new();
-    let server = pki
-        .grpc_server(Allow::spiffe_id(&shop("web")))
-        .build()
-        .unwrap();
+    let server = pki.grpc_server_admitting(&shop("web")).build().unwrap();
     let addr = axum_server(&server).await;
     let other = pki.grpc_client(&shop("other")).build().unwrap();
     let http = reqwest_builder(&other, addr)
@@ -108,10 +105,7 @@ async fn reqwest_refusing_a_server_from_another_ca() {
 #[tokio::test]
 async fn hyper_over_the_connector_refused_and_refusing() {
     let pki = Pki::new();
-    let server = pki
-        .server_allow(Allow::spiffe_id(&shop("web")))
-        .build()
-        .unwrap();
+    let server = pki.server_admitting(&shop("web")).build().unwrap();
     let addr = axum_server(&server).await;
 
     // The server refuses us: seen on the first request, not on connect.
@@ -167,10 +161,7 @@ async fn hyper_over_the_connector_refused_and_refusing() {
 #[tokio::test]
 async fn tonic_refused_with_the_reason() {
     let pki = Pki::new();
-    let server = pki
-        .grpc_server(Allow::spiffe_id(&shop("web")))
-        .build()
-        .unwrap();
+    let server = pki.grpc_server_admitting(&shop("web")).build().unwrap();
     let (endpoint, _serving) = greet::serve_greeter(&server).await;
     let other = pki.grpc_client(&shop("other")).build().unwrap();
     let failed = greet::hello(&other, endpoint).await.unwrap_err();
@@ -204,10 +195,7 @@ impl greeter::proto::greeter_server::Greeter for Liar {
 #[tokio::test]
 async fn a_status_message_that_quotes_an_alert_is_not_a_refusal() {
     let pki = Pki::new();
-    let server = pki
-        .grpc_server(Allow::spiffe_id(&shop("web")))
-        .build()
-        .unwrap();
+    let server = pki.grpc_server_admitting(&shop("web")).build().unwrap();
     let web = pki.grpc_client(&shop("web")).build().unwrap();
     for code in [
         tonic::Code::PermissionDenied,
@@ -276,10 +264,7 @@ async fn goaway_server(server: &ServerTls) -> SocketAddr {
 #[tokio::test]
 async fn alert_words_outside_a_tls_failure_are_not_a_refusal() {
     let pki = Pki::new();
-    let server = pki
-        .grpc_server(Allow::spiffe_id(&shop("web")))
-        .build()
-        .unwrap();
+    let server = pki.grpc_server_admitting(&shop("web")).build().unwrap();
     let web = pki.grpc_client(&shop("web")).build().unwrap();
     let addr = goaway_server(&server).await;
 

@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{Pki, TD, ping_over};
+use common::{Pki, ping_over, shop};
 use meshtls::{Event, ServerTls};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -120,10 +120,7 @@ fn dribble(addr: SocketAddr, every: Duration) -> tokio::task::JoinHandle<()> {
 
 /// A valid client's handshake and one echoed line, timed.
 async fn valid_call(pki: &Pki, addr: SocketAddr) -> Duration {
-    let client = pki
-        .client(&format!("spiffe://{TD}/ns/shop/sa/web"))
-        .build()
-        .unwrap();
+    let client = pki.client(&shop("web")).build().unwrap();
     let start = Instant::now();
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (tls, _) = client.connector().connect("localhost", tcp).await.unwrap();
@@ -302,10 +299,7 @@ async fn stallers_that_sent_a_hello_do_not_get_a_valid_client_shed() {
     assert!(shedding.is_ok(), "the stallers were never shed");
 
     for attempt in 0..3 {
-        let client = pki
-            .client(&format!("spiffe://{TD}/ns/shop/sa/web"))
-            .build()
-            .unwrap();
+        let client = pki.client(&shop("web")).build().unwrap();
         let start = Instant::now();
         let served = tokio::time::timeout(Duration::from_secs(10), ping_over(&client, addr)).await;
         let took = start.elapsed();

@@ -5,7 +5,9 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{Pki, Seen, TD, bare_client, billing_web, call, call_bare, client_of, serve, start};
+use common::{
+    Pki, Seen, TD, bare_client, billing_web, call, call_bare, client_of, serve, start, svid,
+};
 use meshtls::dev::DevCa;
 use meshtls::rustls;
 use meshtls::{Allow, Event, RejectReason};
@@ -13,7 +15,7 @@ use meshtls::{Allow, Event, RejectReason};
 #[tokio::test]
 async fn allowed_client_is_accepted_and_told_who_it_is() {
     let pki = Pki::new();
-    let (server, mut running) = start(pki.server_allow(Allow::spiffe_id(&billing_web()))).await;
+    let (server, mut running) = start(pki.server_admitting(&billing_web())).await;
     let client = pki.client(&billing_web()).build().unwrap();
 
     let seen = running.call(&client).await;
@@ -79,14 +81,11 @@ async fn client_from_another_ca_is_refused() {
 #[tokio::test]
 async fn identity_not_on_the_allow_list_is_refused_with_access_denied() {
     let pki = Pki::new();
-    let server = pki
-        .server_allow(Allow::spiffe_id(&billing_web()))
-        .build()
-        .unwrap();
+    let server = pki.server_admitting(&billing_web()).build().unwrap();
     let mut events = server.subscribe();
     let mut running = serve(&server).await;
 
-    let intruder = format!("spiffe://{TD}/ns/billing/sa/web-canary");
+    let intruder = svid("billing", "web-canary");
     let client = pki.client(&intruder).build().unwrap();
     let refused = running
         .assert_refused(&client, "AccessDenied", RejectReason::NotAllowed)
@@ -160,7 +159,7 @@ async fn revoked_client_is_refused() {
 async fn client_verifies_server_by_spiffe_id() {
     let pki = Pki::new();
     let (_server, running) = start(pki.server_any()).await;
-    let api = format!("spiffe://{TD}/ns/billing/sa/api");
+    let api = svid("billing", "api");
 
     let right = pki
         .client(&billing_web())
@@ -179,12 +178,9 @@ async fn client_verifies_server_by_spiffe_id() {
         .build()
         .unwrap();
     let mut events = wrong_id.subscribe();
-    let err = running.call(&wrong_id).await;
-    assert_eq!(
-        err.handshake().reason(),
-        RejectReason::NotAllowed,
-        "{err:?}"
-    );
+    running
+        .assert_client_refuses(&wrong_id, RejectReason::NotAllowed)
+        .await;
     let detail = rejected_detail(&mut events).await;
     assert!(detail.contains(&api), "{detail}");
 
@@ -193,12 +189,9 @@ async fn client_verifies_server_by_spiffe_id() {
         .expect_server(Allow::spiffe_trust_domain("staging.example"))
         .build()
         .unwrap();
-    let err = running.call(&wrong_domain).await;
-    assert_eq!(
-        err.handshake().reason(),
-        RejectReason::NotAllowed,
-        "{err:?}"
-    );
+    running
+        .assert_client_refuses(&wrong_domain, RejectReason::NotAllowed)
+        .await;
 }
 
 #[tokio::test]
@@ -209,11 +202,7 @@ async fn client_without_expectations_checks_the_dialled_name() {
 
     assert!(running.call(&client).await.reply().starts_with("hello"));
     let err = call(&client, running.addr, "not-localhost.example").await;
-    assert_eq!(
-        err.handshake().reason(),
-        RejectReason::NotAllowed,
-        "{err:?}"
-    );
+    err.assert_handshake(RejectReason::NotAllowed);
     assert!(
         err.handshake().to_string().contains("NotValidForName"),
         "{err:?}"
@@ -227,12 +216,9 @@ async fn client_refuses_server_from_unknown_ca() {
     let (_server, mut running) = start(other.server_any()).await;
 
     let client = pki.client(&billing_web()).build().unwrap();
-    let seen = running.call(&client).await;
-    assert_eq!(
-        seen.handshake().reason(),
-        RejectReason::UnknownIssuer,
-        "{seen:?}"
-    );
+    running
+        .assert_client_refuses(&client, RejectReason::UnknownIssuer)
+        .await;
     // And the server hears the client's alert.
     let refused = running.expect_refused(RejectReason::RefusedByPeer).await;
     assert!(refused.to_string().contains("UnknownCA"), "{refused}");
@@ -244,12 +230,9 @@ async fn same_named_ca_with_another_key_is_refused() {
     let impostor = Pki::new(); // same CA name, different key
     let (_server, running) = start(impostor.server_any()).await;
     let client = pki.client(&billing_web()).build().unwrap();
-    let seen = running.call(&client).await;
-    assert_eq!(
-        seen.handshake().reason(),
-        RejectReason::BadCertificate,
-        "{seen:?}"
-    );
+    running
+        .assert_client_refuses(&client, RejectReason::BadCertificate)
+        .await;
 }
 
 #[tokio::test]
@@ -281,7 +264,7 @@ async fn handshake_timeout_is_reported() {
 #[tokio::test]
 async fn resumption_works_and_is_rechecked() {
     let pki = Pki::new();
-    let (server, mut running) = start(pki.server_allow(Allow::spiffe_id(&billing_web()))).await;
+    let (server, mut running) = start(pki.server_admitting(&billing_web())).await;
     let client = pki.client(&billing_web()).build().unwrap();
 
     for _ in 0..3 {
@@ -298,7 +281,7 @@ async fn resumption_works_and_is_rechecked() {
 
     // Rechecked: off the list now, the client holding tickets is refused.
     server
-        .set_allow_list([Allow::spiffe_id(&format!("spiffe://{TD}/ns/other/sa/x"))])
+        .set_allow_list([Allow::spiffe_id(&svid("other", "x"))])
         .unwrap();
     running
         .assert_refused(&client, "AccessDenied", RejectReason::NotAllowed)

@@ -13,11 +13,11 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
 use common::web::{h2, reqwest_builder, serve_axum, url};
-use common::{Pki, TD, replace, shop};
+use common::{Pki, replace, server_id, shop, svid, td_pattern};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use meshtls::{Allow, ClientTls, PeerIdentity, PeerInfo, Resumption, ServerTls};
+use meshtls::{Allow, ClientTls, PeerIdentity, PeerInfo, ServerTls};
 
 async fn whoami(
     peer: PeerIdentity,
@@ -59,10 +59,7 @@ async fn get_json(
 #[tokio::test]
 async fn axum_handlers_see_who_calls() {
     let pki = Pki::new();
-    let server = pki
-        .server_allow(Allow::spiffe_pattern(&format!("spiffe://{TD}/ns/shop/**")))
-        .build()
-        .unwrap();
+    let server = pki.server_allow(td_pattern("ns/shop/**")).build().unwrap();
     let addr = start_axum(&server).await;
 
     let web = reqwest_client(&pki.client(&shop("web")).build().unwrap(), addr);
@@ -86,12 +83,7 @@ async fn axum_handlers_see_who_calls() {
     );
 
     // Outside the allow-list: no HTTP at all.
-    let outsider = reqwest_client(
-        &pki.client(&format!("spiffe://{TD}/ns/other/sa/x"))
-            .build()
-            .unwrap(),
-        addr,
-    );
+    let outsider = reqwest_client(&pki.client(&svid("other", "x")).build().unwrap(), addr);
     let err = get_json(&outsider, addr, "/whoami").await.unwrap_err();
     assert!(format!("{err:?}").contains("AccessDenied"), "{err:?}");
 }
@@ -99,23 +91,14 @@ async fn axum_handlers_see_who_calls() {
 #[tokio::test]
 async fn reqwest_presents_the_rotated_client_certificate() {
     let pki = Pki::new();
-    let server = pki
-        .server_allow(Allow::spiffe_id(&shop("web")))
-        .build()
-        .unwrap();
+    let server = pki.server_admitting(&shop("web")).build().unwrap();
     let addr = start_axum(&server).await;
 
     let first = pki.client_cert(&shop("web"));
     let (cert, key) = pki.write_cert("web", &first);
-    let client = ClientTls::builder()
-        .identity_files(&cert, &key)
-        .server_roots_file(pki.ca_file())
-        // A resumed session carries the identity it was made with; turn it
-        // off to see each handshake's certificate.
-        .resumption(Resumption::Disabled)
-        .debounce(Duration::from_millis(20))
-        .watch()
-        .unwrap();
+    // A resumed session carries the identity it was made with: resumption
+    // is off, to see each handshake's certificate.
+    let client = pki.rotating_client(&cert, &key, Duration::from_millis(20));
     let http = reqwest_client(&client, addr);
     let serial = |body: String| {
         serde_json::from_str::<serde_json::Value>(&body).unwrap()["serial"]
@@ -149,16 +132,11 @@ async fn reqwest_presents_the_rotated_client_certificate() {
 #[tokio::test]
 async fn hyper_over_the_meshtls_connector() {
     let pki = Pki::new();
-    let server = pki
-        .server_allow(Allow::spiffe_id(&shop("web")))
-        .build()
-        .unwrap();
+    let server = pki.server_admitting(&shop("web")).build().unwrap();
     let addr = start_axum(&server).await;
     let client = pki
         .client(&shop("web"))
-        .expect_server(Allow::spiffe_id(&format!(
-            "spiffe://{TD}/ns/billing/sa/api"
-        )))
+        .expect_server(Allow::spiffe_id(&server_id()))
         .build()
         .unwrap();
 
@@ -203,13 +181,10 @@ async fn hyper_over_the_meshtls_connector() {
 #[tokio::test]
 async fn tonic_handler_reads_the_caller_identity() {
     let pki = Pki::new();
-    let server = pki
-        .grpc_server(Allow::spiffe_id(&shop("web")))
-        .build()
-        .unwrap();
+    let server = pki.grpc_server_admitting(&shop("web")).build().unwrap();
     let (endpoint, _serving) = greet::serve_greeter(&server).await;
 
-    let api = format!("spiffe://{TD}/ns/billing/sa/api");
+    let api = server_id();
     let web = pki
         .client(&shop("web"))
         .expect_server(Allow::spiffe_id(&api))

@@ -53,8 +53,7 @@ async fn openssl_s_client_is_admitted_and_refused_with_the_right_alerts() {
         return;
     }
     let pki = Pki::new();
-    let (_server, mut running) =
-        start(pki.server_allow(Allow::spiffe_id(&svid("interop", "peer")))).await;
+    let (_server, mut running) = start(pki.server_admitting(&svid("interop", "peer"))).await;
     let port = running.addr.port();
 
     let (ok, out) = run_peer(
@@ -182,8 +181,7 @@ async fn python_ssl_client_is_admitted() {
         return;
     }
     let pki = Pki::new();
-    let (_server, mut running) =
-        start(pki.server_allow(Allow::spiffe_id(&svid("interop", "peer")))).await;
+    let (_server, mut running) = start(pki.server_admitting(&svid("interop", "peer"))).await;
     let (cert, key) = pki.write_cert("python-client", &pki.client_cert(&svid("interop", "peer")));
     let script = r#"
 import socket, ssl, sys
@@ -224,8 +222,7 @@ async fn java_client_is_admitted() {
         return;
     }
     let pki = Pki::new();
-    let (_server, mut running) =
-        start(pki.server_allow(Allow::spiffe_id(&svid("interop", "peer")))).await;
+    let (_server, mut running) = start(pki.server_admitting(&svid("interop", "peer"))).await;
     let (cert, key) = pki.write_cert("java-client", &pki.client_cert(&svid("interop", "peer")));
     openssl(
         pki.dir.path(),
@@ -286,7 +283,7 @@ async fn curl_calls_an_axum_service() {
     use axum::routing::get;
     let pki = Pki::new();
     let server = pki
-        .server_allow(Allow::spiffe_id(&svid("interop", "peer")))
+        .server_admitting(&svid("interop", "peer"))
         .build()
         .unwrap();
     let app = axum::Router::new().route(

@@ -53,8 +53,7 @@ async fn go_client_admitted_and_refused_with_the_right_alerts() {
         return;
     }
     let pki = Pki::new();
-    let (_server, mut running) =
-        start(pki.server_allow(Allow::spiffe_id(&svid("interop", "go-client")))).await;
+    let (_server, mut running) = start(pki.server_admitting(&svid("interop", "go-client"))).await;
     let addr = running.addr.to_string();
     let ca = pki.ca_file().display().to_string();
 

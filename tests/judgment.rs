@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::{
-    BuilderExt, Pki, TD, Wire, bare_client, records, replace, serve, server_id, shop, start,
+    BuilderExt, Pki, TD, Wire, bare_client, current_thread, records, replace, serve, server_id,
+    shop, start,
 };
 use meshtls::rustls;
 use meshtls::{Allow, Event, ManualClock, RejectReason, ReloadOutcome};
@@ -215,7 +216,7 @@ fn an_expired_client_does_not_resume_on_the_bare_config() {
     );
     let time = ManualClock::new(now);
     let server = pki
-        .server_allow(Allow::spiffe_id(&shop("web")))
+        .server_admitting(&shop("web"))
         .on_clock(&time)
         .build()
         .unwrap();
@@ -236,10 +237,7 @@ fn an_expired_client_does_not_resume_on_the_bare_config() {
 #[test]
 fn a_client_does_not_resume_to_a_server_under_a_stale_crl() {
     let pki = Pki::new();
-    let server = pki
-        .server_allow(Allow::spiffe_id(&shop("web")))
-        .build()
-        .unwrap();
+    let server = pki.server_admitting(&shop("web")).build().unwrap();
     let crl = pki.write(
         "client.crl",
         pki.ca.crl(&[], Duration::from_secs(2)).unwrap(),
@@ -404,10 +402,7 @@ async fn unverified_names_are_bounded_and_escaped_in_events() {
 /// unrelated failure later on the same thread.
 #[test]
 fn a_refusal_left_behind_is_not_attributed_to_another_handshake() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = current_thread();
     runtime.block_on(async {
         let pki = Pki::new();
         let server = pki.server_td().build().unwrap();
@@ -576,7 +571,7 @@ fn after_step_back(resume: bool) -> (Result<(), String>, bool) {
     let now = SystemTime::now();
     let time = ManualClock::new(now);
     let server = pki
-        .server_allow(Allow::spiffe_id(&shop("web")))
+        .server_admitting(&shop("web"))
         .on_clock(&time)
         .build()
         .unwrap();

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::web::{endpoint, h2, serve_axum, serve_grpc};
 use common::{
-    BuilderExt, Open, Pki, TD, assert_nothing_closed, client_of, echo_reporting, events_and_echo,
-    next_closed, replace, shop,
+    BuilderExt, Kept, Open, Pki, TD, assert_nothing_closed, client_of, current_thread,
+    echo_reporting, events_and_echo, next_closed, replace, shop,
 };
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -202,8 +202,7 @@ async fn revoked_http1_keep_alive_and_grpc_channel_close_others_stay() {
 async fn removal_from_the_allow_list_closes_the_connection() {
     let pki = Pki::new();
     let server = pki
-        .server_allow(Allow::spiffe_id(&shop("a")))
-        .allow(Allow::spiffe_id(&shop("b")))
+        .server_admitting_shop(&["a", "b"])
         .live_connection_grace(GRACE)
         .build()
         .unwrap();
@@ -228,14 +227,9 @@ async fn removal_from_the_allow_list_closes_the_connection() {
 async fn a_ca_dropped_from_the_bundle_closes_its_clients_connections() {
     let pki = Pki::new();
     let other_ca = DevCa::new("meshtls second root").unwrap();
-    let roots = pki.write(
-        "roots.crt",
-        format!("{}{}", pki.ca.cert_pem(), other_ca.cert_pem()),
-    );
-    let (cert, key) = pki.write_cert("server", &pki.server_cert());
-    let server = ServerTls::builder()
-        .identity_files(cert, key)
-        .client_roots_file(&roots)
+    let roots = pki.roots_with(&other_ca);
+    let server = pki
+        .server_with_roots(&roots)
         .allow(Allow::spiffe_trust_domain(TD))
         .debounce(DEBOUNCE)
         .live_connection_grace(GRACE)
@@ -433,10 +427,7 @@ async fn the_sweeper_outlives_the_runtime_of_the_first_connection() {
         let server = server.clone();
         let check = pki.client(&shop("self-check")).build().unwrap();
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let runtime = current_thread();
             runtime.block_on(async {
                 let (addr, _ended) = echo_reporting(&server).await;
                 let mut line = Open::meshtls(&check, addr).await;
@@ -576,34 +567,19 @@ async fn a_connection_opened_while_the_sweeper_waits_is_closed_at_its_peers_expi
 /// then revoked; the judgment used to report only the expiry.
 #[tokio::test]
 async fn a_connection_kept_past_its_peers_expiry_closes_when_the_peer_is_revoked() {
-    let pki = Pki::new();
-    let start = std::time::SystemTime::now();
-    let time = meshtls::ManualClock::new(start);
-    let day = Duration::from_secs(86_400);
-    let crl = pki.write("ca.crl", pki.ca.crl(&[], day).unwrap());
-    let server = revoking_server(&pki, &crl)
-        .live_connection_grace(Duration::ZERO)
-        .on_clock(&time)
-        .build()
-        .unwrap();
-    let (mut events, addr) = events_and_echo(&server).await;
-    let cert = pki.client_cert_between(
-        &shop("expiring"),
-        start - Duration::from_secs(60),
-        start + Duration::from_secs(3600),
-    );
-    let mut line = Open::meshtls(&pki.client_with(&cert).build().unwrap(), addr).await;
+    let mut kept = Kept::new(Duration::from_secs(86_400), revoking_server).await;
+    let cert = kept.expiring_cert(&shop("expiring"));
+    let mut line = Open::meshtls(&kept.pki.client_with(&cert).build().unwrap(), kept.addr).await;
     line.ping().await.unwrap();
 
     // Expired, and kept (the default).
-    time.advance(Duration::from_secs(2 * 3600));
-    assert_nothing_closed(&mut events, Duration::from_millis(300)).await;
+    kept.two_hours_later();
+    assert_nothing_closed(&mut kept.events, Duration::from_millis(300)).await;
     line.ping().await.unwrap();
 
     // Then revoked: the connection closes, as revoked.
-    std::fs::write(&crl, pki.ca.crl(&[&cert], day).unwrap()).unwrap();
-    server.reload().unwrap();
-    let (reason, detail) = next_closed(&mut events).await;
+    kept.revoke(&[&cert]);
+    let (reason, detail) = next_closed(&mut kept.events).await;
     assert_eq!(reason, RejectReason::Revoked, "{detail}");
     assert!(
         line.ping().await.is_err(),
@@ -615,32 +591,22 @@ async fn a_connection_kept_past_its_peers_expiry_closes_when_the_peer_is_revoked
 /// peer from the allow-list closes it.
 #[tokio::test]
 async fn a_connection_kept_under_a_stale_crl_closes_when_the_peer_leaves_the_allow_list() {
-    let pki = Pki::new();
-    let start = std::time::SystemTime::now();
-    let time = meshtls::ManualClock::new(start);
-    let crl = pki.write_crl(&[]);
-    let server = pki
-        .server()
-        .crl_file(&crl)
-        .allow(Allow::spiffe_id(&shop("a")))
-        .allow(Allow::spiffe_id(&shop("b")))
-        .live_connection_grace(Duration::ZERO)
-        .on_clock(&time)
-        .build()
-        .unwrap();
-    let (mut events, addr) = events_and_echo(&server).await;
-    let mut a = Open::meshtls(&pki.client(&shop("a")).build().unwrap(), addr).await;
+    let mut kept = Kept::new(Duration::from_secs(3600), |pki, crl| {
+        pki.server_admitting_shop(&["a", "b"]).crl_file(crl)
+    })
+    .await;
+    let mut a = Open::meshtls(&kept.pki.client(&shop("a")).build().unwrap(), kept.addr).await;
     a.ping().await.unwrap();
 
     // The CRL goes stale: kept (a CRL publisher's outage closes nothing).
-    time.advance(Duration::from_secs(2 * 3600));
-    assert_nothing_closed(&mut events, Duration::from_millis(300)).await;
+    kept.two_hours_later();
+    assert_nothing_closed(&mut kept.events, Duration::from_millis(300)).await;
     a.ping().await.unwrap();
 
-    server
+    kept.server
         .set_allow_list([Allow::spiffe_id(&shop("b"))])
         .unwrap();
-    let (reason, detail) = next_closed(&mut events).await;
+    let (reason, detail) = next_closed(&mut kept.events).await;
     assert_eq!(reason, RejectReason::NotAllowed, "{detail}");
     assert!(
         a.ping().await.is_err(),

@@ -9,8 +9,8 @@ mod common;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{
-    BuilderExt, Open, Pki, TD, bare_presenting, client_between, closed_within, der_of,
-    events_and_echo, expired_unrelated_ca, shop,
+    BuilderExt, Kept, Open, Pki, TD, assert_closed, bare_presenting, ca_params, client_between,
+    closed_as, closed_within, der_of, events_and_echo, expired_unrelated_ca, serve_judged, shop,
 };
 use meshtls::dev::DevCa;
 use meshtls::rustls;
@@ -40,58 +40,43 @@ fn garbage() -> CertificateDer<'static> {
 async fn expired_then_revoked(
     extra: Option<CertificateDer<'static>>,
 ) -> (Option<(RejectReason, String)>, bool) {
-    let pki = Pki::new();
-    let start = SystemTime::now();
-    let time = ManualClock::new(start);
-    let day = Duration::from_secs(86_400);
-    let crl = pki.write("ca.crl", pki.ca.crl(&[], day).unwrap());
-    let server = pki
-        .server_td()
-        .crl_file(&crl)
-        .live_connection_grace(Duration::ZERO)
-        .on_clock(&time)
-        .build()
-        .unwrap();
-    let (mut events, addr) = events_and_echo(&server).await;
-    let cert = pki.client_cert_between(
-        &shop("expiring"),
-        start - Duration::from_secs(60),
-        start + Duration::from_secs(3600),
-    );
-    let mut line = pki.open_presenting(&cert, extra, addr).await;
+    let mut kept = Kept::new(Duration::from_secs(86_400), |pki, crl| {
+        pki.server_td().crl_file(crl)
+    })
+    .await;
+    let cert = kept.expiring_cert(&shop("expiring"));
+    let mut line = kept.pki.open_presenting(&cert, extra, kept.addr).await;
     line.ping().await.unwrap();
 
     // Expired, and kept (the default).
-    time.advance(Duration::from_secs(2 * 3600));
-    if let Some(closed) = closed_within(&mut events, Duration::from_millis(300)).await {
+    kept.two_hours_later();
+    if let Some(closed) = closed_within(&mut kept.events, Duration::from_millis(300)).await {
         panic!("closed at expiry without close_at_peer_expiry: {closed:?}");
     }
     line.ping().await.unwrap();
 
     // Then revoked.
-    std::fs::write(&crl, pki.ca.crl(&[&cert], day).unwrap()).unwrap();
-    server.reload().unwrap();
-    let closed = closed_within(&mut events, Duration::from_secs(5)).await;
+    kept.revoke(&[&cert]);
+    let closed = closed_within(&mut kept.events, Duration::from_secs(5)).await;
     let still_talks = line.ping().await.is_ok();
     (closed, still_talks)
 }
 
 #[tokio::test]
 async fn control_expired_then_revoked_peer_is_closed() {
-    let (closed, still_talks) = expired_then_revoked(None).await;
-    let (reason, detail) = closed.expect("no ConnectionClosed within 5 s");
-    assert_eq!(reason, RejectReason::Revoked, "{detail}");
-    assert!(!still_talks, "an expired, revoked peer is still connected");
+    assert_closed(
+        expired_then_revoked(None).await,
+        "5 s",
+        RejectReason::Revoked,
+        "an expired, revoked peer is still connected",
+    );
 }
 
 #[tokio::test]
 async fn expired_then_revoked_peer_with_garbage_after_its_leaf_is_closed() {
     let (closed, still_talks) = expired_then_revoked(Some(garbage())).await;
     assert!(
-        closed
-            .as_ref()
-            .is_some_and(|(r, _)| *r == RejectReason::Revoked)
-            && !still_talks,
+        closed_as(&closed, RejectReason::Revoked) && !still_talks,
         "an expired peer that appended two garbage bytes to its chain was revoked and is still \
          connected 5 s later (closing seen: {closed:?}, still answers: {still_talks})"
     );
@@ -102,55 +87,44 @@ async fn expired_then_revoked_peer_with_garbage_after_its_leaf_is_closed() {
 async fn stale_crl_then_removed(
     extra: Option<CertificateDer<'static>>,
 ) -> (Option<(RejectReason, String)>, bool) {
-    let pki = Pki::new();
-    let start = SystemTime::now();
-    let time = ManualClock::new(start);
-    let crl = pki.write_crl(&[]);
-    let server = pki
-        .server()
-        .crl_file(&crl)
-        .allow(Allow::spiffe_id(&shop("a")))
-        .allow(Allow::spiffe_id(&shop("b")))
-        .live_connection_grace(Duration::ZERO)
-        .on_clock(&time)
-        .build()
-        .unwrap();
-    let (mut events, addr) = events_and_echo(&server).await;
-    let cert = pki.client_cert(&shop("a"));
-    let mut a = pki.open_presenting(&cert, extra, addr).await;
+    let mut kept = Kept::new(Duration::from_secs(3600), |pki, crl| {
+        pki.server_admitting_shop(&["a", "b"]).crl_file(crl)
+    })
+    .await;
+    let cert = kept.pki.client_cert(&shop("a"));
+    let mut a = kept.pki.open_presenting(&cert, extra, kept.addr).await;
     a.ping().await.unwrap();
 
     // The CRL goes stale: kept.
-    time.advance(Duration::from_secs(2 * 3600));
-    if let Some(closed) = closed_within(&mut events, Duration::from_millis(300)).await {
+    kept.two_hours_later();
+    if let Some(closed) = closed_within(&mut kept.events, Duration::from_millis(300)).await {
         panic!("closed under a stale CRL: {closed:?}");
     }
     a.ping().await.unwrap();
 
-    server
+    kept.server
         .set_allow_list([Allow::spiffe_id(&shop("b"))])
         .unwrap();
-    let closed = closed_within(&mut events, Duration::from_secs(5)).await;
+    let closed = closed_within(&mut kept.events, Duration::from_secs(5)).await;
     let still_talks = a.ping().await.is_ok();
     (closed, still_talks)
 }
 
 #[tokio::test]
 async fn control_stale_crl_then_removed_peer_is_closed() {
-    let (closed, still_talks) = stale_crl_then_removed(None).await;
-    let (reason, detail) = closed.expect("no ConnectionClosed within 5 s");
-    assert_eq!(reason, RejectReason::NotAllowed, "{detail}");
-    assert!(!still_talks, "a peer off the allow-list is still connected");
+    assert_closed(
+        stale_crl_then_removed(None).await,
+        "5 s",
+        RejectReason::NotAllowed,
+        "a peer off the allow-list is still connected",
+    );
 }
 
 #[tokio::test]
 async fn stale_crl_then_removed_peer_with_an_expired_unrelated_ca_in_its_chain_is_closed() {
     let (closed, still_talks) = stale_crl_then_removed(Some(expired_unrelated_ca())).await;
     assert!(
-        closed
-            .as_ref()
-            .is_some_and(|(r, _)| *r == RejectReason::NotAllowed)
-            && !still_talks,
+        closed_as(&closed, RejectReason::NotAllowed) && !still_talks,
         "a peer that appended an unrelated CA expired in 2001 to its chain was removed from the \
          allow-list under a stale CRL and is still connected 5 s later (closing seen: {closed:?}, \
          still answers: {still_talks})"
@@ -168,19 +142,9 @@ async fn removed_after(step_back: Option<Duration>) -> (Option<(RejectReason, St
     let pki = Pki::new();
     let start = SystemTime::now();
     let time = ManualClock::new(start);
-    let server = pki
-        .server_allow(Allow::spiffe_id(&shop("a")))
-        .allow(Allow::spiffe_id(&shop("b")))
-        .live_connection_grace(Duration::ZERO)
-        .on_clock(&time)
-        .build()
-        .unwrap();
-    let (mut events, addr) = events_and_echo(&server).await;
-    let cert = pki.client_cert_between(
-        &shop("a"),
-        start - Duration::from_secs(60),
-        start + Duration::from_secs(86_400),
-    );
+    let (server, mut events, addr) =
+        serve_judged(pki.server_admitting_shop(&["a", "b"]), &time).await;
+    let cert = pki.client_cert_from(&shop("a"), start, Duration::from_secs(86_400));
     let mut a = pki.open_presenting(&cert, None, addr).await;
     a.ping().await.unwrap();
     if let Some(back) = step_back {
@@ -214,10 +178,7 @@ async fn control_removed_peer_is_closed() {
 async fn removed_peer_is_closed_after_the_clock_stepped_back_before_its_not_before() {
     let (closed, still_talks) = removed_after(Some(Duration::from_secs(3600))).await;
     assert!(
-        closed
-            .as_ref()
-            .is_some_and(|(r, _)| *r == RejectReason::NotAllowed)
-            && !still_talks,
+        closed_as(&closed, RejectReason::NotAllowed) && !still_talks,
         "the clock stepped back an hour (the peer's certificate is not yet valid, a kept reason), \
          then the peer was removed from the allow-list: still connected 3 s later, and still 3 s \
          after the clock came back to the right time (closing seen: {closed:?}, still answers: \
@@ -360,8 +321,7 @@ async fn removed_then_clock_steps_back(
     let time = ManualClock::new(start);
     let grace = Duration::from_secs(1);
     let server = pki
-        .server_allow(Allow::spiffe_id(&shop("a")))
-        .allow(Allow::spiffe_id(&shop("b")))
+        .server_admitting_shop(&["a", "b"])
         .live_connection_grace(grace)
         .on_clock(&time)
         .build()
@@ -428,17 +388,10 @@ fn intermediate(
         rcgen::KeyPair::from_pem(root.key_pem()).unwrap(),
     )
     .unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "test intermediate");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
+    let mut params = ca_params(
+        "test intermediate",
+        &[rcgen::KeyUsagePurpose::DigitalSignature],
+    );
     params.not_before = not_before.into();
     params.not_after = not_after.into();
     params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
@@ -565,10 +518,7 @@ async fn control_a_peer_whose_intermediate_is_revoked_is_closed() {
 async fn a_peer_whose_intermediate_is_revoked_is_closed_despite_an_expired_sibling_in_its_chain() {
     let out = revoke_intermediate(true).await;
     assert!(
-        out.closed
-            .as_ref()
-            .is_some_and(|(r, _)| *r == RejectReason::Revoked)
-            && !out.still_talks,
+        closed_as(&out.closed, RejectReason::Revoked) && !out.still_talks,
         "a peer admitted through intermediate I1, which appended an expired older certificate \
          of the same intermediate key (not on any CRL), is still connected 5 s after the root's \
          CRL revoked I1 (closing seen: {:?}, still answers: {}; a fresh handshake with the same \
@@ -713,8 +663,7 @@ async fn expiry_of_a_peer_tracked(during: bool) -> Option<Duration> {
     let start = SystemTime::now();
     let time = ManualClock::new(start);
     let server = pki
-        .server_allow(Allow::spiffe_id(&shop("a")))
-        .allow(Allow::spiffe_id(&shop("b")))
+        .server_admitting_shop(&["a", "b"])
         .close_at_peer_expiry()
         .live_connection_grace(GRACE)
         .on_clock(&time)
@@ -734,11 +683,7 @@ async fn expiry_of_a_peer_tracked(during: bool) -> Option<Duration> {
             .await
             .expect("a closed after its grace");
     }
-    let b_cert = pki.client_cert_between(
-        &shop("b"),
-        start - Duration::from_secs(60),
-        start + Duration::from_secs(3600),
-    );
+    let b_cert = pki.client_cert_from(&shop("b"), start, Duration::from_secs(3600));
     let _b = pki.open_presenting(&b_cert, None, addr).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     time.advance(Duration::from_secs(2 * 3600));

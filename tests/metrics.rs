@@ -7,8 +7,8 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Pki, TD, replace};
-use meshtls::{Allow, Event, RejectReason};
+use common::{Pki, replace, shop};
+use meshtls::{Event, RejectReason};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -34,7 +34,7 @@ async fn handshakes_reloads_expiry_and_closed_connections_are_exported() {
     let pki = Pki::new();
     let crl = pki.write_crl(&[]);
     let server = pki
-        .server_allow(Allow::spiffe_id(&format!("spiffe://{TD}/ns/shop/sa/web")))
+        .server_admitting(&shop("web"))
         .crl_file(&crl)
         .live_connection_grace(Duration::ZERO)
         .build()
@@ -44,16 +44,13 @@ async fn handshakes_reloads_expiry_and_closed_connections_are_exported() {
     let server_side = [("side", "server")];
 
     // An admitted handshake, kept open.
-    let web_cert = pki.client_cert(&format!("spiffe://{TD}/ns/shop/sa/web"));
+    let web_cert = pki.client_cert(&shop("web"));
     let web = pki.client_with(&web_cert).build().unwrap();
     let tcp = TcpStream::connect(running.addr).await.unwrap();
     let (mut open, _) = web.connector().connect("localhost", tcp).await.unwrap();
     running.expect_admitted().await;
     // A refused one.
-    let other = pki
-        .client(&format!("spiffe://{TD}/ns/shop/sa/other"))
-        .build()
-        .unwrap();
+    let other = pki.client(&shop("other")).build().unwrap();
     running
         .assert_refused(&other, "AccessDenied", RejectReason::NotAllowed)
         .await;

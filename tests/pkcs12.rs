@@ -91,12 +91,7 @@ fn wrong_password() {
     }
     let pki = Pki::new();
     let (keystore, _) = server_keystore(&pki, "server");
-    let err = ServerTls::builder()
-        .identity_pkcs12(&keystore, "not-the-password")
-        .client_roots_file(pki.ca_file())
-        .any_authenticated()
-        .build()
-        .unwrap_err();
+    let err = server_from(&pki, Source::pkcs12_file(&keystore, "not-the-password")).unwrap_err();
     assert!(
         matches!(err, Error::Pkcs12(Pkcs12Error::WrongPassword { .. })),
         "{err}"
@@ -110,12 +105,7 @@ fn truststore_as_identity_has_no_key_entry() {
         return;
     }
     let pki = Pki::new();
-    let err = ServerTls::builder()
-        .identity_pkcs12(truststore(&pki), PASS)
-        .client_roots_file(pki.ca_file())
-        .any_authenticated()
-        .build()
-        .unwrap_err();
+    let err = server_from(&pki, Source::pkcs12_file(truststore(&pki), PASS)).unwrap_err();
     assert!(
         matches!(err, Error::Pkcs12(Pkcs12Error::NoKey { .. })),
         "{err}"
@@ -146,17 +136,21 @@ fn two_key_keystore(pki: &Pki) -> (PathBuf, String, String) {
     (path, serials[0].clone(), serials[1].clone())
 }
 
+/// Builds a server whose identity is the keystore `source`, trusting this
+/// CA's clients (any authenticated peer).
+fn server_from(pki: &Pki, source: Source) -> Result<ServerTls, Error> {
+    ServerTls::builder()
+        .identity_keystore(source)
+        .client_roots_file(pki.ca_file())
+        .any_authenticated()
+        .build()
+}
+
 #[test]
 fn several_key_entries_need_an_alias() {
     let pki = Pki::new();
     let (path, _, second) = two_key_keystore(&pki);
-    let build = |source: Source| {
-        ServerTls::builder()
-            .identity_keystore(source)
-            .client_roots_file(pki.ca_file())
-            .any_authenticated()
-            .build()
-    };
+    let build = |source: Source| server_from(&pki, source);
     let err = build(Source::pkcs12_file(&path, PASS)).unwrap_err();
     assert!(
         matches!(&err, Error::Pkcs12(Pkcs12Error::SeveralKeys { aliases, .. }) if aliases.len() == 2),
@@ -180,12 +174,7 @@ fn several_key_entries_need_an_alias() {
 #[test]
 fn pem_handed_as_pkcs12_says_so() {
     let pki = Pki::new();
-    let err = ServerTls::builder()
-        .identity_pkcs12(pki.ca_file(), PASS)
-        .client_roots_file(pki.ca_file())
-        .any_authenticated()
-        .build()
-        .unwrap_err();
+    let err = server_from(&pki, Source::pkcs12_file(pki.ca_file(), PASS)).unwrap_err();
     assert!(
         matches!(err, Error::Pkcs12(Pkcs12Error::Malformed { .. })),
         "{err}"
@@ -311,12 +300,11 @@ async fn keytool_keystore_and_truststore_serve_mtls() {
     assert!(seen.reply().starts_with("hello"), "{seen:?}");
     running.expect_admitted().await;
 
-    let err = ServerTls::builder()
-        .identity_pkcs12(pki.path("java-keystore.p12"), "wrong")
-        .client_roots_file(pki.ca_file())
-        .any_authenticated()
-        .build()
-        .unwrap_err();
+    let err = server_from(
+        &pki,
+        Source::pkcs12_file(pki.path("java-keystore.p12"), "wrong"),
+    )
+    .unwrap_err();
     assert!(
         matches!(err, Error::Pkcs12(Pkcs12Error::WrongPassword { .. })),
         "{err}"

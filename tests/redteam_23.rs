@@ -9,7 +9,10 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::routing::get;
-use common::{Open, Pki, TD, bare_presenting, chain_of, closed_within, echo_incoming, shop};
+use common::{
+    Open, Pki, TD, assert_closed, bare_presenting, chain_of, closed_as, closed_within,
+    echo_incoming, shop,
+};
 use meshtls::{Allow, Event, ManualClock, RejectReason};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
@@ -111,20 +114,19 @@ async fn stepped_back_before_not_before(
 
 #[tokio::test]
 async fn control_an_admitted_peer_is_closed_when_the_clock_steps_back_before_its_not_before() {
-    let (closed, still_talks) = stepped_back_before_not_before(false).await;
-    let (reason, detail) = closed.expect("no ConnectionClosed within 3 s");
-    assert_eq!(reason, RejectReason::NotYetValid, "{detail}");
-    assert!(!still_talks, "a peer not yet valid is still connected");
+    assert_closed(
+        stepped_back_before_not_before(false).await,
+        "3 s",
+        RejectReason::NotYetValid,
+        "a peer not yet valid is still connected",
+    );
 }
 
 #[tokio::test]
 async fn a_peer_kept_under_a_stale_crl_is_closed_when_the_clock_steps_back_before_its_not_before() {
     let (closed, still_talks) = stepped_back_before_not_before(true).await;
     assert!(
-        closed
-            .as_ref()
-            .is_some_and(|(r, _)| *r == RejectReason::NotYetValid)
-            && !still_talks,
+        closed_as(&closed, RejectReason::NotYetValid) && !still_talks,
         "with close_at_peer_expiry, a peer kept under a stale CRL stayed connected 3 s after the \
          clock stepped back before its notBefore (a fresh handshake is refused NotYetValid, and an \
          admitted peer in the same place is closed): the kept verdict holds from 0 (closing seen: \

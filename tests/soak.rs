@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Pki, TD, echo_incoming, ping_over, replace, svid};
+use common::{Pki, TD, echo_incoming, ping_over, replace, svid, td_pattern};
 use meshtls::dev::{DevCa, DevCert};
 use meshtls::{Allow, ClientTls, ServerTls};
 
@@ -79,10 +79,7 @@ async fn rotations_under_traffic_lose_nothing_and_admit_no_one_refused() {
     );
     let crl = pki.write_crl(&[]);
     let everyone = vec![Allow::spiffe_trust_domain(TD)];
-    let without_marked = vec![
-        Allow::spiffe_pattern(&format!("spiffe://{TD}/ns/valid/**")),
-        Allow::spiffe_pattern(&format!("spiffe://{TD}/ns/other/**")),
-    ];
+    let without_marked = vec![td_pattern("ns/valid/**"), td_pattern("ns/other/**")];
     let (fds0, rss0) = (fds(), rss_kib());
     let server = ServerTls::builder()
         .identity_files(&cert, &key)

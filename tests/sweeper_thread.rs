@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Pki, echo_incoming, expired_unrelated_ca, shop};
+use common::{Pki, echo_incoming, expired_unrelated_ca, shop, watched};
 use meshtls::rustls::pki_types::CertificateDer;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -92,11 +92,7 @@ async fn sweeper_and_watcher_threads_end_with_their_servers() {
     let watchers = threads("meshtls-reload").len();
     for i in 0..20 {
         let pki = Pki::new();
-        let server = pki
-            .server_td()
-            .debounce(Duration::from_millis(20))
-            .watch()
-            .unwrap();
+        let server = watched(pki.server_td(), Duration::from_millis(20));
         let (addr, task) = echo_incoming(&server).await;
         let cert = pki.client_cert(&shop(&format!("c{i}")));
         let line = pki.open_presenting(&cert, None, addr).await;

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use common::{Open, Pki, closed_within, events_and_echo, shop};
+use common::{Open, Pki, assert_closed, closed_as, closed_within, events_and_echo, shop};
 use meshtls::{Allow, RejectReason};
 use metrics::{Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
 
@@ -177,10 +177,12 @@ async fn removed_while_being_tracked(during_hold: bool) -> (Option<(RejectReason
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn control_a_peer_removed_after_it_is_tracked_is_closed() {
     let _serial = install().await;
-    let (closed, still_talks) = removed_while_being_tracked(false).await;
-    let (reason, detail) = closed.expect("no ConnectionClosed within 5 s");
-    assert_eq!(reason, RejectReason::NotAllowed, "{detail}");
-    assert!(!still_talks, "x still connected");
+    assert_closed(
+        removed_while_being_tracked(false).await,
+        "5 s",
+        RejectReason::NotAllowed,
+        "x still connected",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -188,10 +190,7 @@ async fn a_peer_removed_between_its_admission_and_its_tracking_is_closed() {
     let _serial = install().await;
     let (closed, still_talks) = removed_while_being_tracked(true).await;
     assert!(
-        closed
-            .as_ref()
-            .is_some_and(|(r, _)| *r == RejectReason::NotAllowed)
-            && !still_talks,
+        closed_as(&closed, RejectReason::NotAllowed) && !still_talks,
         "x was removed from the allow-list after the acceptor read the epoch that admitted it \
          and before it tracked the connection (the sweep for the new policy was over by then): \
          still connected 5 s later, judged by the old policy until the next policy change or \

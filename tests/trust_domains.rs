@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Pki, Seen, ServerBuilderExt, client_of, replace, serve, start};
+use common::{Pki, Seen, ServerBuilderExt, client_of, replace, serve, start, watched};
 use meshtls::dev::DevCa;
 use meshtls::error::ConfigError;
 use meshtls::{Allow, ClientTls, Error, RejectReason, ServerTls, VouchedBy};
@@ -103,11 +103,7 @@ async fn with_one_flat_bundle_the_forgery_goes_through() {
 #[tokio::test]
 async fn a_trust_domains_bundle_reloads_on_its_own() {
     let f = Federation::new();
-    let server = f
-        .server()
-        .debounce(Duration::from_millis(50))
-        .watch()
-        .unwrap();
+    let server = watched(f.server(), Duration::from_millis(50));
     let mut running = serve(&server).await;
     let bob = f.client(&f.b, &format!("spiffe://{B}/ns/app/sa/bob"));
     running.assert_admitted(&bob).await;
@@ -194,12 +190,9 @@ async fn a_client_checks_servers_against_their_trust_domains_roots() {
         .expect_server(Allow::spiffe_trust_domain(B))
         .build()
         .unwrap();
-    let seen = running.call(&client).await;
-    assert_eq!(
-        seen.handshake().reason(),
-        RejectReason::UnknownIssuer,
-        "{seen:?}"
-    );
+    running
+        .assert_client_refuses(&client, RejectReason::UnknownIssuer)
+        .await;
 }
 
 /// Issue 19, defect 2 (server side): a partner CA trusted only for its

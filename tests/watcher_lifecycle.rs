@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Pki, ServerBuilderExt, replace};
+use common::{Pki, ServerBuilderExt, current_thread, replace};
 use meshtls::ServerTls;
 
 /// Threads of this process named `meshtls-reload`.
@@ -29,10 +29,7 @@ fn wait_for_threads(n: usize) -> bool {
 
 #[test]
 fn watcher_lives_as_long_as_the_config_and_works_on_current_thread() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = current_thread();
     rt.block_on(async {
         let pki = Pki::new();
         let first = pki.server_cert();

@@ -43,6 +43,19 @@ pub fn server_id() -> String {
     svid("billing", "api")
 }
 
+/// The allow rule for the SPIFFE ID pattern `spiffe://<TD>/<rest>`.
+pub fn td_pattern(rest: &str) -> Allow {
+    Allow::spiffe_pattern(&format!("spiffe://{TD}/{rest}"))
+}
+
+/// A current-thread tokio runtime with I/O and time enabled.
+pub fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A client certificate for `spiffe`, issued by `ca`.
 pub fn client_of(ca: &DevCa, spiffe: &str) -> DevCert {
     ca.leaf().spiffe(spiffe).client().issue().unwrap()
@@ -169,6 +182,17 @@ impl Pki {
         client_between(&self.ca, spiffe, not_before, not_after)
     }
 
+    /// A client certificate for `spiffe`, valid from a minute before `start`
+    /// until `life` after it.
+    pub fn client_cert_from(
+        &self,
+        spiffe: &str,
+        start: std::time::SystemTime,
+        life: Duration,
+    ) -> DevCert {
+        self.client_cert_between(spiffe, start - Duration::from_secs(60), start + life)
+    }
+
     /// Writes `ca.crl`, this CA's CRL listing `revoked`, valid for an hour.
     pub fn write_crl(&self, revoked: &[&DevCert]) -> PathBuf {
         self.write(
@@ -203,6 +227,37 @@ impl Pki {
         self.server().allow(rule)
     }
 
+    /// [`Pki::server`] admitting the `shop` workloads `names`.
+    pub fn server_admitting_shop(
+        &self,
+        names: &[&str],
+    ) -> meshtls::ServerTlsBuilder<meshtls::Ready> {
+        self.server()
+            .allow_all_of(names.iter().map(|name| Allow::spiffe_id(&shop(name))))
+    }
+
+    /// [`Pki::server`] admitting the one SPIFFE ID `spiffe`.
+    pub fn server_admitting(&self, spiffe: &str) -> meshtls::ServerTlsBuilder<meshtls::Ready> {
+        self.server_allow(Allow::spiffe_id(spiffe))
+    }
+
+    /// A server builder with this CA's server certificate, trusting the
+    /// client roots in `roots`.
+    pub fn server_with_roots(&self, roots: &Path) -> meshtls::ServerTlsBuilder<meshtls::Ready> {
+        let (cert, key) = self.write_cert("server", &self.server_cert());
+        ServerTls::builder()
+            .identity_files(cert, key)
+            .client_roots_file(roots)
+    }
+
+    /// Writes `roots.crt`: this CA's certificate, then `other`'s.
+    pub fn roots_with(&self, other: &DevCa) -> PathBuf {
+        self.write(
+            "roots.crt",
+            format!("{}{}", self.ca.cert_pem(), other.cert_pem()),
+        )
+    }
+
     /// [`Pki::server`] admitting every workload of the trust domain [`TD`].
     pub fn server_td(&self) -> meshtls::ServerTlsBuilder<meshtls::Ready> {
         self.server_allow(Allow::spiffe_trust_domain(TD))
@@ -215,6 +270,19 @@ impl Pki {
         ClientTls::builder()
             .identity_files(c, k)
             .server_roots_file(self.ca_file())
+    }
+
+    /// A client presenting the files `cert` and `key` and trusting this CA,
+    /// watching the files (`debounce`), with resumption off: each handshake
+    /// presents the certificate of the moment.
+    pub fn rotating_client(&self, cert: &Path, key: &Path, debounce: Duration) -> ClientTls {
+        ClientTls::builder()
+            .identity_files(cert, key)
+            .server_roots_file(self.ca_file())
+            .resumption(meshtls::Resumption::Disabled)
+            .debounce(debounce)
+            .watch()
+            .unwrap()
     }
 
     /// A bare rustls client trusting this CA and presenting `cert` alone,
@@ -245,6 +313,11 @@ impl Pki {
     /// [`Pki::server_allow`] speaking gRPC (ALPN `h2` only).
     pub fn grpc_server(&self, rule: Allow) -> meshtls::ServerTlsBuilder<meshtls::Ready> {
         self.server_allow(rule).alpn_protocols(web::h2())
+    }
+
+    /// [`Pki::server_admitting`] speaking gRPC (ALPN `h2` only).
+    pub fn grpc_server_admitting(&self, spiffe: &str) -> meshtls::ServerTlsBuilder<meshtls::Ready> {
+        self.grpc_server(Allow::spiffe_id(spiffe))
     }
 
     /// [`Pki::client`] speaking gRPC (ALPN `h2` only).
@@ -350,6 +423,31 @@ impl Running {
         assert!(seen.refused().contains(alert), "{seen:?}");
         self.expect_refused(reason).await
     }
+
+    /// `client` calls (as `localhost`) and refuses the server itself: its
+    /// handshake fails with `reason`.
+    pub async fn assert_client_refuses(&self, client: &ClientTls, reason: RejectReason) -> Seen {
+        let seen = self.call(client).await;
+        seen.assert_handshake(reason);
+        seen
+    }
+
+    /// `client` calls (as `localhost`), its handshake completes on its side,
+    /// then the server's alert `alert` arrives; the server reports a
+    /// refusal, whatever its reason.
+    pub async fn refused_late(&mut self, client: &ClientTls, alert: &str) -> HandshakeError {
+        assert!(self.call(client).await.refused().contains(alert));
+        self.next().await.unwrap_err()
+    }
+}
+
+/// Builds `builder` watching its files, debounced by `debounce` (it must
+/// build and start watching).
+pub fn watched(
+    builder: meshtls::ServerTlsBuilder<meshtls::Ready>,
+    debounce: Duration,
+) -> ServerTls {
+    builder.debounce(debounce).watch().unwrap()
 }
 
 /// Builds `builder` (it must build) and [`serve`]s the server.
@@ -431,6 +529,12 @@ impl Seen {
             Self::Handshake(e) => e,
             other => panic!("expected a handshake error, saw {other:?}"),
         }
+    }
+
+    /// The connector refused the handshake, with `reason`.
+    pub fn assert_handshake(&self, reason: RejectReason) -> &HandshakeError {
+        assert_eq!(self.handshake().reason(), reason, "{self:?}");
+        self.handshake()
     }
 }
 
@@ -827,6 +931,83 @@ pub async fn echo_incoming(server: &ServerTls) -> (SocketAddr, tokio::task::Join
     (addr, task)
 }
 
+/// Builds `builder` judging live connections at once (no grace) on `time`'s
+/// clock, then [`events_and_echo`]: the server, its events, its address.
+pub async fn serve_judged(
+    builder: meshtls::ServerTlsBuilder<meshtls::Ready>,
+    time: &meshtls::ManualClock,
+) -> (
+    ServerTls,
+    tokio::sync::broadcast::Receiver<meshtls::Event>,
+    SocketAddr,
+) {
+    let server = builder
+        .live_connection_grace(Duration::ZERO)
+        .on_clock(time)
+        .build()
+        .unwrap();
+    let (events, addr) = events_and_echo(&server).await;
+    (server, events, addr)
+}
+
+/// The scene of a peer kept past its expiry or a stale CRL: a server that
+/// checks `ca.crl` and judges live connections at once (no grace) on a
+/// manual clock started at `start`, serving [`events_and_echo`].
+pub struct Kept {
+    pub pki: Pki,
+    pub start: std::time::SystemTime,
+    pub time: meshtls::ManualClock,
+    /// `ca.crl`, this CA's CRL, valid for `crl_life`.
+    pub crl: PathBuf,
+    crl_life: Duration,
+    pub server: ServerTls,
+    pub events: tokio::sync::broadcast::Receiver<meshtls::Event>,
+    pub addr: SocketAddr,
+}
+
+impl Kept {
+    /// The scene, with an empty CRL valid for `crl_life`; `server(pki, crl)`
+    /// is the server's builder.
+    pub async fn new(
+        crl_life: Duration,
+        server: impl FnOnce(&Pki, &Path) -> meshtls::ServerTlsBuilder<meshtls::Ready>,
+    ) -> Self {
+        let pki = Pki::new();
+        let start = std::time::SystemTime::now();
+        let time = meshtls::ManualClock::new(start);
+        let crl = pki.write("ca.crl", pki.ca.crl(&[], crl_life).unwrap());
+        let (server, events, addr) = serve_judged(server(&pki, &crl), &time).await;
+        Self {
+            pki,
+            start,
+            time,
+            crl,
+            crl_life,
+            server,
+            events,
+            addr,
+        }
+    }
+
+    /// A client certificate for `spiffe` that expires an hour after `start`.
+    pub fn expiring_cert(&self, spiffe: &str) -> DevCert {
+        self.pki
+            .client_cert_from(spiffe, self.start, Duration::from_secs(3600))
+    }
+
+    /// Advances the clock two hours: past an hour-long certificate, and
+    /// past the next update of an hour-long CRL.
+    pub fn two_hours_later(&self) {
+        self.time.advance(Duration::from_secs(2 * 3600));
+    }
+
+    /// The CRL (valid `crl_life` again) lists `revoked`; the server reloads.
+    pub fn revoke(&self, revoked: &[&DevCert]) {
+        std::fs::write(&self.crl, self.pki.ca.crl(revoked, self.crl_life).unwrap()).unwrap();
+        self.server.reload().unwrap();
+    }
+}
+
 /// Subscribes to `server`'s events, then serves [`echo_incoming`] (the
 /// task runs on when dropped): the events and the address.
 pub async fn events_and_echo(
@@ -976,19 +1157,46 @@ pub async fn assert_nothing_closed(
     }
 }
 
-/// A CA certificate unrelated to anyone's chain, expired in 2001.
-pub fn expired_unrelated_ca() -> rustls::pki_types::CertificateDer<'static> {
-    let key = rcgen::KeyPair::generate().unwrap();
+/// The closing a scenario saw is for `reason`.
+pub fn closed_as(closed: &Option<(RejectReason, String)>, reason: RejectReason) -> bool {
+    closed.as_ref().is_some_and(|(r, _)| *r == reason)
+}
+
+/// A scenario's end, `(closing seen, whether the peer still talked after)`,
+/// is a closing for `reason` (seen `within` the time it names) and a peer
+/// that no longer talks (else fails with `still`).
+pub fn assert_closed(
+    (closed, still_talks): (Option<(RejectReason, String)>, bool),
+    within: &str,
+    reason: RejectReason,
+    still: &str,
+) {
+    let (seen, detail) = closed.unwrap_or_else(|| panic!("no ConnectionClosed within {within}"));
+    assert_eq!(seen, reason, "{detail}");
+    assert!(!still_talks, "{still}");
+}
+
+/// Parameters of a CA certificate (no path length limit) with common name
+/// `name`, for key signing, CRL signing and `more` uses.
+pub fn ca_params(name: &str, more: &[rcgen::KeyUsagePurpose]) -> rcgen::CertificateParams {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, "an unrelated CA, long expired");
+        .push(rcgen::DnType::CommonName, name);
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     params.key_usages = vec![
         rcgen::KeyUsagePurpose::KeyCertSign,
         rcgen::KeyUsagePurpose::CrlSign,
     ];
+    params.key_usages.extend_from_slice(more);
+    params
+}
+
+/// A CA certificate unrelated to anyone's chain, expired in 2001.
+pub fn expired_unrelated_ca() -> rustls::pki_types::CertificateDer<'static> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = ca_params("an unrelated CA, long expired", &[]);
     params.not_before = rcgen::date_time_ymd(2000, 1, 1);
     params.not_after = rcgen::date_time_ymd(2001, 1, 1);
     params.self_signed(&key).unwrap().der().clone()
