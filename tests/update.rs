@@ -214,13 +214,14 @@ async fn roots_for_a_trust_domain_come_and_go() {
         .unwrap();
     running.assert_admitted(&partner_client).await;
 
-    // And ends.
+    // And ends: refused again, as a trust domain with no roots here.
     server
         .update(Update::new().remove_roots_for("partner.test"))
         .unwrap();
-    running
+    let err = running
         .assert_refused(&partner_client, "UnknownCA", RejectReason::UnknownIssuer)
         .await;
+    assert!(err.to_string().contains("has no roots here"), "{err}");
 }
 
 #[tokio::test]
