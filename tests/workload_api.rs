@@ -1,0 +1,427 @@
+//! Identity from the SPIFFE Workload API, against a real SPIRE (server and
+//! agent v1.13.3, started here in a temporary directory: SQLite datastore,
+//! join-token node attestation, the unix workload attestor, entries made
+//! with the server's CLI, X509-SVIDs of a minute so that they rotate during
+//! the test). Skipped, saying how to install them, when `spire-server` and
+//! `spire-agent` are not on PATH (`.ci/spire-tools` builds them).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::{echo_incoming, require_peer};
+use meshtls::error::ConfigError;
+use meshtls::{Allow, ClientTls, Event, ServerTls, WorkloadApi};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+const INSTALL_SPIRE: &str = "spire-server and spire-agent v1.13.3 on PATH: bash .ci/spire-tools (Go tools module, then go install)";
+const TD: &str = "example.org";
+
+/// A SPIRE server and agent, killed when dropped.
+struct Spire {
+    dir: PathBuf,
+    server: Child,
+    agent: Option<Child>,
+}
+
+impl Drop for Spire {
+    fn drop(&mut self) {
+        for child in std::iter::once(&mut self.server).chain(self.agent.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A port free on 127.0.0.1 now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs `cmd`, retrying until it succeeds or `within` passes: its stdout.
+fn until_ok(within: Duration, mut cmd: impl FnMut() -> Command) -> String {
+    let start = Instant::now();
+    loop {
+        let out = cmd().output().unwrap();
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            start.elapsed() < within,
+            "{:?} kept failing: {}",
+            cmd(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+impl Spire {
+    fn start() -> Self {
+        // A short directory: unix socket paths are limited to 108 bytes.
+        let dir = PathBuf::from(format!("/tmp/sp.{}.{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(dir.join("server")).unwrap();
+        std::fs::create_dir_all(dir.join("agent")).unwrap();
+        let port = free_port();
+        let d = dir.display().to_string();
+        std::fs::write(
+            dir.join("server.conf"),
+            format!(
+                r#"server {{
+  trust_domain = "{TD}"
+  bind_address = "127.0.0.1"
+  bind_port = {port}
+  socket_path = "{d}/server.sock"
+  data_dir = "{d}/server"
+  log_level = "WARN"
+  ca_ttl = "1h"
+  default_x509_svid_ttl = "1m"
+  ratelimit {{
+    attestation = false
+  }}
+  experimental {{
+    cache_reload_interval = "1s"
+  }}
+}}
+plugins {{
+  DataStore "sql" {{
+    plugin_data {{
+      database_type = "sqlite3"
+      connection_string = "{d}/server/datastore.sqlite3"
+    }}
+  }}
+  KeyManager "memory" {{}}
+  NodeAttestor "join_token" {{}}
+}}
+"#
+            ),
+        )
+        .unwrap();
+        let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
+        let server = Command::new("spire-server")
+            .args(["run", "-config"])
+            .arg(dir.join("server.conf"))
+            .stdout(log("server.log"))
+            .stderr(log("server.err"))
+            .spawn()
+            .unwrap();
+        let mut spire = Self {
+            dir,
+            server,
+            agent: None,
+        };
+        until_ok(Duration::from_secs(60), || {
+            spire.server_cmd(&["healthcheck"])
+        });
+        let bundle = until_ok(Duration::from_secs(30), || {
+            spire.server_cmd(&["bundle", "show"])
+        });
+        std::fs::write(spire.dir.join("bootstrap.pem"), bundle).unwrap();
+        std::fs::write(
+            spire.dir.join("agent.conf"),
+            format!(
+                r#"agent {{
+  trust_domain = "{TD}"
+  server_address = "127.0.0.1"
+  server_port = {port}
+  socket_path = "{d}/agent.sock"
+  data_dir = "{d}/agent"
+  log_level = "WARN"
+  trust_bundle_path = "{d}/bootstrap.pem"
+  experimental {{
+    sync_interval = "1s"
+  }}
+}}
+plugins {{
+  NodeAttestor "join_token" {{}}
+  KeyManager "memory" {{}}
+  WorkloadAttestor "unix" {{}}
+}}
+"#
+            ),
+        )
+        .unwrap();
+        spire.start_agent();
+        // Two workloads of this process (the unix attestor selects by uid),
+        // told apart by their hints.
+        let uid = String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_owned();
+        for name in ["server", "client"] {
+            spire.entry(name, &uid);
+        }
+        spire
+    }
+
+    fn server_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("spire-server");
+        cmd.args(args)
+            .arg("-socketPath")
+            .arg(self.dir.join("server.sock"));
+        cmd
+    }
+
+    /// Starts (or restarts) the agent with a new join token.
+    fn start_agent(&mut self) {
+        let token = until_ok(Duration::from_secs(30), || {
+            self.server_cmd(&[
+                "token",
+                "generate",
+                "-spiffeID",
+                &format!("spiffe://{TD}/agent"),
+            ])
+        });
+        let token = token
+            .lines()
+            .find_map(|l| l.strip_prefix("Token:"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let _ = std::fs::remove_dir_all(self.dir.join("agent"));
+        std::fs::create_dir_all(self.dir.join("agent")).unwrap();
+        let log = |name: &str| std::fs::File::create(self.dir.join(name)).unwrap();
+        let agent = Command::new("spire-agent")
+            .args(["run", "-config"])
+            .arg(self.dir.join("agent.conf"))
+            .args(["-joinToken", &token])
+            .stdout(log("agent.log"))
+            .stderr(log("agent.err"))
+            .spawn()
+            .unwrap();
+        self.agent = Some(agent);
+        let socket = self.dir.join("agent.sock");
+        until_ok(Duration::from_secs(60), || {
+            let mut cmd = Command::new("spire-agent");
+            cmd.args(["healthcheck", "-socketPath"]).arg(&socket);
+            cmd
+        });
+    }
+
+    fn stop_agent(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            let _ = agent.kill();
+            let _ = agent.wait();
+        }
+    }
+
+    fn entry(&self, name: &str, uid: &str) {
+        until_ok(Duration::from_secs(30), || {
+            self.server_cmd(&[
+                "entry",
+                "create",
+                "-parentID",
+                &format!("spiffe://{TD}/agent"),
+                "-spiffeID",
+                &id(name),
+                "-selector",
+                &format!("unix:uid:{uid}"),
+                "-x509SVIDTTL",
+                "60",
+                "-hint",
+                name,
+            ])
+        });
+    }
+
+    fn endpoint(&self) -> String {
+        format!("unix://{}", self.dir.join("agent.sock").display())
+    }
+}
+
+fn id(name: &str) -> String {
+    format!("spiffe://{TD}/{name}")
+}
+
+/// Sends a line over a meshtls connection and reads the echo.
+async fn ping<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut BufReader<S>,
+) -> Result<(), String> {
+    stream
+        .get_mut()
+        .write_all(b"ping\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    match tokio::time::timeout(Duration::from_secs(10), stream.read_line(&mut line)).await {
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// Waits for an event `want` says yes to, for at most `within`.
+async fn wait_for(
+    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    within: Duration,
+    want: impl Fn(&Event) -> bool,
+) -> Option<Event> {
+    tokio::time::timeout(within, async {
+        loop {
+            match events.recv().await {
+                Ok(e) if want(&e) => return e,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+fn have_spire() -> bool {
+    require_peer("spire-server", INSTALL_SPIRE) && require_peer("spire-agent", INSTALL_SPIRE)
+}
+
+/// One SPIRE for the whole story, in order: identities from the agent, a
+/// rotation under a live connection, the agent going away and coming back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_from_a_spire_agent_rotate_and_survive_its_restart() {
+    if !have_spire() {
+        return;
+    }
+    let mut spire = tokio::task::spawn_blocking(Spire::start).await.unwrap();
+    let endpoint = spire.endpoint();
+
+    // 1. A server and a client get their identities from the agent (chosen
+    //    by hint among the two this process is entitled to) and talk.
+    let server = {
+        let endpoint = endpoint.clone();
+        tokio::task::spawn_blocking(move || {
+            ServerTls::builder()
+                .workload_api(
+                    WorkloadApi::endpoint(endpoint)
+                        .hint("server")
+                        .wait_for_agent(Duration::from_secs(60)),
+                )
+                .allow(Allow::spiffe_id(&id("client")))
+                .build()
+        })
+        .await
+        .unwrap()
+        .unwrap()
+    };
+    let client = {
+        let endpoint = endpoint.clone();
+        tokio::task::spawn_blocking(move || {
+            ClientTls::builder()
+                .workload_api(
+                    WorkloadApi::endpoint(endpoint)
+                        .hint("client")
+                        .wait_for_agent(Duration::from_secs(60)),
+                )
+                .expect_server(Allow::spiffe_id(&id("server")))
+                .build()
+        })
+        .await
+        .unwrap()
+        .unwrap()
+    };
+    let mut events = server.subscribe();
+    let (addr, _echo) = echo_incoming(&server).await;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (tls, peer) = client.connector().connect("localhost", tcp).await.unwrap();
+    assert_eq!(
+        peer.spiffe_id().map(ToString::to_string),
+        Some(id("server"))
+    );
+    let mut live = BufReader::new(tls);
+    ping(&mut live).await.unwrap();
+    let first_serial = server.certificate().serial;
+
+    // 2. The SVID rotates at half its life (about 30 s): a new generation
+    //    serves, the live connection stays, new handshakes use the new SVID.
+    let rotated = wait_for(&mut events, Duration::from_secs(90), |e| {
+        matches!(e, Event::Reloaded { .. })
+    })
+    .await
+    .expect("no rotation from the agent within 90 s");
+    assert!(matches!(rotated, Event::Reloaded { generation, .. } if generation >= 2));
+    assert_ne!(server.certificate().serial, first_serial);
+    ping(&mut live)
+        .await
+        .expect("the live connection broke at the rotation");
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let fresh =
+        ClientTls::builder().workload_api(WorkloadApi::endpoint(endpoint.clone()).hint("client"));
+    let fresh = tokio::task::spawn_blocking(move || {
+        fresh.expect_server(Allow::spiffe_id(&id("server"))).build()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let (_tls, peer) = fresh.connector().connect("localhost", tcp).await.unwrap();
+    assert_eq!(peer.serial(), server.certificate().serial);
+
+    // 3. The agent goes away: the server says so and keeps serving its last
+    //    good SVID; when an agent is back, it says so and follows it again.
+    tokio::task::block_in_place(|| spire.stop_agent());
+    let lost = wait_for(&mut events, Duration::from_secs(30), |e| {
+        matches!(e, Event::WorkloadApiLost { .. })
+    })
+    .await
+    .expect("no WorkloadApiLost within 30 s of the agent's end");
+    assert!(lost.to_string().contains("last good SVID"), "{lost}");
+    assert!(server.stats().workload_api_lost >= 1);
+    ping(&mut live)
+        .await
+        .expect("the live connection broke with the agent");
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut again, _) = client.connector().connect("localhost", tcp).await.unwrap();
+    again.write_all(b"ping\n").await.unwrap();
+    let mut again = BufReader::new(again);
+    let mut line = String::new();
+    again.read_line(&mut line).await.unwrap();
+    assert!(!line.is_empty(), "no handshake while the agent was away");
+
+    tokio::task::block_in_place(|| spire.start_agent());
+    wait_for(&mut events, Duration::from_secs(60), |e| {
+        matches!(e, Event::WorkloadApiBack)
+    })
+    .await
+    .expect("no WorkloadApiBack within 60 s of a new agent");
+    // A restarted agent issues new keys: a new generation follows.
+    wait_for(&mut events, Duration::from_secs(60), |e| {
+        matches!(e, Event::Reloaded { .. })
+    })
+    .await
+    .expect("no SVID from the new agent within 60 s");
+    ping(&mut live).await.unwrap();
+}
+
+/// No agent at the endpoint: building waits as long as asked, then says
+/// where it looked and what to check.
+#[test]
+fn no_agent_at_start_is_a_clear_error_after_the_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket: &Path = &dir.path().join("nobody.sock");
+    let started = Instant::now();
+    let err = ServerTls::builder()
+        .workload_api(
+            WorkloadApi::endpoint(format!("unix://{}", socket.display()))
+                .wait_for_agent(Duration::from_millis(800)),
+        )
+        .allow(Allow::spiffe_trust_domain(TD))
+        .build()
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        matches!(err, meshtls::Error::Config(ConfigError::WorkloadApi { .. })),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("nobody.sock"), "{text}");
+    assert!(text.contains("is the agent running"), "{text}");
+    assert!(
+        waited >= Duration::from_millis(700) && waited < Duration::from_secs(10),
+        "waited {waited:?}"
+    );
+}
