@@ -443,3 +443,115 @@ fn jitter(d: Duration) -> Duration {
     let offset = Duration::from_nanos(u64::from(nanos) % quarter.as_nanos().max(1) as u64);
     d - quarter + offset * 2
 }
+
+#[cfg(all(test, feature = "dev"))]
+mod tests {
+    use rustls_pki_types::PrivateKeyDer;
+    use rustls_pki_types::pem::PemObject;
+    use spiffe::{TrustDomain, X509Bundle, X509BundleSet, X509Svid};
+
+    use super::*;
+    use crate::dev::DevCa;
+    use crate::error::MaterialKind;
+    use crate::material::Sources;
+    use crate::source::Source;
+
+    /// A response of two SVIDs (hints `a` and `b`) and one bundle, and the
+    /// PEM of each SVID's chain.
+    fn response() -> (X509Context, [String; 2], String) {
+        let ca = DevCa::new("workload root").unwrap();
+        let mut svids = Vec::new();
+        let mut chains = Vec::new();
+        for name in ["a", "b"] {
+            let cert = ca
+                .leaf()
+                .spiffe(&format!("spiffe://example.org/{name}"))
+                .client()
+                .issue()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_slice(cert.key_pem().as_bytes()).unwrap();
+            let svid = X509Svid::parse_from_der_with_hint(
+                cert.der(),
+                key.secret_der(),
+                Some(Arc::from(name)),
+            )
+            .unwrap();
+            svids.push(Arc::new(svid));
+            chains.push(pem_encode("CERTIFICATE", cert.der()));
+        }
+        let ca_der =
+            rustls_pki_types::CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap();
+        let mut bundles = X509BundleSet::new();
+        bundles.add_bundle(
+            X509Bundle::from_x509_authorities(
+                TrustDomain::new("example.org").unwrap(),
+                &[ca_der.as_ref()],
+            )
+            .unwrap(),
+        );
+        let [a, b] = <[String; 2]>::try_from(chains).unwrap();
+        (
+            X509Context::new(svids, bundles),
+            [a, b],
+            pem_encode("CERTIFICATE", ca_der.as_ref()),
+        )
+    }
+
+    fn empty_sources() -> Sources {
+        let empty = |label: &str| Source::pem(label, Vec::new());
+        Sources {
+            cert: empty("cert"),
+            key: empty("key"),
+            roots: empty("roots"),
+            domain_roots: vec![("stale.example".into(), empty("stale"))],
+            crls: Vec::new(),
+        }
+    }
+
+    /// The chain the update makes the identity, as PEM.
+    fn chosen(context: &X509Context, pick: &Pick) -> Result<String, String> {
+        let sources = update_of(context, pick)?.apply(&empty_sources()).unwrap();
+        let bytes = sources.cert.read(MaterialKind::CertificateChain).unwrap();
+        Ok(String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn the_svid_is_chosen_first_by_hint_or_by_closure() {
+        let (context, [a, b], _) = response();
+        assert_eq!(chosen(&context, &Pick::First).unwrap(), a);
+        assert_eq!(chosen(&context, &Pick::Hint("b".into())).unwrap(), b);
+        let by_id = Pick::Choose(Arc::new(|svids: &[SvidChoice<'_>]| {
+            svids.iter().position(|s| s.spiffe_id.ends_with("/b"))
+        }));
+        assert_eq!(chosen(&context, &by_id).unwrap(), b);
+        // Nothing chosen: refused, saying what was offered.
+        let err = chosen(&context, &Pick::Hint("c".into())).unwrap_err();
+        assert!(
+            err.contains("hint \"a\"") && err.contains("hint \"b\""),
+            "{err}"
+        );
+        let out_of_range = Pick::Choose(Arc::new(|_: &[SvidChoice<'_>]| Some(7)));
+        assert!(chosen(&context, &out_of_range).is_err());
+    }
+
+    #[test]
+    fn the_bundles_become_exactly_the_roots_per_trust_domain() {
+        let (context, _, ca) = response();
+        let sources = update_of(&context, &Pick::First)
+            .unwrap()
+            .apply(&empty_sources())
+            .unwrap();
+        // The stale trust domain is gone; the response's is there.
+        let domains: Vec<&str> = sources
+            .domain_roots
+            .iter()
+            .map(|(td, _)| td.as_str())
+            .collect();
+        assert_eq!(domains, ["example.org"]);
+        let roots = sources.domain_roots[0]
+            .1
+            .read(MaterialKind::TrustRoots)
+            .unwrap();
+        assert_eq!(&roots[..], ca.as_bytes());
+    }
+}
