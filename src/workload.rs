@@ -259,7 +259,11 @@ pub(crate) fn start(api: &WorkloadApi) -> Result<Started, Error> {
             guard: StopGuard(stop_tx),
         }),
         Ok(Err(detail)) => Err(workload_error(&endpoint, wait, &detail)),
-        Err(_) => Err(workload_error(&endpoint, wait, "no response")),
+        Err(_) => Err(workload_error(
+            &endpoint,
+            wait,
+            "no X509-SVID came: the agent may not have attested this workload yet (no registration entry matches it), or the endpoint is not a Workload API",
+        )),
     }
 }
 
@@ -420,11 +424,13 @@ async fn follow(
                 }
             }
         }
+        // Said once per loss, not at every attempt while the agent is away.
         if let Some(f) = follower.as_mut() {
-            if !f.lost(last_error.clone()) {
+            if !lost && !f.lost(last_error.clone()) {
                 return;
             }
             lost = true;
+            tracing::debug!(detail = %last_error, "Workload API still away; trying again");
         }
         if !sleep_or_stop(jitter(backoff), &mut stop).await {
             return;
