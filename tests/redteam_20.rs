@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use common::{Open, Pki, TD, echo_incoming, ping_over, shop};
 use meshtls::dev::DevCert;
-use meshtls::{
-    Allow, ClientTls, Event, ReloadOutcome, ServerTls, Source, Update, WorkloadApi,
-};
+use meshtls::{Allow, ClientTls, Event, ReloadOutcome, ServerTls, Source, Update, WorkloadApi};
 use tokio::sync::broadcast;
 
 const PARTNER: &str = "partner.test";
@@ -92,12 +90,13 @@ async fn move_partner_roots(extra: &str, renew: bool) -> (bool, bool, ReloadOutc
     let (addr, _echo) = echo_incoming(&server).await;
     let partner_cert = partner.client_cert(PARTNER_ID);
     let mut live = Open::meshtls(&client_presenting(&pki, &partner_cert), addr).await;
-    live.ping().await.expect("partner.test is admitted at first");
+    live.ping()
+        .await
+        .expect("partner.test is admitted at first");
 
     let mut bundle = std::fs::read(partner.ca_file()).unwrap();
     bundle.extend_from_slice(extra.as_bytes());
-    let mut update =
-        Update::new().exactly_these_domain_roots([("other.test".to_owned(), bundle)]);
+    let mut update = Update::new().exactly_these_domain_roots([("other.test".to_owned(), bundle)]);
     if renew {
         let renewed = pki.server_cert();
         update = update.identity(renewed.chain_pem(), renewed.key_pem());
@@ -363,8 +362,7 @@ mod fake_agent {
                 if req.uri().path() != "/SpiffeWorkloadAPI/FetchX509SVID" {
                     return Ok(tonic::Status::unimplemented("fake agent").into_http());
                 }
-                let codec =
-                    tonic_prost::ProstCodec::<X509SvidResponse, X509SvidRequest>::default();
+                let codec = tonic_prost::ProstCodec::<X509SvidResponse, X509SvidRequest>::default();
                 let mut grpc = tonic::server::Grpc::new(codec);
                 Ok(grpc.server_streaming(Fetch(agent), req).await)
             })
@@ -384,10 +382,7 @@ fn server_svid(pki: &Pki) -> DevCert {
 }
 
 /// Builds (blocking, off the async runtime) a server following `agent`.
-async fn server_following(
-    api: WorkloadApi,
-    allow: Allow,
-) -> Result<ServerTls, String> {
+async fn server_following(api: WorkloadApi, allow: Allow) -> Result<ServerTls, String> {
     tokio::task::spawn_blocking(move || {
         ServerTls::builder()
             .workload_api(api.wait_for_agent(Duration::from_secs(10)))
@@ -600,7 +595,10 @@ async fn a_federation_swapped_for_one_with_the_same_bundle_ends_through_the_agen
     let id = common::server_id();
     let own = || svid(&id, &server_svid(&pki), &pki.ca, "");
     // "other.test" and "partner.test" both sort before "prod.example".
-    let agent = Agent::start(response(vec![own()], &[("spiffe://partner.test", &partner.ca)]));
+    let agent = Agent::start(response(
+        vec![own()],
+        &[("spiffe://partner.test", &partner.ca)],
+    ));
     let server = tokio::task::spawn_blocking({
         let endpoint = agent.endpoint();
         move || {
@@ -619,9 +617,14 @@ async fn a_federation_swapped_for_one_with_the_same_bundle_ends_through_the_agen
     let (addr, _echo) = echo_incoming(&server).await;
     let partner_cert = partner.client_cert(PARTNER_ID);
     let mut live = Open::meshtls(&client_presenting(&pki, &partner_cert), addr).await;
-    live.ping().await.expect("partner.test is admitted at first");
+    live.ping()
+        .await
+        .expect("partner.test is admitted at first");
 
-    agent.push(Ok(response(vec![own()], &[("spiffe://other.test", &partner.ca)])));
+    agent.push(Ok(response(
+        vec![own()],
+        &[("spiffe://other.test", &partner.ca)],
+    )));
     let reload = event_within(&mut events, Duration::from_secs(10), |e| {
         matches!(e, Event::Reloaded { .. } | Event::ReloadFailed { .. })
     })
@@ -645,7 +648,10 @@ async fn control_a_federation_ending_through_the_agent_closes_its_peers() {
     let partner = Pki::named("partner root");
     let id = common::server_id();
     let own = || svid(&id, &server_svid(&pki), &pki.ca, "");
-    let agent = Agent::start(response(vec![own()], &[("spiffe://partner.test", &partner.ca)]));
+    let agent = Agent::start(response(
+        vec![own()],
+        &[("spiffe://partner.test", &partner.ca)],
+    ));
     let server = tokio::task::spawn_blocking({
         let endpoint = agent.endpoint();
         move || {
@@ -709,7 +715,11 @@ async fn control_the_stream_stops_when_the_server_is_dropped() {
     );
     let calls = agent.calls();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(agent.calls(), calls, "the stream's thread reconnects after the drop");
+    assert_eq!(
+        agent.calls(),
+        calls,
+        "the stream's thread reconnects after the drop"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -743,9 +753,123 @@ async fn control_an_svid_of_another_trust_domain_drops_the_old_roots() {
         .server()
         .issue()
         .unwrap();
-    agent.push(Ok(response(vec![svid(other_id, &other_cert, &other.ca, "")], &[])));
+    agent.push(Ok(response(
+        vec![svid(other_id, &other_cert, &other.ca, "")],
+        &[],
+    )));
     assert!(
         closed_within(&mut live, Duration::from_secs(10)).await,
         "a prod.example peer stays connected after prod.example's roots went away"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 6. A panic on the stream's thread (the application's `choose` closure
+//    here; equally a panic in parsing or validating agent-sent material)
+//    ends the thread for good, silently (workload.rs `start`: the thread
+//    body is not wrapped in catch_unwind, nothing restarts it, no event):
+//    from then on nothing the agent says is applied, a federation the agent
+//    ends keeps its peers admitted, and the SVID is never rotated again.
+//    DESIGN principle 7: a Workload API stream that panics is restarted
+//    and says so.
+// ---------------------------------------------------------------------------
+
+/// A server following an agent with a `choose` closure that panics on a
+/// response with more than one SVID; `partner.test` federated at first.
+async fn server_with_panicking_chooser(
+    pki: &Pki,
+    partner: &Pki,
+) -> (Agent, ServerTls, Box<dyn Fn() -> fake_agent::X509Svid>) {
+    let id = common::server_id();
+    let own = {
+        let ca = DevCaHandle(pki.ca.cert_pem().to_owned(), pki.ca.key_pem().to_owned());
+        move || {
+            let ca = meshtls::dev::DevCa::from_pem(&ca.0, &ca.1).unwrap();
+            let cert = ca
+                .leaf()
+                .spiffe(&common::server_id())
+                .dns("localhost")
+                .server()
+                .issue()
+                .unwrap();
+            svid(&common::server_id(), &cert, &ca, "")
+        }
+    };
+    let agent = Agent::start(response(
+        vec![svid(&id, &server_svid(pki), &pki.ca, "")],
+        &[("spiffe://partner.test", &partner.ca)],
+    ));
+    let endpoint = agent.endpoint();
+    let server = tokio::task::spawn_blocking(move || {
+        ServerTls::builder()
+            .workload_api(WorkloadApi::endpoint(endpoint).choose(|svids| {
+                assert!(
+                    svids.len() == 1,
+                    "the application's chooser: one SVID expected"
+                );
+                Some(0)
+            }))
+            .allow(Allow::spiffe_trust_domain(PARTNER))
+            .live_connection_grace(Duration::ZERO)
+            .build()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    (agent, server, Box::new(own))
+}
+
+struct DevCaHandle(String, String);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_on_the_stream_thread_is_reported_and_the_stream_followed_again() {
+    let pki = Pki::new();
+    let partner = Pki::named("partner root");
+    let (agent, server, own) = server_with_panicking_chooser(&pki, &partner).await;
+    let mut events = server.subscribe();
+    let (addr, _echo) = echo_incoming(&server).await;
+    let partner_cert = partner.client_cert(PARTNER_ID);
+    let mut live = Open::meshtls(&client_presenting(&pki, &partner_cert), addr).await;
+    live.ping().await.unwrap();
+
+    // A response the chooser panics on.
+    agent.push(Ok(response(
+        vec![own(), own()],
+        &[("spiffe://partner.test", &partner.ca)],
+    )));
+    let said = event_within(&mut events, Duration::from_secs(5), |e| {
+        matches!(
+            e,
+            Event::WorkloadApiLost { .. } | Event::TaskRestarted { .. }
+        )
+    })
+    .await;
+    // Then the agent ends the federation with partner.test.
+    agent.push(Ok(response(vec![own()], &[])));
+    let closed = closed_within(&mut live, Duration::from_secs(15)).await;
+    assert!(
+        said.is_some() && closed,
+        "after a panic on the Workload API thread: reported: {said:?}; the agent then ended \
+         the partner.test federation and partner.test's live connection was closed: {closed} \
+         (open FetchX509SVID streams: {}, stats: {:?})",
+        agent.open_streams(),
+        server.stats()
+    );
+}
+
+/// Control: without the panic, the same two responses are followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_without_a_panic_the_federation_ending_is_followed() {
+    let pki = Pki::new();
+    let partner = Pki::named("partner root");
+    let (agent, server, own) = server_with_panicking_chooser(&pki, &partner).await;
+    let (addr, _echo) = echo_incoming(&server).await;
+    let partner_cert = partner.client_cert(PARTNER_ID);
+    let mut live = Open::meshtls(&client_presenting(&pki, &partner_cert), addr).await;
+    live.ping().await.unwrap();
+    agent.push(Ok(response(vec![own()], &[])));
+    assert!(
+        closed_within(&mut live, Duration::from_secs(15)).await,
+        "partner.test's live connection kept after the federation ended"
     );
 }
