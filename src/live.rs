@@ -518,6 +518,14 @@ impl<S: Side> crate::workload::Follower for Following<S> {
         live.check_expiry();
         true
     }
+
+    fn restarted(&mut self, detail: String) -> bool {
+        let Some(live) = self.0.upgrade() else {
+            return false;
+        };
+        live.observer.task_restarted("workload-api", detail);
+        true
+    }
 }
 
 /// The thread that closes live connections the policy no longer admits: it

@@ -85,8 +85,8 @@ impl Sources {
             domain_roots: self
                 .domain_roots
                 .iter()
-                .map(|(_, s)| s.read(MaterialKind::TrustRoots))
-                .collect::<Result<_, _>>()?,
+                .map(|(td, s)| Ok((td.clone(), s.read(MaterialKind::TrustRoots)?)))
+                .collect::<Result<_, Error>>()?,
             crls: self
                 .crls
                 .iter()
@@ -256,7 +256,9 @@ pub(crate) struct Inputs {
     pub(crate) cert: Arc<[u8]>,
     pub(crate) key: Arc<[u8]>,
     pub(crate) roots: Arc<[u8]>,
-    pub(crate) domain_roots: Vec<Arc<[u8]>>,
+    /// Each trust domain's roots, with its name: the same bytes under
+    /// another trust domain are other trust.
+    pub(crate) domain_roots: Vec<(String, Arc<[u8]>)>,
     pub(crate) crls: Vec<Arc<[u8]>>,
 }
 
@@ -514,7 +516,7 @@ fn load_trust(
         anchors
     };
     let mut domains = std::collections::HashMap::new();
-    for ((td, source), bytes) in sources.domain_roots.iter().zip(&inputs.domain_roots) {
+    for ((td, source), (_, bytes)) in sources.domain_roots.iter().zip(&inputs.domain_roots) {
         let origin = source.origin();
         let der = source.certificates(bytes, MaterialKind::TrustRoots)?;
         let anchors = parse_roots(&origin, &der, &mut roots, now)?;

@@ -127,7 +127,7 @@ pub enum Event {
     /// file watcher) panicked and was restarted. Enforcement goes on; the
     /// panic is a bug in meshtls: please report it.
     TaskRestarted {
-        /// Which task: `sweeper` or `watcher`.
+        /// Which task: `sweeper`, `watcher` or `workload-api`.
         task: &'static str,
         /// What the panic said.
         detail: String,
@@ -348,6 +348,8 @@ impl Observer {
     /// The Workload API connection was lost (or a response was unusable).
     #[cfg_attr(not(feature = "workload-api"), allow(dead_code))]
     pub(crate) fn workload_api_lost(&self, detail: String) {
+        // What the agent said (a status message) is its text, not ours.
+        let detail = crate::error::untrusted(&detail);
         self.workload_api_lost.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         metrics::gauge!("meshtls_workload_api_connected", "side" => self.side).set(0.0);

@@ -122,7 +122,9 @@ impl WorkloadApi {
     /// How long building waits for the first SVID (the agent starting, the
     /// workload being attested and registered). Default 30 s.
     pub fn wait_for_agent(mut self, wait: Duration) -> Self {
-        self.wait = wait;
+        // A wait past a day is as good as none; beyond what an Instant can
+        // add, it would be a panic.
+        self.wait = wait.min(Duration::from_secs(24 * 3600));
         self
     }
 
@@ -209,6 +211,9 @@ pub(crate) trait Follower: Send {
     fn back(&mut self) -> bool;
     /// Time passed (expiry warnings); `false` when the live state is gone.
     fn tick(&mut self) -> bool;
+    /// Applying a response panicked (a bug): reported, and the stream goes
+    /// on; `false` when the live state is gone.
+    fn restarted(&mut self, detail: String) -> bool;
 }
 
 /// The stream, started: its first response, and where to attach the live
@@ -249,10 +254,45 @@ pub(crate) fn start(api: &WorkloadApi) -> Result<Started, Error> {
                 let _ = first_tx.send(Err("cannot start a runtime for the Workload API".into()));
                 return;
             };
-            runtime.block_on(follow(api, first_tx, attach_rx, stop_rx));
+            let mut state = FollowState {
+                first_tx: Some(first_tx),
+                attach_rx,
+                stop: stop_rx,
+                follower: None,
+                lost: false,
+                started: tokio::time::Instant::now(),
+            };
+            // A panic (a bug, here or in the client) is reported and the
+            // stream followed again: following never stops silently.
+            let mut failures: u32 = 0;
+            loop {
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    runtime.block_on(follow(&api, &mut state));
+                }));
+                let Err(panic) = run else {
+                    return;
+                };
+                let detail = crate::error::panic_message(&*panic);
+                match state.follower.as_mut() {
+                    Some(f) => {
+                        if !f.restarted(detail) {
+                            return;
+                        }
+                    }
+                    None => {
+                        if let Some(tx) = state.first_tx.take() {
+                            let _ =
+                                tx.send(Err(format!("the Workload API client panicked: {detail}")));
+                        }
+                        return;
+                    }
+                }
+                failures = failures.saturating_add(1);
+                std::thread::sleep(Duration::from_millis(100).saturating_mul(1 << failures.min(7)));
+            }
         })
         .map_err(|e| workload_error(&endpoint, wait, &format!("cannot start a thread: {e}")))?;
-    match first_rx.recv_timeout(wait + Duration::from_secs(1)) {
+    match first_rx.recv_timeout(wait.saturating_add(Duration::from_secs(1))) {
         Ok(Ok(first)) => Ok(Started {
             first,
             attach: attach_tx,
@@ -312,30 +352,42 @@ async fn or_stop<T>(
 
 /// The stream's thread: the first response for the builder, then every
 /// response for the live state, reconnecting with backoff.
-async fn follow(
-    api: WorkloadApi,
-    first_tx: mpsc::Sender<Result<Update, String>>,
+/// What the stream's thread keeps across a restart of [`follow`] after a
+/// panic.
+struct FollowState {
+    /// The builder, until it has its first response.
+    first_tx: Option<mpsc::Sender<Result<Update, String>>>,
     attach_rx: mpsc::Receiver<Box<dyn Follower>>,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) {
+    stop: tokio::sync::oneshot::Receiver<()>,
+    /// The live state fed, once attached.
+    follower: Option<Box<dyn Follower>>,
+    /// The follower was told the connection was lost, and not yet that it
+    /// is back.
+    lost: bool,
+    started: tokio::time::Instant,
+}
+
+async fn follow(api: &WorkloadApi, state: &mut FollowState) {
+    let FollowState {
+        first_tx,
+        attach_rx,
+        stop,
+        follower,
+        lost,
+        started,
+    } = state;
     let pick = &api.pick;
-    let started = tokio::time::Instant::now();
     let mut backoff = api.backoff.0;
-    let mut follower: Option<Box<dyn Follower>> = None;
-    let mut first_tx = Some(first_tx);
     let mut last_error = String::from("no connection attempt yet");
-    // The follower was told the connection was lost, and not yet that it
-    // is back.
-    let mut lost = false;
     loop {
         // Before the builder has its first SVID, give up after `wait`.
-        if let Some(tx) = &first_tx
+        if let Some(tx) = first_tx.as_ref()
             && started.elapsed() >= api.wait
         {
             let _ = tx.send(Err(last_error));
             return;
         }
-        let client = match or_stop(api.connect(), &mut stop).await {
+        let client = match or_stop(api.connect(), stop).await {
             None => return,
             Some(Ok(client)) => Some(client),
             Some(Err(e)) => {
@@ -344,7 +396,7 @@ async fn follow(
             }
         };
         let stream = match &client {
-            Some(client) => match or_stop(client.stream_x509_contexts(), &mut stop).await {
+            Some(client) => match or_stop(client.stream_x509_contexts(), stop).await {
                 None => return,
                 Some(Ok(stream)) => Some(Box::pin(stream)),
                 Some(Err(e)) => {
@@ -358,7 +410,7 @@ async fn follow(
             loop {
                 let tick = tokio::time::sleep(Duration::from_secs(30));
                 let item = tokio::select! {
-                    item = next_or_stop(&mut stream, &mut stop) => item,
+                    item = next_or_stop(&mut stream, stop) => item,
                     () = tick => {
                         if let Some(f) = follower.as_mut() && !f.tick() {
                             return;
@@ -372,7 +424,17 @@ async fn follow(
                 match item {
                     Some(Ok(context)) => {
                         backoff = api.backoff.0;
-                        let update = update_of(&context, pick);
+                        // The application's `choose` runs here: a panic in
+                        // it makes the response unusable, not the stream end.
+                        let update = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            update_of(&context, pick)
+                        }))
+                        .unwrap_or_else(|panic| {
+                            Err(format!(
+                                "choosing the SVID panicked: {}",
+                                crate::error::panic_message(&*panic)
+                            ))
+                        });
                         if let Some(tx) = first_tx.take() {
                             match update {
                                 Ok(update) => {
@@ -382,7 +444,7 @@ async fn follow(
                                     // The builder validates it, builds, and
                                     // attaches the live state (or gives up).
                                     match attach_rx.recv() {
-                                        Ok(f) => follower = Some(f),
+                                        Ok(f) => *follower = Some(f),
                                         Err(_) => return,
                                     }
                                 }
@@ -394,7 +456,7 @@ async fn follow(
                                         return;
                                     }
                                     tracing::debug!(%detail, "Workload API response not usable yet");
-                                    first_tx = Some(tx);
+                                    *first_tx = Some(tx);
                                 }
                             }
                             continue;
@@ -402,12 +464,24 @@ async fn follow(
                         let Some(f) = follower.as_mut() else {
                             return;
                         };
-                        if std::mem::take(&mut lost) && !f.back() {
+                        if std::mem::take(lost) && !f.back() {
                             return;
                         }
                         let alive = match update {
-                            Ok(update) => f.update(update),
-                            Err(detail) => f.lost(format!("a response was not usable: {detail}")),
+                            Ok(update) => {
+                                // A panic while applying it (a bug) is
+                                // reported; the stream goes on.
+                                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    f.update(update)
+                                })) {
+                                    Ok(alive) => alive,
+                                    Err(panic) => f.restarted(crate::error::panic_message(&*panic)),
+                                }
+                            }
+                            Err(detail) => {
+                                *lost = true;
+                                f.lost(format!("a response was not usable: {detail}"))
+                            }
                         };
                         if !alive {
                             return;
@@ -426,13 +500,13 @@ async fn follow(
         }
         // Said once per loss, not at every attempt while the agent is away.
         if let Some(f) = follower.as_mut() {
-            if !lost && !f.lost(last_error.clone()) {
+            if !*lost && !f.lost(last_error.clone()) {
                 return;
             }
-            lost = true;
+            *lost = true;
             tracing::debug!(detail = %last_error, "Workload API still away; trying again");
         }
-        if !sleep_or_stop(jitter(backoff), &mut stop).await {
+        if !sleep_or_stop(jitter(backoff), stop).await {
             return;
         }
         backoff = (backoff * 2).min(api.backoff.1);
