@@ -505,6 +505,10 @@ async fn follow(api: &WorkloadApi, state: &mut FollowState) {
             }
             *lost = true;
             tracing::debug!(detail = %last_error, "Workload API still away; trying again");
+            // While the agent is away the SVID ages: warn as it nears expiry.
+            if !f.tick() {
+                return;
+            }
         }
         if !sleep_or_stop(jitter(backoff), stop).await {
             return;

@@ -282,7 +282,8 @@ fn have_spire() -> bool {
 }
 
 /// One SPIRE for the whole story, in order: identities from the agent, a
-/// rotation under a live connection, the agent going away and coming back.
+/// rotation under a live connection, the agent going away (the SVID ages
+/// and is reported as nearing expiry) and coming back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identities_from_a_spire_agent_rotate_and_survive_its_restart() {
     if !have_spire() {
@@ -381,6 +382,15 @@ async fn identities_from_a_spire_agent_rotate_and_survive_its_restart() {
     let mut line = String::new();
     again.read_line(&mut line).await.unwrap();
     assert!(!line.is_empty(), "no handshake while the agent was away");
+
+    // With no agent, the SVID ages: it is reported as nearing its expiry
+    // (a third of its 70 s life left), as any certificate is.
+    let expiring = wait_for(&mut events, Duration::from_secs(75), |e| {
+        matches!(e, Event::Expiring { .. } | Event::Expired { .. })
+    })
+    .await
+    .expect("no Expiring event while the agent was away and the SVID aged");
+    assert!(matches!(expiring, Event::Expiring { .. }), "{expiring}");
 
     tokio::task::block_in_place(|| spire.start_agent());
     wait_for(&mut events, Duration::from_secs(60), |e| {
