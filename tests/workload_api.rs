@@ -11,10 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{echo_incoming, require_peer};
+use common::{Open, echo_incoming, require_peer};
 use meshtls::error::ConfigError;
 use meshtls::{Allow, ClientTls, Event, ServerTls, WorkloadApi};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const INSTALL_SPIRE: &str = "spire-server and spire-agent v1.13.3 on PATH: bash .ci/spire-tools (Go tools module, then go install)";
 const TD: &str = "example.org";
@@ -240,20 +239,16 @@ fn id(name: &str) -> String {
     format!("spiffe://{TD}/{name}")
 }
 
-/// Sends a line over a meshtls connection and reads the echo.
-async fn ping<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    stream: &mut BufReader<S>,
-) -> Result<(), String> {
-    stream
-        .get_mut()
-        .write_all(b"ping\n")
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut line = String::new();
-    match tokio::time::timeout(Duration::from_secs(10), stream.read_line(&mut line)).await {
-        Ok(Ok(n)) if n > 0 => Ok(()),
-        other => Err(format!("{other:?}")),
-    }
+/// This process's SVID with hint `hint`, from the agent at `endpoint`.
+fn from_agent(endpoint: &str, hint: &str) -> WorkloadApi {
+    WorkloadApi::endpoint(endpoint)
+        .hint(hint)
+        .wait_for_agent(Duration::from_secs(60))
+}
+
+/// Runs a build (which waits for the agent) off the runtime's threads.
+async fn blocking<T: Send + 'static>(build: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(build).await.unwrap()
 }
 
 /// Waits for an event `want` says yes to, for at most `within`.
@@ -294,48 +289,34 @@ async fn identities_from_a_spire_agent_rotate_and_survive_its_restart() {
 
     // 1. A server and a client get their identities from the agent (chosen
     //    by hint among the two this process is entitled to) and talk.
-    let server = {
-        let endpoint = endpoint.clone();
-        tokio::task::spawn_blocking(move || {
-            ServerTls::builder()
-                .workload_api(
-                    WorkloadApi::endpoint(endpoint)
-                        .hint("server")
-                        .wait_for_agent(Duration::from_secs(60)),
-                )
-                .allow(Allow::spiffe_id(&id("client")))
-                .build()
-        })
-        .await
-        .unwrap()
-        .unwrap()
-    };
-    let client = {
-        let endpoint = endpoint.clone();
-        tokio::task::spawn_blocking(move || {
-            ClientTls::builder()
-                .workload_api(
-                    WorkloadApi::endpoint(endpoint)
-                        .hint("client")
-                        .wait_for_agent(Duration::from_secs(60)),
-                )
-                .expect_server(Allow::spiffe_id(&id("server")))
-                .build()
-        })
-        .await
-        .unwrap()
-        .unwrap()
-    };
+    let server_api = from_agent(&endpoint, "server");
+    let server = blocking(move || {
+        ServerTls::builder()
+            .workload_api(server_api)
+            .allow(Allow::spiffe_id(&id("client")))
+            .build()
+            .unwrap()
+    })
+    .await;
+    let client_api = from_agent(&endpoint, "client");
+    let client = blocking(move || {
+        ClientTls::builder()
+            .workload_api(client_api)
+            .expect_server(Allow::spiffe_id(&id("server")))
+            .build()
+            .unwrap()
+    })
+    .await;
     let mut events = server.subscribe();
     let (addr, _echo) = echo_incoming(&server).await;
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (tls, peer) = client.connector().connect("localhost", tcp).await.unwrap();
+    let (_, peer) = client.connector().connect("localhost", tcp).await.unwrap();
     assert_eq!(
         peer.spiffe_id().map(ToString::to_string),
         Some(id("server"))
     );
-    let mut live = BufReader::new(tls);
-    ping(&mut live).await.unwrap();
+    let mut live = Open::meshtls(&client, addr).await;
+    live.ping().await.unwrap();
     let first_serial = server.certificate().serial;
 
     // 2. The SVID rotates at half its life (about 30 s): a new generation
@@ -347,7 +328,7 @@ async fn identities_from_a_spire_agent_rotate_and_survive_its_restart() {
     .expect("no rotation from the agent within 90 s");
     assert!(matches!(rotated, Event::Reloaded { generation, .. } if generation >= 2));
     assert_ne!(server.certificate().serial, first_serial);
-    ping(&mut live)
+    live.ping()
         .await
         .expect("the live connection broke at the rotation");
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -372,16 +353,14 @@ async fn identities_from_a_spire_agent_rotate_and_survive_its_restart() {
     .expect("no WorkloadApiLost within 30 s of the agent's end");
     assert!(lost.to_string().contains("last good SVID"), "{lost}");
     assert!(server.stats().workload_api_lost >= 1);
-    ping(&mut live)
+    live.ping()
         .await
         .expect("the live connection broke with the agent");
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut again, _) = client.connector().connect("localhost", tcp).await.unwrap();
-    again.write_all(b"ping\n").await.unwrap();
-    let mut again = BufReader::new(again);
-    let mut line = String::new();
-    again.read_line(&mut line).await.unwrap();
-    assert!(!line.is_empty(), "no handshake while the agent was away");
+    Open::meshtls(&client, addr)
+        .await
+        .ping()
+        .await
+        .expect("no new connection while the agent was away");
 
     // With no agent, the SVID ages: it is reported as nearing its expiry
     // (a third of its 70 s life left), as any certificate is.
@@ -404,7 +383,7 @@ async fn identities_from_a_spire_agent_rotate_and_survive_its_restart() {
     })
     .await
     .expect("no SVID from the new agent within 60 s");
-    ping(&mut live).await.unwrap();
+    live.ping().await.unwrap();
 }
 
 /// No agent at the endpoint: building waits as long as asked, then says

@@ -1119,6 +1119,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Open<S> {
     }
 }
 
+/// A reload or update swapped in a new generation with a policy change
+/// (new trust, so new epoch, sessions and verdicts).
+pub fn assert_policy_changed(outcome: &meshtls::ReloadOutcome) {
+    assert!(
+        matches!(
+            outcome,
+            meshtls::ReloadOutcome::Swapped {
+                policy_changed: true,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+}
+
 /// The first `ConnectionClosed` within `within`, skipping other events.
 pub async fn closed_within(
     events: &mut tokio::sync::broadcast::Receiver<meshtls::Event>,
