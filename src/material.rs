@@ -123,6 +123,8 @@ pub struct Update {
     all_domain_roots: Option<Vec<(String, Vec<u8>)>>,
     domain_roots: Vec<(String, Option<Vec<u8>>)>,
     crls: Option<Vec<u8>>,
+    /// Where the material came from, for messages ("pushed" when unsaid).
+    origin: Option<String>,
 }
 
 impl std::fmt::Debug for Update {
@@ -155,6 +157,22 @@ impl Update {
     /// An update that changes nothing yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Names where the material came from (`"Vault"`, `"the billing
+    /// secret"`), so that errors and events about it say so instead of
+    /// "pushed".
+    pub fn origin(mut self, origin: impl Into<String>) -> Self {
+        self.origin = Some(origin.into());
+        self
+    }
+
+    /// How a part of this update is named in messages.
+    fn label(&self, part: &str) -> String {
+        match &self.origin {
+            Some(origin) => format!("the {part} from {}", crate::error::untrusted(origin)),
+            None => format!("the pushed {part}"),
+        }
     }
 
     /// A new certificate chain (PEM, leaf first) and its private key (PEM).
@@ -210,11 +228,11 @@ impl Update {
     pub(crate) fn apply(&self, current: &Sources) -> Result<Sources, Error> {
         let mut next = current.clone();
         if let Some((chain, key)) = &self.identity {
-            next.cert = Source::pem("the pushed certificate chain", chain.clone());
-            next.key = Source::pem("the pushed private key", key.clone());
+            next.cert = Source::pem(self.label("certificate chain"), chain.clone());
+            next.key = Source::pem(self.label("private key"), key.clone());
         }
         if let Some(roots) = &self.roots {
-            next.roots = Source::pem("the pushed trust roots", roots.clone());
+            next.roots = Source::pem(self.label("trust roots"), roots.clone());
         }
         let domain = |given: &String| {
             given
@@ -229,7 +247,7 @@ impl Update {
             next.domain_roots.clear();
             for (given, pem) in all {
                 let name = domain(given)?;
-                let label = format!("the pushed roots of trust domain {name}");
+                let label = self.label(&format!("roots of trust domain {name}"));
                 next.domain_roots
                     .push((name, Source::pem(label, pem.clone())));
             }
@@ -238,13 +256,13 @@ impl Update {
             let name = domain(given)?;
             next.domain_roots.retain(|(n, _)| *n != name);
             if let Some(pem) = pem {
-                let label = format!("the pushed roots of trust domain {name}");
+                let label = self.label(&format!("roots of trust domain {name}"));
                 next.domain_roots
                     .push((name, Source::pem(label, pem.clone())));
             }
         }
         if let Some(crls) = &self.crls {
-            next.crls = vec![Source::pem("the pushed CRLs", crls.clone())];
+            next.crls = vec![Source::pem(self.label("CRLs"), crls.clone())];
         }
         Ok(next)
     }

@@ -197,6 +197,7 @@ fn update_of(context: &X509Context, pick: &Pick) -> Result<Update, String> {
         (td.to_string(), pem.into_bytes())
     });
     Ok(Update::new()
+        .origin("the SPIFFE Workload API")
         .identity(chain, key)
         .exactly_these_domain_roots(domains))
 }

@@ -127,6 +127,19 @@ async fn a_bad_update_is_refused_whole_and_nothing_of_it_is_kept() {
         ReloadOutcome::Unchanged { generation: 1 }
     );
 
+    // Named by where it came from, when the application says.
+    let err = server
+        .update(
+            Update::new()
+                .origin("vault: pki/issue/billing")
+                .identity(one.chain_pem(), other.key_pem()),
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("from vault: pki/issue/billing"),
+        "{err}"
+    );
+
     // A malformed trust domain is refused before anything is read.
     let err = server
         .update(Update::new().roots_for("spiffe://td/with/path", pki.ca.cert_pem()))
