@@ -20,6 +20,7 @@ const TD: &str = "example.org";
 
 /// A SPIRE server and agent, killed when dropped.
 struct Spire {
+    td: String,
     dir: PathBuf,
     server: Child,
     agent: Option<Child>,
@@ -62,19 +63,62 @@ fn until_ok(within: Duration, mut cmd: impl FnMut() -> Command) -> String {
     }
 }
 
+/// A trust domain's federation with another: this server's bundle
+/// endpoint port, the other's trust domain and bundle endpoint port.
+#[derive(Clone, Copy)]
+struct Federation<'a> {
+    own_port: u16,
+    peer_td: &'a str,
+    peer_port: u16,
+}
+
 impl Spire {
+    /// A SPIRE of trust domain [`TD`] whose agent serves this process two
+    /// workloads, `server` and `client`.
     fn start() -> Self {
+        let mut spire = Self::server(TD, None);
+        spire.start_agent();
+        for name in ["server", "client"] {
+            spire.entry(name, None);
+        }
+        spire
+    }
+
+    /// A SPIRE server of trust domain `td` (federated as `federation` says),
+    /// no agent yet.
+    fn server(td: &str, federation: Option<Federation<'_>>) -> Self {
         // A short directory: unix socket paths are limited to 108 bytes.
         let dir = PathBuf::from(format!("/tmp/sp.{}.{}", std::process::id(), free_port()));
         std::fs::create_dir_all(dir.join("server")).unwrap();
         std::fs::create_dir_all(dir.join("agent")).unwrap();
         let port = free_port();
         let d = dir.display().to_string();
+        let federation = federation.map_or_else(String::new, |f| {
+            format!(
+                r#"  federation {{
+    bundle_endpoint {{
+      address = "127.0.0.1"
+      port = {own}
+      profile "https_spiffe" {{}}
+    }}
+    federates_with "{peer}" {{
+      bundle_endpoint_url = "https://127.0.0.1:{peer_port}"
+      bundle_endpoint_profile "https_spiffe" {{
+        endpoint_spiffe_id = "spiffe://{peer}/spire/server"
+      }}
+    }}
+  }}
+"#,
+                own = f.own_port,
+                peer = f.peer_td,
+                peer_port = f.peer_port,
+            )
+        });
         std::fs::write(
             dir.join("server.conf"),
             format!(
                 r#"server {{
-  trust_domain = "{TD}"
+  trust_domain = "{td}"
   bind_address = "127.0.0.1"
   bind_port = {port}
   socket_path = "{d}/server.sock"
@@ -88,7 +132,7 @@ impl Spire {
   experimental {{
     cache_reload_interval = "1s"
   }}
-}}
+{federation}}}
 plugins {{
   DataStore "sql" {{
     plugin_data {{
@@ -111,7 +155,8 @@ plugins {{
             .stderr(log("server.err"))
             .spawn()
             .unwrap();
-        let mut spire = Self {
+        let spire = Self {
+            td: td.to_owned(),
             dir,
             server,
             agent: None,
@@ -127,7 +172,7 @@ plugins {{
             spire.dir.join("agent.conf"),
             format!(
                 r#"agent {{
-  trust_domain = "{TD}"
+  trust_domain = "{td}"
   server_address = "127.0.0.1"
   server_port = {port}
   socket_path = "{d}/agent.sock"
@@ -147,16 +192,6 @@ plugins {{
             ),
         )
         .unwrap();
-        spire.start_agent();
-        // Two workloads of this process (the unix attestor selects by uid),
-        // told apart by their hints.
-        let uid = String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout)
-            .unwrap()
-            .trim()
-            .to_owned();
-        for name in ["server", "client"] {
-            spire.entry(name, &uid);
-        }
         spire
     }
 
@@ -175,7 +210,7 @@ plugins {{
                 "token",
                 "generate",
                 "-spiffeID",
-                &format!("spiffe://{TD}/agent"),
+                &format!("spiffe://{}/agent", self.td),
             ])
         });
         let token = token
@@ -211,21 +246,52 @@ plugins {{
         }
     }
 
-    fn entry(&self, name: &str, uid: &str) {
+    /// A workload of this process (the unix attestor selects by uid), told
+    /// apart from others by its hint `name`; federated with `federates_with`.
+    fn entry(&self, name: &str, federates_with: Option<&str>) {
+        let uid = String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_owned();
+        let parent = format!("spiffe://{}/agent", self.td);
+        let id = format!("spiffe://{}/{name}", self.td);
+        let selector = format!("unix:uid:{uid}");
+        let federates = federates_with.map(|td| format!("spiffe://{td}"));
         until_ok(Duration::from_secs(30), || {
-            self.server_cmd(&[
+            let mut cmd = self.server_cmd(&[
                 "entry",
                 "create",
                 "-parentID",
-                &format!("spiffe://{TD}/agent"),
+                &parent,
                 "-spiffeID",
-                &id(name),
+                &id,
                 "-selector",
-                &format!("unix:uid:{uid}"),
+                &selector,
                 "-x509SVIDTTL",
                 "60",
                 "-hint",
                 name,
+            ]);
+            if let Some(td) = &federates {
+                cmd.args(["-federatesWith", td]);
+            }
+            cmd
+        });
+    }
+
+    /// Trusts `other`'s bundle as its trust domain's, now (the bundle
+    /// endpoints are polled only every few minutes).
+    fn trust_bundle_of(&self, other: &Self) {
+        let bundle = until_ok(Duration::from_secs(30), || {
+            other.server_cmd(&["bundle", "show", "-format", "spiffe"])
+        });
+        let path = self.dir.join(format!("{}.json", other.td));
+        std::fs::write(&path, bundle).unwrap();
+        let id = format!("spiffe://{}", other.td);
+        let path = path.display().to_string();
+        until_ok(Duration::from_secs(30), || {
+            self.server_cmd(&[
+                "bundle", "set", "-format", "spiffe", "-id", &id, "-path", &path,
             ])
         });
     }
@@ -412,5 +478,73 @@ fn no_agent_at_start_is_a_clear_error_after_the_wait() {
     assert!(
         waited >= Duration::from_millis(700) && waited < Duration::from_secs(10),
         "waited {waited:?}"
+    );
+}
+
+/// Two trust domains, each with its own SPIRE, federated: a server of
+/// `a.test` admits a client of `b.test` by the federated bundle its agent
+/// streams (and the client expects the server by SPIFFE ID, vouched for by
+/// `a.test`'s bundle, which its own agent streams as federated).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federated_trust_domains_from_two_spire_servers() {
+    if !have_spire() {
+        return;
+    }
+    let (a, b) = tokio::task::spawn_blocking(|| {
+        let (pa, pb) = (free_port(), free_port());
+        let mut a = Spire::server(
+            "a.test",
+            Some(Federation {
+                own_port: pa,
+                peer_td: "b.test",
+                peer_port: pb,
+            }),
+        );
+        let mut b = Spire::server(
+            "b.test",
+            Some(Federation {
+                own_port: pb,
+                peer_td: "a.test",
+                peer_port: pa,
+            }),
+        );
+        a.trust_bundle_of(&b);
+        b.trust_bundle_of(&a);
+        a.start_agent();
+        b.start_agent();
+        a.entry("server", Some("b.test"));
+        b.entry("client", Some("a.test"));
+        (a, b)
+    })
+    .await
+    .unwrap();
+
+    let server_api = from_agent(&a.endpoint(), "server");
+    let server = blocking(move || {
+        ServerTls::builder()
+            .workload_api(server_api)
+            .allow(Allow::spiffe_trust_domain("b.test"))
+            .build()
+            .unwrap()
+    })
+    .await;
+    let client_api = from_agent(&b.endpoint(), "client");
+    let client = blocking(move || {
+        ClientTls::builder()
+            .workload_api(client_api)
+            .expect_server(Allow::spiffe_id("spiffe://a.test/server"))
+            .build()
+            .unwrap()
+    })
+    .await;
+    let mut running = common::serve(&server).await;
+    let admitted = running.assert_admitted(&client).await;
+    assert_eq!(
+        admitted.spiffe_id().map(ToString::to_string).as_deref(),
+        Some("spiffe://b.test/client")
+    );
+    assert_eq!(
+        admitted.vouched_by(),
+        &meshtls::VouchedBy::TrustDomain("b.test".parse().unwrap())
     );
 }
