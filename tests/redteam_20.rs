@@ -864,3 +864,39 @@ async fn control_without_a_panic_the_federation_ending_is_followed() {
         "partner.test's live connection kept after the federation ended"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Issue 20: a response the agent sends that meshtls refuses (here an SVID
+// without serverAuth, for a server) is refused as a bad file would be:
+// ReloadFailed naming where it came from, the last good SVID serving on.
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_that_fails_validation_keeps_the_last_good_svid() {
+    let pki = Pki::new();
+    let id = common::server_id();
+    let good = server_svid(&pki);
+    let agent = Agent::start(response(vec![svid(&id, &good, &pki.ca, "")], &[]));
+    let server = server_following(
+        WorkloadApi::endpoint(agent.endpoint()),
+        Allow::spiffe_trust_domain(TD),
+    )
+    .await
+    .unwrap();
+    let mut events = server.subscribe();
+    let serving = server.certificate().serial;
+
+    // A client certificate offered as the server's SVID.
+    let wrong = pki.ca.leaf().spiffe(&id).client().issue().unwrap();
+    agent.push(Ok(response(vec![svid(&id, &wrong, &pki.ca, "")], &[])));
+    let failed = event_within(&mut events, Duration::from_secs(10), |e| {
+        matches!(e, Event::ReloadFailed { .. })
+    })
+    .await
+    .expect("a response meshtls refuses was not reported as a refused reload");
+    let text = failed.to_string();
+    assert!(text.contains("SPIFFE Workload API"), "{text}");
+    assert_eq!(server.generation(), 1);
+    assert_eq!(server.certificate().serial, serving);
+    assert_eq!(server.stats().reloads_failed, 1);
+}
