@@ -4,7 +4,10 @@
 //! meshtls builds hardened rustls configs for both sides of a connection:
 //! TLS 1.3 only, a client certificate required, every peer's identity checked
 //! against an allow-list of SPIFFE IDs, DNS names or (opt-in) legacy CNs, and
-//! certificates, trust bundles and CRLs that rotate on disk with no restart.
+//! certificates, trust bundles and CRLs that rotate with no restart: on
+//! disk, pushed by the application ([`Mtls::update`] with an [`Update`] from
+//! Vault, a secret manager or its own code), or streamed from a SPIRE agent
+//! (the SPIFFE Workload API, feature `workload-api`: `Builder::workload_api`).
 //!
 //! # The model
 //!

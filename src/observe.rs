@@ -105,7 +105,7 @@ pub enum Event {
     /// The SPIFFE Workload API answers again.
     WorkloadApiBack,
     /// A request on an admitted connection was refused by route or service
-    /// rules ([`ServerTls::require_peer`](crate::ServerTls::require_peer)):
+    /// rules (`ServerTls::require_peer`, features `axum` and `tonic`):
     /// the caller is not among those the route admits.
     RequestRefused {
         /// The class of refusal (`NotAllowed`).
@@ -227,7 +227,7 @@ pub struct Stats {
     /// an [`Event::WorkloadApiLost`]).
     pub workload_api_lost: u64,
     /// Requests on admitted connections refused by route or service rules
-    /// ([`ServerTls::require_peer`](crate::ServerTls::require_peer); each
+    /// (`ServerTls::require_peer`, features `axum` and `tonic`; each
     /// also an [`Event::RequestRefused`]).
     pub requests_refused: u64,
 }
