@@ -317,29 +317,6 @@ fn workload_error(endpoint: &str, waited: Duration, detail: &str) -> Error {
     .into()
 }
 
-/// The next item of `stream`, or `None` when it ends or `stop` fires.
-async fn next_or_stop<S, T>(
-    stream: &mut std::pin::Pin<Box<S>>,
-    stop: &mut tokio::sync::oneshot::Receiver<()>,
-) -> Option<Option<T>>
-where
-    S: Stream<Item = T> + ?Sized,
-{
-    let next = std::future::poll_fn(|cx| stream.as_mut().poll_next(cx));
-    tokio::select! {
-        item = next => Some(item),
-        _ = stop => None,
-    }
-}
-
-/// Sleeps `d`, or returns `false` at once when `stop` fires.
-async fn sleep_or_stop(d: Duration, stop: &mut tokio::sync::oneshot::Receiver<()>) -> bool {
-    tokio::select! {
-        () = tokio::time::sleep(d) => true,
-        _ = stop => false,
-    }
-}
-
 /// Runs `f` until it returns, or returns `None` when `stop` fires first.
 async fn or_stop<T>(
     f: impl Future<Output = T>,
@@ -411,7 +388,7 @@ async fn follow(api: &WorkloadApi, state: &mut FollowState) {
             loop {
                 let tick = tokio::time::sleep(Duration::from_secs(30));
                 let item = tokio::select! {
-                    item = next_or_stop(&mut stream, stop) => item,
+                    item = or_stop(std::future::poll_fn(|cx| stream.as_mut().poll_next(cx)), stop) => item,
                     () = tick => {
                         if let Some(f) = follower.as_mut() && !f.tick() {
                             return;
@@ -511,7 +488,10 @@ async fn follow(api: &WorkloadApi, state: &mut FollowState) {
                 return;
             }
         }
-        if !sleep_or_stop(jitter(backoff), stop).await {
+        if or_stop(tokio::time::sleep(jitter(backoff)), stop)
+            .await
+            .is_none()
+        {
             return;
         }
         backoff = (backoff * 2).min(api.backoff.1);
